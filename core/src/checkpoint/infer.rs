@@ -1,0 +1,201 @@
+//! Configuration inference from tensor shapes, for official checkpoints that carry no config.
+
+use std::path::Path;
+
+use super::StateDict;
+use crate::config::{GPT_SIZES, GptConfig, ModelType, VqConfig};
+use crate::error::CheckpointError;
+
+/// What the tensors of a GPT checkpoint cannot say, supplied by the user or the file name.
+#[derive(Debug, Clone, Default)]
+pub struct GptHints {
+    /// Image side in pixels (256, 384, 512); with `downsample` it fixes the token grid.
+    pub image_size: Option<usize>,
+    /// Tokenizer downsampling factor (16 for the official VQ-16).
+    pub downsample: Option<usize>,
+    /// A named size (`GPT-L`), to settle n_head when the width alone is ambiguous.
+    pub gpt_model: Option<String>,
+}
+
+/// `c2i_L_384.pt` → 384; `t2i_XL_stage2_512.pt` → 512: the last `_<digits>` in the stem.
+pub fn image_size_from_file_name(path: &Path) -> Option<usize> {
+    let stem = path.file_stem()?.to_str()?;
+    stem.split(['_', '-', '.'])
+        .filter_map(|p| p.parse::<usize>().ok())
+        .filter(|n| (64..=2048).contains(n) && n % 8 == 0)
+        .next_back()
+}
+
+fn shape(sd: &StateDict, name: &str) -> Result<Vec<usize>, CheckpointError> {
+    sd.shape(name)
+        .ok_or_else(|| CheckpointError::Infer(format!("the checkpoint has no '{name}' tensor")))
+}
+
+fn count_indexed(sd: &StateDict, prefix: &str, suffix: &str) -> usize {
+    (0..)
+        .take_while(|i| sd.contains(&format!("{prefix}{i}{suffix}")))
+        .count()
+}
+
+/// Infers a GPT configuration from the shapes in `sd` (dim, layers, heads, GQA, vocab, classes,
+/// caption dim, condition tokens) and the grid size from `hints` or the file name.
+pub fn infer_gpt_config(sd: &StateDict, hints: &GptHints) -> Result<GptConfig, CheckpointError> {
+    let tok = shape(sd, "tok_embeddings.weight")?;
+    let (vocab_size, dim) = (tok[0], tok[1]);
+    let n_layer = count_indexed(sd, "layers.", ".attention.wqkv.weight");
+    if n_layer == 0 {
+        return Err(CheckpointError::Infer(
+            "no 'layers.N.attention.wqkv.weight' tensors: this is not a LlamaGen GPT checkpoint".into(),
+        ));
+    }
+    let mut cfg = match &hints.gpt_model {
+        Some(name) => GptConfig::named(name)?,
+        None => {
+            let named = GPT_SIZES
+                .iter()
+                .find(|(_, l, _, d)| *d == dim && *l == n_layer)
+                .or_else(|| GPT_SIZES.iter().find(|(_, _, _, d)| *d == dim));
+            match named {
+                Some((name, ..)) => GptConfig::named(name)?,
+                // Not a named width: the official sizes use 64-dim heads.
+                None if dim % 64 == 0 => GptConfig {
+                    n_head: dim / 64,
+                    ..GptConfig::default()
+                },
+                None => {
+                    return Err(CheckpointError::Infer(format!(
+                        "width {dim} is not a named GPT size; pass the model size explicitly"
+                    )));
+                }
+            }
+        }
+    };
+    if cfg.dim != dim {
+        return Err(CheckpointError::Infer(format!(
+            "the checkpoint has width {dim}, but {} has width {}",
+            hints.gpt_model.as_deref().unwrap_or("the requested size"),
+            cfg.dim
+        )));
+    }
+    cfg.n_layer = n_layer;
+    cfg.vocab_size = vocab_size;
+
+    let wqkv = shape(sd, "layers.0.attention.wqkv.weight")?;
+    let kv_dim2 = wqkv[0].checked_sub(dim).unwrap_or(0);
+    let head_dim = cfg.head_dim();
+    if kv_dim2 == 0 || kv_dim2 % (2 * head_dim) != 0 {
+        return Err(CheckpointError::Infer(format!(
+            "wqkv has {} rows, which does not split into q ({dim}) and two equal k/v parts of {head_dim}-dim heads",
+            wqkv[0]
+        )));
+    }
+    let kv_heads = kv_dim2 / (2 * head_dim);
+    cfg.n_kv_head = (kv_heads != cfg.n_head).then_some(kv_heads);
+
+    let hidden = shape(sd, "layers.0.feed_forward.w1.weight")?[0];
+    if hidden != cfg.ffn_hidden_dim() {
+        // Try the other rounding the official code allows before giving up.
+        let found = [256usize, 128, 64, 32]
+            .into_iter()
+            .find(|&m| GptConfig { multiple_of: m, ..cfg.clone() }.ffn_hidden_dim() == hidden);
+        match found {
+            Some(m) => cfg.multiple_of = m,
+            None => {
+                return Err(CheckpointError::Infer(format!(
+                    "feed-forward width {hidden} does not follow find_multiple(int(8·{dim}/3), multiple_of)"
+                )));
+            }
+        }
+    }
+
+    if let Some(table) = sd.shape("cls_embedding.embedding_table.weight") {
+        cfg.model_type = ModelType::C2i;
+        cfg.cls_token_num = 1;
+        // The table has one extra row, the null class used by CFG.
+        cfg.num_classes = table[0].saturating_sub(1);
+        cfg.class_dropout_prob = 0.1;
+    } else if let Some(fc1) = sd.shape("cls_embedding.cap_proj.fc1.weight") {
+        cfg.model_type = ModelType::T2i;
+        cfg.caption_dim = fc1[1];
+        cfg.cls_token_num = sd
+            .shape("cls_embedding.uncond_embedding")
+            .map(|s| s[0])
+            .unwrap_or(120);
+    } else {
+        return Err(CheckpointError::Infer(
+            "no condition embedder (cls_embedding.embedding_table or cls_embedding.cap_proj)".into(),
+        ));
+    }
+
+    let downsample = hints.downsample.unwrap_or(16);
+    let image_size = hints
+        .image_size
+        .or_else(|| image_size_from_file_name(&sd.path))
+        .unwrap_or(256);
+    if image_size % downsample != 0 {
+        return Err(CheckpointError::Infer(format!(
+            "image size {image_size} is not a multiple of the tokenizer's downsampling {downsample}"
+        )));
+    }
+    let grid = image_size / downsample;
+    cfg.block_size = grid * grid;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Infers a VQ configuration (width, channel multipliers, residual blocks, codebook) from shapes.
+pub fn infer_vq_config(sd: &StateDict) -> Result<VqConfig, CheckpointError> {
+    let conv_in = shape(sd, "encoder.conv_in.weight")?;
+    let ch = conv_in[0];
+    let in_channels = conv_in[1];
+    let z_channels = shape(sd, "encoder.conv_out.weight")?[0];
+    let codebook = shape(sd, "quantize.embedding.weight")?;
+    let enc_levels = count_indexed(sd, "encoder.conv_blocks.", ".res.0.conv1.weight");
+    let dec_levels = count_indexed(sd, "decoder.conv_blocks.", ".res.0.conv1.weight");
+    if enc_levels == 0 || dec_levels == 0 {
+        return Err(CheckpointError::Infer(
+            "no encoder/decoder conv_blocks: this is not a LlamaGen VQ checkpoint".into(),
+        ));
+    }
+    let mult = |prefix: &str, i: usize| -> Result<usize, CheckpointError> {
+        Ok(shape(sd, &format!("{prefix}.conv_blocks.{i}.res.0.conv1.weight"))?[0] / ch)
+    };
+    let encoder_ch_mult = (0..enc_levels)
+        .map(|i| mult("encoder", i))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Decoder conv_blocks.0 is the deepest level; ch_mult is listed shallow → deep.
+    let mut decoder_ch_mult = (0..dec_levels)
+        .map(|i| mult("decoder", i))
+        .collect::<Result<Vec<_>, _>>()?;
+    decoder_ch_mult.reverse();
+    let num_res_blocks = count_indexed(sd, "encoder.conv_blocks.0.res.", ".conv1.weight");
+    let out_channels = shape(sd, "decoder.conv_out.weight")?[0];
+    let cfg = VqConfig {
+        codebook_size: codebook[0],
+        codebook_embed_dim: codebook[1],
+        codebook_show_usage: sd.contains("quantize.codebook_used"),
+        encoder_ch_mult,
+        decoder_ch_mult,
+        z_channels,
+        ch,
+        num_res_blocks,
+        in_channels,
+        out_channels,
+        ..VqConfig::default()
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_size_comes_from_the_official_file_names() {
+        assert_eq!(image_size_from_file_name(Path::new("c2i_L_384.pt")), Some(384));
+        assert_eq!(image_size_from_file_name(Path::new("/x/c2i_XXL_256.pt")), Some(256));
+        assert_eq!(image_size_from_file_name(Path::new("t2i_XL_stage2_512.pt")), Some(512));
+        assert_eq!(image_size_from_file_name(Path::new("vq_ds16_c2i.pt")), None);
+    }
+}

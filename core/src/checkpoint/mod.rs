@@ -1,0 +1,214 @@
+//! Checkpoints: official PyTorch `.pt` files (read by burn-store's pickle reader, which never
+//! executes pickle code) and `.safetensors`, turned into one name → tensor map with the official
+//! key names; checked against a configuration (all problems listed at once); and read into
+//! burn modules through [`Weights`].
+
+mod infer;
+mod weights;
+
+pub use infer::{GptHints, image_size_from_file_name, infer_gpt_config, infer_vq_config};
+pub use weights::Weights;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn_store::pytorch::PytorchReader;
+use burn_store::{ModuleStore, SafetensorsStore, TensorSnapshot};
+
+use crate::config::TensorSpec;
+use crate::error::{CheckReport, CheckpointError, ShapeMismatch};
+
+/// The on-disk format of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    PyTorch,
+    Safetensors,
+}
+
+/// Which copy of the weights to take from a training checkpoint that holds several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightsChoice {
+    /// `model` (what the official sampling scripts read).
+    #[default]
+    Model,
+    /// `ema` when present (what the official VQ scripts prefer), else `model`.
+    PreferEma,
+}
+
+/// Wrappers the official scripts store a state dict under, in the order they are looked for.
+const WRAPPERS: &[&str] = &["model", "module", "state_dict"];
+
+/// Entries of official checkpoints that are not weights and are skipped on load:
+/// the rotary table some GPT checkpoints carry, KV caches and attention masks.
+pub fn is_ignored_key(name: &str) -> bool {
+    name == "freqs_cis"
+        || name.ends_with(".freqs_cis")
+        || name.contains("kv_cache.")
+        || name == "causal_mask"
+}
+
+/// A checkpoint's tensors, keyed by their official names (wrapper prefix removed).
+pub struct StateDict {
+    pub path: PathBuf,
+    pub format: Format,
+    /// Where the weights were found: `model`, `ema`, `module`, `state_dict` or `(bare)`.
+    pub wrapper: String,
+    tensors: BTreeMap<String, TensorSnapshot>,
+}
+
+impl std::fmt::Debug for StateDict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateDict")
+            .field("path", &self.path)
+            .field("format", &self.format)
+            .field("wrapper", &self.wrapper)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl StateDict {
+    /// Reads a checkpoint; `.safetensors` by extension, everything else as a PyTorch file.
+    pub fn open(path: impl AsRef<Path>, choice: WeightsChoice) -> Result<Self, CheckpointError> {
+        let path = path.as_ref().to_path_buf();
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                CheckpointError::NotFound(path.clone())
+            } else {
+                CheckpointError::Io {
+                    path: path.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        if meta.is_dir() {
+            return Err(CheckpointError::Unreadable {
+                path,
+                format: "directory",
+                reason: "expected a file".into(),
+            });
+        }
+        let is_safetensors = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+        let (format, raw) = if is_safetensors {
+            (Format::Safetensors, read_safetensors(&path)?)
+        } else {
+            (Format::PyTorch, read_pytorch(&path)?)
+        };
+        Self::from_raw(path, format, raw, choice)
+    }
+
+    fn from_raw(
+        path: PathBuf,
+        format: Format,
+        raw: BTreeMap<String, TensorSnapshot>,
+        choice: WeightsChoice,
+    ) -> Result<Self, CheckpointError> {
+        let has_prefix = |p: &str| raw.keys().any(|k| k.starts_with(&format!("{p}.")));
+        let mut order: Vec<&str> = Vec::new();
+        if choice == WeightsChoice::PreferEma {
+            order.push("ema");
+        }
+        order.extend_from_slice(WRAPPERS);
+        let wrapper = order.into_iter().find(|p| has_prefix(p));
+        let tensors: BTreeMap<String, TensorSnapshot> = match wrapper {
+            Some(p) => {
+                let prefix = format!("{p}.");
+                raw.into_iter()
+                    .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|s| (s.to_string(), v)))
+                    .collect()
+            }
+            None => raw,
+        };
+        if tensors.is_empty() {
+            return Err(CheckpointError::NoWeights {
+                path,
+                hint: " (no tensors found)".into(),
+            });
+        }
+        Ok(Self {
+            path,
+            format,
+            wrapper: wrapper.unwrap_or("(bare)").to_string(),
+            tensors,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Names of every tensor, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.shape.to_vec())
+    }
+
+    /// The storage dtype of a tensor, as burn names it.
+    pub fn dtype(&self, name: &str) -> Option<burn::tensor::DType> {
+        self.tensors.get(name).map(|t| t.dtype)
+    }
+
+    pub(crate) fn snapshot(&self, name: &str) -> Option<&TensorSnapshot> {
+        self.tensors.get(name)
+    }
+
+    /// Compares the checkpoint with the tensors a configuration needs; every problem is listed.
+    /// Entries that official checkpoints carry but are not weights (`freqs_cis`, KV caches)
+    /// are not counted as unexpected.
+    pub fn check(&self, specs: &[TensorSpec]) -> CheckReport {
+        let mut report = CheckReport::default();
+        let mut expected = std::collections::HashSet::new();
+        for spec in specs {
+            expected.insert(spec.name.as_str());
+            match self.shape(&spec.name) {
+                None => report.missing.push(spec.name.clone()),
+                Some(found) if found != spec.shape => report.mismatched.push(ShapeMismatch {
+                    name: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    found,
+                }),
+                Some(_) => {}
+            }
+        }
+        report.unexpected = self
+            .keys()
+            .filter(|k| !expected.contains(k) && !is_ignored_key(k))
+            .map(str::to_string)
+            .collect();
+        report
+    }
+}
+
+fn read_safetensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, CheckpointError> {
+    let mut store = SafetensorsStore::from_file(path.to_path_buf());
+    let all = store
+        .get_all_snapshots()
+        .map_err(|e| CheckpointError::Unreadable {
+            path: path.to_path_buf(),
+            format: "safetensors",
+            reason: e.to_string(),
+        })?;
+    Ok(all.clone())
+}
+
+fn read_pytorch(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, CheckpointError> {
+    let reader = PytorchReader::new(path).map_err(|e| CheckpointError::Unreadable {
+        path: path.to_path_buf(),
+        format: "PyTorch .pt",
+        reason: e.to_string(),
+    })?;
+    Ok(reader.into_tensors().into_iter().collect())
+}

@@ -1,0 +1,134 @@
+//! Reading checked tensors out of a [`StateDict`] into burn modules. Every name passed here is
+//! an official state-dict key, so the model code itself is the key table.
+
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Embedding, GroupNorm, Linear, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+
+use super::StateDict;
+use crate::error::{CheckpointError, ShapeMismatch};
+
+/// A view of a state dict that hands out tensors on one device, converted to f32.
+pub struct Weights<'a, B: Backend> {
+    state: &'a StateDict,
+    device: &'a B::Device,
+}
+
+impl<'a, B: Backend> Weights<'a, B> {
+    pub fn new(state: &'a StateDict, device: &'a B::Device) -> Self {
+        Self { state, device }
+    }
+
+    pub fn device(&self) -> &B::Device {
+        self.device
+    }
+
+    /// Raw f32 data of a tensor.
+    pub fn data(&self, name: &str) -> Result<TensorData, CheckpointError> {
+        let snap = self
+            .state
+            .snapshot(name)
+            .ok_or_else(|| CheckpointError::MissingKeys(vec![name.to_string()]))?;
+        let data = snap.to_data().map_err(|e| CheckpointError::TensorData {
+            name: name.to_string(),
+            reason: format!("{e:?}"),
+        })?;
+        match data.dtype {
+            DType::F32 => Ok(data),
+            DType::F64 | DType::F16 | DType::BF16 | DType::I64 | DType::I32 => {
+                Ok(data.convert::<f32>())
+            }
+            other => Err(CheckpointError::Dtype {
+                name: name.to_string(),
+                dtype: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// A float tensor, its shape checked against `shape`.
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, CheckpointError> {
+        let data = self.data(name)?;
+        if data.shape.as_slice() != shape.as_slice() {
+            return Err(CheckpointError::ShapeMismatch(vec![ShapeMismatch {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: data.shape.to_vec(),
+            }]));
+        }
+        Ok(Tensor::from_data(data, self.device))
+    }
+
+    /// `nn.Linear(d_in, d_out)` stored `[out, in]` by PyTorch; burn keeps `[in, out]`.
+    pub fn linear(
+        &self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, CheckpointError> {
+        let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
+        let bias = if bias {
+            Some(Param::from_tensor(self.tensor(&format!("{name}.bias"), [d_out])?))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(weight.transpose()),
+            bias,
+        })
+    }
+
+    /// `nn.Conv2d(c_in, c_out, k, stride, padding)` with bias (same layout in burn).
+    pub fn conv2d(
+        &self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2d<B>, CheckpointError> {
+        let weight = self.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel])?;
+        let bias = self.tensor(&format!("{name}.bias"), [c_out])?;
+        Ok(Conv2d {
+            weight: Param::from_tensor(weight),
+            bias: Some(Param::from_tensor(bias)),
+            stride: [stride, stride],
+            kernel_size: [kernel, kernel],
+            dilation: [1, 1],
+            groups: 1,
+            padding: PaddingConfig2d::Explicit(padding, padding, padding, padding),
+        })
+    }
+
+    /// `nn.GroupNorm(groups, channels, eps, affine=True)`.
+    pub fn group_norm(
+        &self,
+        name: &str,
+        groups: usize,
+        channels: usize,
+        eps: f64,
+    ) -> Result<GroupNorm<B>, CheckpointError> {
+        Ok(GroupNorm {
+            gamma: Some(Param::from_tensor(self.tensor(&format!("{name}.weight"), [channels])?)),
+            beta: Some(Param::from_tensor(self.tensor(&format!("{name}.bias"), [channels])?)),
+            num_groups: groups,
+            num_channels: channels,
+            epsilon: eps,
+            affine: true,
+        })
+    }
+
+    /// `nn.Embedding(n, d)`.
+    pub fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding<B>, CheckpointError> {
+        Ok(Embedding {
+            weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?),
+        })
+    }
+}

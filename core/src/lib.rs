@@ -1,0 +1,12 @@
+//! LlamaGen in Rust: a VQ image tokenizer and Llama-architecture generators that predict image
+//! tokens one by one, conditioned on a class or a caption; official checkpoints load unchanged.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod gpt;
+pub mod vq;
+
+pub use config::{GptConfig, ModelType, VqConfig};
+pub use error::{CheckpointError, ConfigError};

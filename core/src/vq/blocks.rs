@@ -1,0 +1,169 @@
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Dropout, DropoutConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::ops::PadMode;
+
+use super::{NORM_EPS, NORM_GROUPS};
+use crate::checkpoint::Weights;
+use crate::error::CheckpointError;
+
+pub(crate) fn norm_init<B: Backend>(c: usize, device: &B::Device) -> GroupNorm<B> {
+    GroupNormConfig::new(NORM_GROUPS, c).with_epsilon(NORM_EPS).init(device)
+}
+
+pub(crate) fn norm_load<B: Backend>(w: &Weights<B>, name: &str, c: usize) -> Result<GroupNorm<B>, CheckpointError> {
+    w.group_norm(name, NORM_GROUPS, c, NORM_EPS)
+}
+
+pub(crate) fn conv_init<B: Backend>(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &B::Device) -> Conv2d<B> {
+    Conv2dConfig::new([cin, cout], [k, k])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .init(device)
+}
+
+/// norm → swish → 3×3 conv → norm → swish → dropout → 3×3 conv, plus a 1×1 shortcut when the
+/// width changes.
+#[derive(Module, Debug)]
+pub struct ResnetBlock<B: Backend> {
+    pub norm1: GroupNorm<B>,
+    pub conv1: Conv2d<B>,
+    pub norm2: GroupNorm<B>,
+    pub dropout: Dropout,
+    pub conv2: Conv2d<B>,
+    pub nin_shortcut: Option<Conv2d<B>>,
+}
+
+impl<B: Backend> ResnetBlock<B> {
+    pub fn init(cin: usize, cout: usize, dropout: f64, device: &B::Device) -> Self {
+        Self {
+            norm1: norm_init(cin, device),
+            conv1: conv_init(cin, cout, 3, 1, 1, device),
+            norm2: norm_init(cout, device),
+            dropout: DropoutConfig::new(dropout).init(),
+            conv2: conv_init(cout, cout, 3, 1, 1, device),
+            nin_shortcut: (cin != cout).then(|| conv_init(cin, cout, 1, 1, 0, device)),
+        }
+    }
+
+    pub fn load(w: &Weights<B>, p: &str, cin: usize, cout: usize, dropout: f64) -> Result<Self, CheckpointError> {
+        Ok(Self {
+            norm1: norm_load(w, &format!("{p}.norm1"), cin)?,
+            conv1: w.conv2d(&format!("{p}.conv1"), cin, cout, 3, 1, 1)?,
+            norm2: norm_load(w, &format!("{p}.norm2"), cout)?,
+            dropout: DropoutConfig::new(dropout).init(),
+            conv2: w.conv2d(&format!("{p}.conv2"), cout, cout, 3, 1, 1)?,
+            nin_shortcut: if cin != cout {
+                Some(w.conv2d(&format!("{p}.nin_shortcut"), cin, cout, 1, 1, 0)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv2.forward(self.dropout.forward(silu(self.norm2.forward(h))));
+        let x = match &self.nin_shortcut {
+            Some(conv) => conv.forward(x),
+            None => x,
+        };
+        x + h
+    }
+}
+
+/// Single-head spatial self-attention with 1×1-conv projections.
+#[derive(Module, Debug)]
+pub struct AttnBlock<B: Backend> {
+    pub norm: GroupNorm<B>,
+    pub q: Conv2d<B>,
+    pub k: Conv2d<B>,
+    pub v: Conv2d<B>,
+    pub proj_out: Conv2d<B>,
+}
+
+impl<B: Backend> AttnBlock<B> {
+    pub fn init(c: usize, device: &B::Device) -> Self {
+        let conv = || conv_init(c, c, 1, 1, 0, device);
+        Self {
+            norm: norm_init(c, device),
+            q: conv(),
+            k: conv(),
+            v: conv(),
+            proj_out: conv(),
+        }
+    }
+
+    pub fn load(w: &Weights<B>, p: &str, c: usize) -> Result<Self, CheckpointError> {
+        let conv = |n: &str| w.conv2d(&format!("{p}.{n}"), c, c, 1, 1, 0);
+        Ok(Self {
+            norm: norm_load(w, &format!("{p}.norm"), c)?,
+            q: conv("q")?,
+            k: conv("k")?,
+            v: conv("v")?,
+            proj_out: conv("proj_out")?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        let n = h * w;
+        let hn = self.norm.forward(x.clone());
+        let q = self.q.forward(hn.clone()).reshape([b, c, n]).swap_dims(1, 2);
+        let k = self.k.forward(hn.clone()).reshape([b, c, n]);
+        let v = self.v.forward(hn).reshape([b, c, n]);
+        // Official scale: int(c) ** -0.5; softmax over the keys.
+        let attn = softmax(q.matmul(k) * (c as f64).powf(-0.5), 2);
+        let out = v.matmul(attn.swap_dims(1, 2)).reshape([b, c, h, w]);
+        x + self.proj_out.forward(out)
+    }
+}
+
+/// Zero-pad right and bottom by one, then a stride-2 3×3 conv without padding.
+#[derive(Module, Debug)]
+pub struct Downsample<B: Backend> {
+    pub conv: Conv2d<B>,
+}
+
+impl<B: Backend> Downsample<B> {
+    pub fn init(c: usize, device: &B::Device) -> Self {
+        Self { conv: conv_init(c, c, 3, 2, 0, device) }
+    }
+
+    pub fn load(w: &Weights<B>, p: &str, c: usize) -> Result<Self, CheckpointError> {
+        Ok(Self { conv: w.conv2d(&format!("{p}.conv"), c, c, 3, 2, 0)? })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.conv.forward(x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0)))
+    }
+}
+
+/// Nearest-neighbour ×2 upsampling, then a 3×3 conv.
+#[derive(Module, Debug)]
+pub struct Upsample<B: Backend> {
+    pub conv: Conv2d<B>,
+}
+
+impl<B: Backend> Upsample<B> {
+    pub fn init(c: usize, device: &B::Device) -> Self {
+        Self { conv: conv_init(c, c, 3, 1, 1, device) }
+    }
+
+    pub fn load(w: &Weights<B>, p: &str, c: usize) -> Result<Self, CheckpointError> {
+        Ok(Self { conv: w.conv2d(&format!("{p}.conv"), c, c, 3, 1, 1)? })
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.conv.forward(upsample_nearest_2x(x))
+    }
+}
+
+/// Exact nearest ×2: every pixel repeated into a 2×2 block.
+pub fn upsample_nearest_2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
+}
