@@ -1,1 +1,260 @@
-fn main() {}
+//! `llamagen`: the headless command-line interface.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice};
+use llamagen::config::{GptConfig, ModelType, VqConfig};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "llamagen",
+    version,
+    about = "LlamaGen: autoregressive image generation with a VQ tokenizer and a Llama-style transformer",
+    long_about = "LlamaGen: autoregressive image generation with a VQ tokenizer and a Llama-style \
+transformer.\n\nOfficial LlamaGen checkpoints (.pt) and safetensors files load by path, unchanged."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum Kind {
+    /// Decide from the tensor names.
+    Auto,
+    /// A generator (GPT) checkpoint.
+    Gpt,
+    /// An image tokenizer (VQ) checkpoint.
+    Vq,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a checkpoint (inferred configuration, parameters, dtype, problems) or a named
+    /// configuration (exact parameter count, nothing allocated).
+    #[command(after_help = "Examples:\n  llamagen inspect c2i_L_384.pt\n  llamagen inspect vq_ds16_c2i.pt --json\n  llamagen inspect --config GPT-XL --type t2i")]
+    Inspect {
+        /// Checkpoint file (.pt, .pth or .safetensors).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        checkpoint: Option<PathBuf>,
+        /// A named configuration instead of a file: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL,
+        /// GPT-1B, GPT-3B, GPT-7B, VQ-16 or VQ-8.
+        #[arg(long)]
+        config: Option<String>,
+        /// Model type of a named GPT configuration: c2i (1000 classes) or t2i (FLAN-T5-XL
+        /// captions, 2048-dim, 120 condition tokens).
+        #[arg(long = "type", default_value = "c2i")]
+        model_type: String,
+        /// Number of classes of a named c2i configuration.
+        #[arg(long, default_value_t = 1000)]
+        num_classes: usize,
+        /// Codebook size (GPT vocabulary).
+        #[arg(long, default_value_t = 16384)]
+        vocab_size: usize,
+        /// What the checkpoint holds.
+        #[arg(long, value_enum, default_value_t = Kind::Auto)]
+        kind: Kind,
+        /// Image size in pixels (GPT checkpoints; default: from the file name, else 256).
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// Named GPT size, when the width alone does not say it.
+        #[arg(long)]
+        gpt_model: Option<String>,
+        /// Number of attention heads, for a GPT width that is not a named size.
+        #[arg(long)]
+        n_head: Option<usize>,
+        /// Tokenizer downsampling factor, for the token grid of a GPT checkpoint.
+        #[arg(long, default_value_t = 16)]
+        downsample: usize,
+        /// Read the `ema` weights of a training checkpoint when present.
+        #[arg(long)]
+        ema: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect {
+            checkpoint,
+            config,
+            model_type,
+            num_classes,
+            vocab_size,
+            kind,
+            image_size,
+            gpt_model,
+            n_head,
+            downsample,
+            ema,
+            json,
+        } => {
+            if let Some(name) = config {
+                let model_type: ModelType = model_type.parse()?;
+                inspect_named(&name, model_type, num_classes, vocab_size, json)
+            } else {
+                let path = checkpoint.expect("clap requires a checkpoint without --config");
+                let hints = GptHints {
+                    image_size,
+                    downsample: Some(downsample),
+                    gpt_model,
+                    n_head,
+                    ..GptHints::default()
+                };
+                inspect_file(&path, kind, &hints, ema, json)
+            }
+        }
+    }
+}
+
+fn gpt_json(cfg: &GptConfig) -> serde_json::Value {
+    json!({
+        "kind": "gpt",
+        "name": cfg.size_name(),
+        "config": cfg,
+        "head_dim": cfg.head_dim(),
+        "ffn_hidden_dim": cfg.ffn_hidden_dim(),
+        "grid_size": cfg.grid_size(),
+        "parameters": cfg.num_params(),
+    })
+}
+
+fn vq_json(cfg: &VqConfig) -> serde_json::Value {
+    json!({
+        "kind": "vq",
+        "name": cfg.size_name(),
+        "config": cfg,
+        "downsample": cfg.downsample(),
+        "parameters": cfg.num_params(),
+    })
+}
+
+fn print_summary(v: &serde_json::Value) {
+    let kind = v["kind"].as_str().unwrap_or("?");
+    let name = v["name"].as_str().unwrap_or("custom");
+    let params = v["parameters"].as_u64().unwrap_or(0);
+    println!("{} {name}: {} parameters ({:.1}M)", kind.to_uppercase(), group(params), params as f64 / 1e6);
+    if let Some(cfg) = v["config"].as_object() {
+        for (k, val) in cfg {
+            println!("  {k:<20} {val}");
+        }
+    }
+    for extra in ["head_dim", "ffn_hidden_dim", "grid_size", "downsample"] {
+        if let Some(val) = v.get(extra) {
+            println!("  {extra:<20} {val}");
+        }
+    }
+}
+
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn inspect_named(name: &str, model_type: ModelType, num_classes: usize, vocab_size: usize, as_json: bool) -> Result<()> {
+    let value = if name.to_ascii_uppercase().starts_with("VQ") {
+        vq_json(&VqConfig::named(name)?)
+    } else {
+        let mut cfg = GptConfig::named(name)?;
+        cfg.num_classes = num_classes;
+        cfg.vocab_size = vocab_size;
+        if model_type == ModelType::T2i {
+            cfg = cfg.into_t2i();
+        }
+        gpt_json(&cfg)
+    };
+    if as_json {
+        println!("{value}");
+    } else {
+        print_summary(&value);
+    }
+    Ok(())
+}
+
+fn inspect_file(path: &PathBuf, kind: Kind, hints: &GptHints, ema: bool, as_json: bool) -> Result<()> {
+    let choice = if ema { WeightsChoice::PreferEma } else { WeightsChoice::Model };
+    let sd = StateDict::open(path, choice)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let kind = match kind {
+        Kind::Auto if sd.contains("tok_embeddings.weight") => Kind::Gpt,
+        Kind::Auto if sd.contains("encoder.conv_in.weight") => Kind::Vq,
+        Kind::Auto => bail!(
+            "{} holds neither a LlamaGen GPT (tok_embeddings.weight) nor a VQ tokenizer \
+             (encoder.conv_in.weight); pass --kind gpt or --kind vq to see what is missing",
+            path.display()
+        ),
+        k => k,
+    };
+    let (mut value, specs) = match kind {
+        Kind::Gpt => {
+            let cfg = sd.infer_gpt_config(hints).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\nhint: pass --gpt-model (or --n-head) and --image-size when the file does not say them"
+                )
+            })?;
+            (gpt_json(&cfg), cfg.state_dict_specs())
+        }
+        _ => {
+            let cfg = sd.infer_vq_config()?;
+            (vq_json(&cfg), cfg.state_dict_specs())
+        }
+    };
+    let report = sd.check(&specs);
+    let mut dtypes: Vec<String> = sd.keys().filter_map(|k| sd.dtype(k)).map(|d| format!("{d:?}")).collect();
+    dtypes.sort();
+    dtypes.dedup();
+    let problems: Vec<String> = report
+        .missing
+        .iter()
+        .map(|k| format!("missing: {k}"))
+        .chain(report.unexpected.iter().map(|k| format!("unexpected: {k}")))
+        .chain(report.mismatched.iter().map(|m| format!("shape: {m}")))
+        .collect();
+    value["file"] = json!(path.display().to_string());
+    value["weights"] = json!(sd.wrapper);
+    value["tensors"] = json!(sd.len());
+    value["dtypes"] = json!(dtypes);
+    value["problems"] = json!(problems);
+    if as_json {
+        println!("{value}");
+    } else {
+        println!("{} ({} tensors under '{}', dtype {})", path.display(), sd.len(), sd.wrapper, dtypes.join(", "));
+        print_summary(&value);
+        if problems.is_empty() {
+            println!("no problems found");
+        } else {
+            println!("{} problem(s):", problems.len());
+            for p in &problems {
+                println!("  {p}");
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{} does not match the inferred configuration ({} problem(s))", path.display(), problems.len());
+    }
+    Ok(())
+}

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use super::StateDict;
+use std::collections::BTreeMap;
+
 use crate::config::{GPT_SIZES, GptConfig, ModelType, VqConfig};
 use crate::error::CheckpointError;
 
@@ -15,7 +16,14 @@ pub struct GptHints {
     pub downsample: Option<usize>,
     /// A named size (`GPT-L`), to settle n_head when the width alone is ambiguous.
     pub gpt_model: Option<String>,
+    /// Number of attention heads, for widths that are not a named size.
+    pub n_head: Option<usize>,
+    /// The checkpoint's file name, read for the image size (`c2i_L_384.pt`).
+    pub file_name: Option<std::path::PathBuf>,
 }
+
+/// Tensor name → shape: all that inference looks at.
+pub type Shapes = BTreeMap<String, Vec<usize>>;
 
 /// `c2i_L_384.pt` → 384; `t2i_XL_stage2_512.pt` → 512: the last `_<digits>` in the stem.
 pub fn image_size_from_file_name(path: &Path) -> Option<usize> {
@@ -26,20 +34,21 @@ pub fn image_size_from_file_name(path: &Path) -> Option<usize> {
         .next_back()
 }
 
-fn shape(sd: &StateDict, name: &str) -> Result<Vec<usize>, CheckpointError> {
-    sd.shape(name)
+fn shape(sd: &Shapes, name: &str) -> Result<Vec<usize>, CheckpointError> {
+    sd.get(name)
+        .cloned()
         .ok_or_else(|| CheckpointError::Infer(format!("the checkpoint has no '{name}' tensor")))
 }
 
-fn count_indexed(sd: &StateDict, prefix: &str, suffix: &str) -> usize {
+fn count_indexed(sd: &Shapes, prefix: &str, suffix: &str) -> usize {
     (0..)
-        .take_while(|i| sd.contains(&format!("{prefix}{i}{suffix}")))
+        .take_while(|i| sd.contains_key(&format!("{prefix}{i}{suffix}")))
         .count()
 }
 
 /// Infers a GPT configuration from the shapes in `sd` (dim, layers, heads, GQA, vocab, classes,
 /// caption dim, condition tokens) and the grid size from `hints` or the file name.
-pub fn infer_gpt_config(sd: &StateDict, hints: &GptHints) -> Result<GptConfig, CheckpointError> {
+pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, CheckpointError> {
     let tok = shape(sd, "tok_embeddings.weight")?;
     let (vocab_size, dim) = (tok[0], tok[1]);
     let n_layer = count_indexed(sd, "layers.", ".attention.wqkv.weight");
@@ -56,13 +65,15 @@ pub fn infer_gpt_config(sd: &StateDict, hints: &GptHints) -> Result<GptConfig, C
                 .find(|(_, l, _, d)| *d == dim && *l == n_layer)
                 .or_else(|| GPT_SIZES.iter().find(|(_, _, _, d)| *d == dim));
             match named {
-                Some((name, ..)) => GptConfig::named(name)?,
-                // Not a named width: the official sizes use 64-dim heads.
-                None if dim % 64 == 0 => GptConfig {
-                    n_head: dim / 64,
+                Some((name, ..)) if hints.n_head.is_none() => GptConfig::named(name)?,
+                // Not a named width: the heads come from the hint, else 64-dim heads as in
+                // the official sizes.
+                _ if hints.n_head.is_some() || dim % 64 == 0 => GptConfig {
+                    dim,
+                    n_head: hints.n_head.unwrap_or(dim / 64),
                     ..GptConfig::default()
                 },
-                None => {
+                _ => {
                     return Err(CheckpointError::Infer(format!(
                         "width {dim} is not a named GPT size; pass the model size explicitly"
                     )));
@@ -108,17 +119,17 @@ pub fn infer_gpt_config(sd: &StateDict, hints: &GptHints) -> Result<GptConfig, C
         }
     }
 
-    if let Some(table) = sd.shape("cls_embedding.embedding_table.weight") {
+    if let Some(table) = sd.get("cls_embedding.embedding_table.weight") {
         cfg.model_type = ModelType::C2i;
         cfg.cls_token_num = 1;
         // The table has one extra row, the null class used by CFG.
         cfg.num_classes = table[0].saturating_sub(1);
         cfg.class_dropout_prob = 0.1;
-    } else if let Some(fc1) = sd.shape("cls_embedding.cap_proj.fc1.weight") {
+    } else if let Some(fc1) = sd.get("cls_embedding.cap_proj.fc1.weight") {
         cfg.model_type = ModelType::T2i;
         cfg.caption_dim = fc1[1];
         cfg.cls_token_num = sd
-            .shape("cls_embedding.uncond_embedding")
+            .get("cls_embedding.uncond_embedding")
             .map(|s| s[0])
             .unwrap_or(120);
     } else {
@@ -130,7 +141,7 @@ pub fn infer_gpt_config(sd: &StateDict, hints: &GptHints) -> Result<GptConfig, C
     let downsample = hints.downsample.unwrap_or(16);
     let image_size = hints
         .image_size
-        .or_else(|| image_size_from_file_name(&sd.path))
+        .or_else(|| hints.file_name.as_deref().and_then(image_size_from_file_name))
         .unwrap_or(256);
     if image_size % downsample != 0 {
         return Err(CheckpointError::Infer(format!(
@@ -144,7 +155,7 @@ pub fn infer_gpt_config(sd: &StateDict, hints: &GptHints) -> Result<GptConfig, C
 }
 
 /// Infers a VQ configuration (width, channel multipliers, residual blocks, codebook) from shapes.
-pub fn infer_vq_config(sd: &StateDict) -> Result<VqConfig, CheckpointError> {
+pub fn infer_vq_config(sd: &Shapes) -> Result<VqConfig, CheckpointError> {
     let conv_in = shape(sd, "encoder.conv_in.weight")?;
     let ch = conv_in[0];
     let in_channels = conv_in[1];
@@ -173,7 +184,7 @@ pub fn infer_vq_config(sd: &StateDict) -> Result<VqConfig, CheckpointError> {
     let cfg = VqConfig {
         codebook_size: codebook[0],
         codebook_embed_dim: codebook[1],
-        codebook_show_usage: sd.contains("quantize.codebook_used"),
+        codebook_show_usage: sd.contains_key("quantize.codebook_used"),
         encoder_ch_mult,
         decoder_ch_mult,
         z_channels,

@@ -6,7 +6,7 @@
 mod infer;
 mod weights;
 
-pub use infer::{GptHints, image_size_from_file_name, infer_gpt_config, infer_vq_config};
+pub use infer::{GptHints, Shapes, image_size_from_file_name, infer_gpt_config, infer_vq_config};
 pub use weights::Weights;
 
 use std::collections::BTreeMap;
@@ -150,6 +150,23 @@ impl StateDict {
     /// Names of every tensor, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
+    }
+
+    /// Name → shape of every tensor (what config inference reads).
+    pub fn shapes(&self) -> Shapes {
+        self.tensors.iter().map(|(k, v)| (k.clone(), v.shape.to_vec())).collect()
+    }
+
+    /// Infers the GPT configuration; the file name is read for the image size unless the
+    /// hints give it.
+    pub fn infer_gpt_config(&self, hints: &GptHints) -> Result<crate::config::GptConfig, CheckpointError> {
+        let mut hints = hints.clone();
+        hints.file_name.get_or_insert_with(|| self.path.clone());
+        infer_gpt_config(&self.shapes(), &hints)
+    }
+
+    pub fn infer_vq_config(&self) -> Result<crate::config::VqConfig, CheckpointError> {
+        infer_vq_config(&self.shapes())
     }
 
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
