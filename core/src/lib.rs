@@ -5,7 +5,9 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod gpt;
+pub mod sampling;
 pub mod vq;
 
 pub use config::{GptConfig, ModelType, VqConfig};
