@@ -212,7 +212,10 @@ impl GptConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |why: String| Err(ConfigError::Invalid(why));
         if self.n_head == 0 || self.dim % self.n_head != 0 {
-            return bad(format!("dim {} is not divisible by n_head {}", self.dim, self.n_head));
+            return bad(format!(
+                "dim {} is not divisible by n_head {}",
+                self.dim, self.n_head
+            ));
         }
         if self.head_dim() % 4 != 0 {
             return bad(format!(
@@ -222,11 +225,17 @@ impl GptConfig {
         }
         let kv = self.kv_heads();
         if kv == 0 || self.n_head % kv != 0 {
-            return bad(format!("n_head {} is not a multiple of n_kv_head {kv}", self.n_head));
+            return bad(format!(
+                "n_head {} is not a multiple of n_kv_head {kv}",
+                self.n_head
+            ));
         }
         let g = self.grid_size();
         if g * g != self.block_size {
-            return bad(format!("block_size {} is not a square number", self.block_size));
+            return bad(format!(
+                "block_size {} is not a square number",
+                self.block_size
+            ));
         }
         if self.cls_token_num == 0 {
             return bad("cls_token_num must be at least 1".into());
@@ -248,21 +257,48 @@ impl GptConfig {
                     "cls_embedding.uncond_embedding",
                     &[self.cls_token_num, self.caption_dim],
                 ));
-                v.push(TensorSpec::param("cls_embedding.cap_proj.fc1.weight", &[d, self.caption_dim]));
-                v.push(TensorSpec::param("cls_embedding.cap_proj.fc2.weight", &[d, d]));
+                v.push(TensorSpec::param(
+                    "cls_embedding.cap_proj.fc1.weight",
+                    &[d, self.caption_dim],
+                ));
+                v.push(TensorSpec::param(
+                    "cls_embedding.cap_proj.fc2.weight",
+                    &[d, d],
+                ));
             }
         }
-        v.push(TensorSpec::param("tok_embeddings.weight", &[self.vocab_size, d]));
+        v.push(TensorSpec::param(
+            "tok_embeddings.weight",
+            &[self.vocab_size, d],
+        ));
         let kv_dim = self.kv_heads() * self.head_dim();
         let hidden = self.ffn_hidden_dim();
         for i in 0..self.n_layer {
             let p = format!("layers.{i}");
-            v.push(TensorSpec::param(format!("{p}.attention.wqkv.weight"), &[d + 2 * kv_dim, d]));
-            v.push(TensorSpec::param(format!("{p}.attention.wo.weight"), &[d, d]));
-            v.push(TensorSpec::param(format!("{p}.feed_forward.w1.weight"), &[hidden, d]));
-            v.push(TensorSpec::param(format!("{p}.feed_forward.w3.weight"), &[hidden, d]));
-            v.push(TensorSpec::param(format!("{p}.feed_forward.w2.weight"), &[d, hidden]));
-            v.push(TensorSpec::param(format!("{p}.attention_norm.weight"), &[d]));
+            v.push(TensorSpec::param(
+                format!("{p}.attention.wqkv.weight"),
+                &[d + 2 * kv_dim, d],
+            ));
+            v.push(TensorSpec::param(
+                format!("{p}.attention.wo.weight"),
+                &[d, d],
+            ));
+            v.push(TensorSpec::param(
+                format!("{p}.feed_forward.w1.weight"),
+                &[hidden, d],
+            ));
+            v.push(TensorSpec::param(
+                format!("{p}.feed_forward.w3.weight"),
+                &[hidden, d],
+            ));
+            v.push(TensorSpec::param(
+                format!("{p}.feed_forward.w2.weight"),
+                &[d, hidden],
+            ));
+            v.push(TensorSpec::param(
+                format!("{p}.attention_norm.weight"),
+                &[d],
+            ));
             v.push(TensorSpec::param(format!("{p}.ffn_norm.weight"), &[d]));
         }
         v.push(TensorSpec::param("norm.weight", &[d]));
@@ -385,7 +421,10 @@ impl VqConfig {
     pub fn state_dict_specs(&self) -> Vec<TensorSpec> {
         let mut v = Vec::new();
         let conv = |v: &mut Vec<TensorSpec>, name: String, cin: usize, cout: usize, k: usize| {
-            v.push(TensorSpec::param(format!("{name}.weight"), &[cout, cin, k, k]));
+            v.push(TensorSpec::param(
+                format!("{name}.weight"),
+                &[cout, cin, k, k],
+            ));
             v.push(TensorSpec::param(format!("{name}.bias"), &[cout]));
         };
         let norm = |v: &mut Vec<TensorSpec>, name: String, c: usize| {
@@ -417,47 +456,95 @@ impl VqConfig {
         for (i, m) in mult.iter().enumerate() {
             let block_out = ch * m;
             for r in 0..nres {
-                resnet(&mut v, format!("encoder.conv_blocks.{i}.res.{r}"), block_in, block_out);
+                resnet(
+                    &mut v,
+                    format!("encoder.conv_blocks.{i}.res.{r}"),
+                    block_in,
+                    block_out,
+                );
                 block_in = block_out;
             }
             if i == mult.len() - 1 {
                 for r in 0..nres {
-                    attn(&mut v, format!("encoder.conv_blocks.{i}.attn.{r}"), block_in);
+                    attn(
+                        &mut v,
+                        format!("encoder.conv_blocks.{i}.attn.{r}"),
+                        block_in,
+                    );
                 }
             } else {
-                conv(&mut v, format!("encoder.conv_blocks.{i}.downsample.conv"), block_in, block_in, 3);
+                conv(
+                    &mut v,
+                    format!("encoder.conv_blocks.{i}.downsample.conv"),
+                    block_in,
+                    block_in,
+                    3,
+                );
             }
         }
         resnet(&mut v, "encoder.mid.0".into(), block_in, block_in);
         attn(&mut v, "encoder.mid.1".into(), block_in);
         resnet(&mut v, "encoder.mid.2".into(), block_in, block_in);
         norm(&mut v, "encoder.norm_out".into(), block_in);
-        conv(&mut v, "encoder.conv_out".into(), block_in, self.z_channels, 3);
+        conv(
+            &mut v,
+            "encoder.conv_out".into(),
+            block_in,
+            self.z_channels,
+            3,
+        );
 
         // Decoder: conv_blocks.0 is the deepest level.
         let mult = &self.decoder_ch_mult;
         let mut block_in = ch * mult[mult.len() - 1];
-        conv(&mut v, "decoder.conv_in".into(), self.z_channels, block_in, 3);
+        conv(
+            &mut v,
+            "decoder.conv_in".into(),
+            self.z_channels,
+            block_in,
+            3,
+        );
         resnet(&mut v, "decoder.mid.0".into(), block_in, block_in);
         attn(&mut v, "decoder.mid.1".into(), block_in);
         resnet(&mut v, "decoder.mid.2".into(), block_in, block_in);
         for i in 0..mult.len() {
             let block_out = ch * mult[mult.len() - 1 - i];
             for r in 0..=nres {
-                resnet(&mut v, format!("decoder.conv_blocks.{i}.res.{r}"), block_in, block_out);
+                resnet(
+                    &mut v,
+                    format!("decoder.conv_blocks.{i}.res.{r}"),
+                    block_in,
+                    block_out,
+                );
                 block_in = block_out;
             }
             if i == 0 {
                 for r in 0..=nres {
-                    attn(&mut v, format!("decoder.conv_blocks.{i}.attn.{r}"), block_in);
+                    attn(
+                        &mut v,
+                        format!("decoder.conv_blocks.{i}.attn.{r}"),
+                        block_in,
+                    );
                 }
             }
             if i != mult.len() - 1 {
-                conv(&mut v, format!("decoder.conv_blocks.{i}.upsample.conv"), block_in, block_in, 3);
+                conv(
+                    &mut v,
+                    format!("decoder.conv_blocks.{i}.upsample.conv"),
+                    block_in,
+                    block_in,
+                    3,
+                );
             }
         }
         norm(&mut v, "decoder.norm_out".into(), block_in);
-        conv(&mut v, "decoder.conv_out".into(), block_in, self.out_channels, 3);
+        conv(
+            &mut v,
+            "decoder.conv_out".into(),
+            block_in,
+            self.out_channels,
+            3,
+        );
 
         // Quantizer and the 1×1 convolutions around it.
         v.push(TensorSpec::param(
@@ -465,10 +552,25 @@ impl VqConfig {
             &[self.codebook_size, self.codebook_embed_dim],
         ));
         if self.codebook_show_usage {
-            v.push(TensorSpec::buffer("quantize.codebook_used", &[CODEBOOK_USAGE_LEN]));
+            v.push(TensorSpec::buffer(
+                "quantize.codebook_used",
+                &[CODEBOOK_USAGE_LEN],
+            ));
         }
-        conv(&mut v, "quant_conv".into(), self.z_channels, self.codebook_embed_dim, 1);
-        conv(&mut v, "post_quant_conv".into(), self.codebook_embed_dim, self.z_channels, 1);
+        conv(
+            &mut v,
+            "quant_conv".into(),
+            self.z_channels,
+            self.codebook_embed_dim,
+            1,
+        );
+        conv(
+            &mut v,
+            "post_quant_conv".into(),
+            self.codebook_embed_dim,
+            self.z_channels,
+            1,
+        );
         v
     }
 
@@ -491,7 +593,10 @@ mod tests {
     #[test]
     fn named_sizes_are_case_insensitive_and_unknown_is_an_error() {
         assert_eq!(GptConfig::named("gpt-xl").unwrap().dim, 1280);
-        assert!(matches!(GptConfig::named("GPT-Q"), Err(ConfigError::UnknownGptSize(_))));
+        assert!(matches!(
+            GptConfig::named("GPT-Q"),
+            Err(ConfigError::UnknownGptSize(_))
+        ));
         assert_eq!(VqConfig::named("vq-8").unwrap().downsample(), 8);
         assert_eq!(VqConfig::named("VQ-16").unwrap().downsample(), 16);
     }

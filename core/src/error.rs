@@ -5,7 +5,9 @@ use std::path::PathBuf;
 /// A configuration that cannot describe a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("unknown GPT size '{0}' (known: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B, GPT-7B)")]
+    #[error(
+        "unknown GPT size '{0}' (known: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL, GPT-1B, GPT-3B, GPT-7B)"
+    )]
     UnknownGptSize(String),
     #[error("unknown tokenizer size '{0}' (known: VQ-16, VQ-8)")]
     UnknownVqSize(String),
@@ -25,13 +27,22 @@ pub struct ShapeMismatch {
 
 impl std::fmt::Display for ShapeMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: expected {:?}, found {:?}", self.name, self.expected, self.found)
+        write!(
+            f,
+            "{}: expected {:?}, found {:?}",
+            self.name, self.expected, self.found
+        )
     }
 }
 
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 12;
-    let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(", … ({} more)", names.len() - SHOWN));
     }

@@ -49,11 +49,19 @@ pub enum GenerateError {
     #[error("sample {index}: {source}")]
     Sampling { index: usize, source: SamplingError },
     #[error("sample {index}: class {class} is out of range (the model has {num_classes} classes)")]
-    ClassOutOfRange { index: usize, class: usize, num_classes: usize },
+    ClassOutOfRange {
+        index: usize,
+        class: usize,
+        num_classes: usize,
+    },
     #[error("sample {index}: {reason}")]
     Condition { index: usize, reason: String },
     #[error("sample {index}: prefix of {len} tokens {reason}")]
-    Prefix { index: usize, len: usize, reason: String },
+    Prefix {
+        index: usize,
+        len: usize,
+        reason: String,
+    },
 }
 
 /// Per-token detail an observer asks for.
@@ -163,13 +171,15 @@ impl<'a, B: Backend> Generator<'a, B> {
                 (RequestCondition::Class(_), ModelType::T2i) => {
                     return Err(GenerateError::Condition {
                         index,
-                        reason: "this is a text-conditional model: give it a prompt, not a class".into(),
+                        reason: "this is a text-conditional model: give it a prompt, not a class"
+                            .into(),
                     });
                 }
                 (RequestCondition::Caption { .. }, ModelType::C2i) => {
                     return Err(GenerateError::Condition {
                         index,
-                        reason: "this is a class-conditional model: give it a class, not a prompt".into(),
+                        reason: "this is a class-conditional model: give it a class, not a prompt"
+                            .into(),
                     });
                 }
             }
@@ -184,21 +194,31 @@ impl<'a, B: Backend> Generator<'a, B> {
                 return Err(GenerateError::Prefix {
                     index,
                     len: r.prefix.len(),
-                    reason: format!("leaves nothing to generate ({} tokens per image)", cfg.block_size),
+                    reason: format!(
+                        "leaves nothing to generate ({} tokens per image)",
+                        cfg.block_size
+                    ),
                 });
             }
             if let Some(t) = r.prefix.iter().find(|&&t| t as usize >= cfg.vocab_size) {
                 return Err(GenerateError::Prefix {
                     index,
                     len: r.prefix.len(),
-                    reason: format!("holds token {t}, outside the vocabulary of {}", cfg.vocab_size),
+                    reason: format!(
+                        "holds token {t}, outside the vocabulary of {}",
+                        cfg.vocab_size
+                    ),
                 });
             }
         }
         Ok(prefix_len)
     }
 
-    fn condition(&self, requests: &[Request], device: &B::Device) -> (Condition<B>, Option<Tensor<B, 2, Bool>>) {
+    fn condition(
+        &self,
+        requests: &[Request],
+        device: &B::Device,
+    ) -> (Condition<B>, Option<Tensor<B, 2, Bool>>) {
         let cfg = &self.gpt.config;
         let b = requests.len();
         match cfg.model_type {
@@ -210,7 +230,10 @@ impl<'a, B: Backend> Generator<'a, B> {
                         _ => unreachable!("validated"),
                     })
                     .collect();
-                (Condition::Class(Tensor::from_data(TensorData::new(ids, [b]), device)), None)
+                (
+                    Condition::Class(Tensor::from_data(TensorData::new(ids, [b]), device)),
+                    None,
+                )
             }
             ModelType::T2i => {
                 let (t, d) = (cfg.cls_token_num, cfg.caption_dim);
@@ -223,7 +246,10 @@ impl<'a, B: Backend> Generator<'a, B> {
                     }
                 }
                 (
-                    Condition::Caption(Tensor::from_data(TensorData::new(feats, [b, t, d]), device)),
+                    Condition::Caption(Tensor::from_data(
+                        TensorData::new(feats, [b, t, d]),
+                        device,
+                    )),
                     Some(Tensor::from_data(TensorData::new(masks, [b, t]), device)),
                 )
             }
@@ -259,10 +285,17 @@ impl<'a, B: Backend> Generator<'a, B> {
         let mut cache = gpt.new_cache(rows);
         if let Some(m) = masks {
             // The unconditional half uses the same caption masks (official generate()).
-            cache.mask_captions(if use_cfg { Tensor::cat(vec![m.clone(), m], 0) } else { m });
+            cache.mask_captions(if use_cfg {
+                Tensor::cat(vec![m.clone(), m], 0)
+            } else {
+                m
+            });
         }
 
-        let mut samplers: Vec<TokenSampler> = requests.iter().map(|r| TokenSampler::new(r.params)).collect();
+        let mut samplers: Vec<TokenSampler> = requests
+            .iter()
+            .map(|r| TokenSampler::new(r.params))
+            .collect();
         let mut tokens: Vec<Vec<u32>> = requests.iter().map(|r| r.prefix.clone()).collect();
         let mut probs: Vec<Vec<f32>> = vec![vec![f32::NAN; prefix_len]; b];
         let mut entropy: Vec<Vec<f32>> = vec![vec![f32::NAN; prefix_len]; b];
@@ -278,7 +311,8 @@ impl<'a, B: Backend> Generator<'a, B> {
                     ids.extend(r.prefix.iter().map(|&x| x as i64));
                 }
             }
-            let prefix = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, prefix_len]), &device);
+            let prefix =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, prefix_len]), &device);
             let out = gpt.decode(prefix, t, &mut cache);
             last = out.slice([0..rows, prefix_len - 1..prefix_len, 0..v]);
         }
@@ -350,10 +384,17 @@ impl<'a, B: Backend> Generator<'a, B> {
 }
 
 /// Decodes finished token grids to images `[batch, 3, H, W]` (roughly in [−1, 1]).
-pub fn decode_tokens<B: Backend>(vq: &VqModel<B>, tokens: &[Vec<u32>], grid: usize) -> Tensor<B, 4> {
+pub fn decode_tokens<B: Backend>(
+    vq: &VqModel<B>,
+    tokens: &[Vec<u32>],
+    grid: usize,
+) -> Tensor<B, 4> {
     let device = vq.quant_conv.weight.device();
     let b = tokens.len();
-    let ids: Vec<i64> = tokens.iter().flat_map(|t| t.iter().map(|&x| x as i64)).collect();
+    let ids: Vec<i64> = tokens
+        .iter()
+        .flat_map(|t| t.iter().map(|&x| x as i64))
+        .collect();
     let indices = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [b, grid * grid]), &device);
     vq.decode_code(indices, grid, grid)
 }

@@ -3,10 +3,12 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod classes;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gpt;
+pub mod image_io;
 pub mod sampling;
 pub mod vq;
 

@@ -79,7 +79,8 @@ impl SamplerParams {
     /// Whether guidance applies to the token at `index` (0 = the one the prefill predicts;
     /// decode step i predicts token i + 1 and keeps CFG while i ≤ cfg_interval).
     pub fn cfg_active(&self, index: usize) -> bool {
-        self.cfg_scale > 1.0 && (index == 0 || self.cfg_interval < 0 || index - 1 <= self.cfg_interval as usize)
+        self.cfg_scale > 1.0
+            && (index == 0 || self.cfg_interval < 0 || index - 1 <= self.cfg_interval as usize)
     }
 }
 
@@ -249,11 +250,41 @@ mod tests {
         let n = 20_000;
         // 99.9% quantile of chi-square with ≤ 7 degrees of freedom is 24.3.
         for params in [
-            SamplerParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, ..Default::default() },
-            SamplerParams { temperature: 0.5, top_k: 0, top_p: 1.0, seed: 2, ..Default::default() },
-            SamplerParams { temperature: 1.0, top_k: 3, top_p: 1.0, seed: 3, ..Default::default() },
-            SamplerParams { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 4, ..Default::default() },
-            SamplerParams { temperature: 2.0, top_k: 5, top_p: 0.9, seed: 5, ..Default::default() },
+            SamplerParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 1,
+                ..Default::default()
+            },
+            SamplerParams {
+                temperature: 0.5,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 2,
+                ..Default::default()
+            },
+            SamplerParams {
+                temperature: 1.0,
+                top_k: 3,
+                top_p: 1.0,
+                seed: 3,
+                ..Default::default()
+            },
+            SamplerParams {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 0.7,
+                seed: 4,
+                ..Default::default()
+            },
+            SamplerParams {
+                temperature: 2.0,
+                top_k: 5,
+                top_p: 0.9,
+                seed: 5,
+                ..Default::default()
+            },
         ] {
             let probs = logits_to_probs(&LOGITS, &params);
             let counts = histogram(params, &LOGITS, n);
@@ -269,7 +300,10 @@ mod tests {
             let plain = softmax(&LOGITS);
             if probs.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 0.02) {
                 let wrong = chi_square(&counts, &plain, n);
-                assert!(wrong > 100.0 || counts.iter().zip(&plain).any(|(&c, &p)| c == 0 && p > 0.01), "{params:?}: {wrong}");
+                assert!(
+                    wrong > 100.0 || counts.iter().zip(&plain).any(|(&c, &p)| c == 0 && p > 0.01),
+                    "{params:?}: {wrong}"
+                );
             }
         }
     }
@@ -278,30 +312,86 @@ mod tests {
     fn greedy_is_deterministic_and_seeds_reproduce() {
         let g = SamplerParams::greedy(1.0);
         assert!(histogram(g, &LOGITS, 100)[0] == 100);
-        let p = SamplerParams { seed: 42, ..Default::default() };
+        let p = SamplerParams {
+            seed: 42,
+            ..Default::default()
+        };
         assert_eq!(histogram(p, &LOGITS, 500), histogram(p, &LOGITS, 500));
-        let q = SamplerParams { seed: 43, ..Default::default() };
+        let q = SamplerParams {
+            seed: 43,
+            ..Default::default()
+        };
         assert_ne!(histogram(p, &LOGITS, 500), histogram(q, &LOGITS, 500));
     }
 
     #[test]
     fn cfg_interval_matches_the_official_step_rule() {
-        let p = SamplerParams { cfg_scale: 4.0, cfg_interval: 5, ..Default::default() };
+        let p = SamplerParams {
+            cfg_scale: 4.0,
+            cfg_interval: 5,
+            ..Default::default()
+        };
         let active: Vec<bool> = (0..10).map(|i| p.cfg_active(i)).collect();
-        assert_eq!(active, [true, true, true, true, true, true, true, false, false, false]);
-        assert!(!SamplerParams { cfg_scale: 1.0, ..Default::default() }.cfg_active(0));
-        assert!(SamplerParams { cfg_scale: 2.0, cfg_interval: -1, ..Default::default() }.cfg_active(255));
+        assert_eq!(
+            active,
+            [
+                true, true, true, true, true, true, true, false, false, false
+            ]
+        );
+        assert!(
+            !SamplerParams {
+                cfg_scale: 1.0,
+                ..Default::default()
+            }
+            .cfg_active(0)
+        );
+        assert!(
+            SamplerParams {
+                cfg_scale: 2.0,
+                cfg_interval: -1,
+                ..Default::default()
+            }
+            .cfg_active(255)
+        );
     }
 
     #[test]
     fn bad_settings_are_rejected() {
         let ok = SamplerParams::default();
         assert!(ok.validate().is_ok());
-        assert!(SamplerParams { temperature: 0.0, ..ok }.validate().is_err());
-        assert!(SamplerParams { temperature: f32::NAN, ..ok }.validate().is_err());
+        assert!(
+            SamplerParams {
+                temperature: 0.0,
+                ..ok
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplerParams {
+                temperature: f32::NAN,
+                ..ok
+            }
+            .validate()
+            .is_err()
+        );
         assert!(SamplerParams { top_p: 0.0, ..ok }.validate().is_err());
         assert!(SamplerParams { top_p: 1.5, ..ok }.validate().is_err());
-        assert!(SamplerParams { cfg_scale: -1.0, ..ok }.validate().is_err());
-        assert!(SamplerParams { cfg_interval: -2, ..ok }.validate().is_err());
+        assert!(
+            SamplerParams {
+                cfg_scale: -1.0,
+                ..ok
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SamplerParams {
+                cfg_interval: -2,
+                ..ok
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

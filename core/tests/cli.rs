@@ -10,7 +10,9 @@ fn llamagen() -> Command {
 fn reference_dir() -> PathBuf {
     std::env::var("LLAMAGEN_REFERENCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/reference"))
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/reference")
+        })
 }
 
 #[test]
@@ -21,7 +23,10 @@ fn help_explains_the_commands() {
     assert!(text.contains("inspect"), "{text}");
     let out = llamagen().args(["inspect", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("--config") && text.contains("--json"), "{text}");
+    assert!(
+        text.contains("--config") && text.contains("--json"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -44,13 +49,20 @@ fn inspect_named_configs_prints_exact_parameter_counts() {
         let mut cmd = llamagen();
         cmd.args(["inspect", "--json", "--config"]).args(&args);
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
         assert_eq!(v["parameters"].as_u64().unwrap(), expected(key), "{args:?}");
     }
     // The sizes without a reference count still work.
     for name in ["GPT-XXXL", "GPT-1B", "GPT-7B"] {
-        let out = llamagen().args(["inspect", "--config", name]).output().unwrap();
+        let out = llamagen()
+            .args(["inspect", "--config", name])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{name}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("parameters"));
     }
@@ -65,36 +77,61 @@ fn inspect_a_checkpoint_file() {
         .args(["--n-head", "4", "--image-size", "64", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["kind"], "gpt");
     assert_eq!(v["config"]["n_kv_head"], 2);
     assert_eq!(v["weights"], "model");
     assert_eq!(v["problems"].as_array().unwrap().len(), 0);
 
-    let out = llamagen().arg("inspect").arg(reference_dir().join("vq_ds8_tiny.safetensors")).output().unwrap();
+    let out = llamagen()
+        .arg("inspect")
+        .arg(reference_dir().join("vq_ds8_tiny.safetensors"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no problems found"));
 }
 
 #[test]
 fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
-    let out = llamagen().args(["inspect", "/no/such/file.pt"]).output().unwrap();
+    let out = llamagen()
+        .args(["inspect", "/no/such/file.pt"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not found") && err.contains("/no/such/file.pt"), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("/no/such/file.pt"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
-    let out = llamagen().args(["inspect", "--config", "GPT-Q"]).output().unwrap();
+    let out = llamagen()
+        .args(["inspect", "--config", "GPT-Q"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown GPT size"));
 
     // Width 64 is no named size: the error says what to pass.
-    let out = llamagen().arg("inspect").arg(reference_dir().join("gpt_c2i_gqa.pt")).output().unwrap();
+    let out = llamagen()
+        .arg("inspect")
+        .arg(reference_dir().join("gpt_c2i_gqa.pt"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--n-head"));
 
-    let out = llamagen().arg("inspect").arg(reference_dir().join("patchgan_tiny.pt")).output().unwrap();
+    let out = llamagen()
+        .arg("inspect")
+        .arg(reference_dir().join("patchgan_tiny.pt"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a LlamaGen GPT"));
 }

@@ -45,7 +45,9 @@ impl Manifest {
     /// Cases whose config is a GPT `ModelArgs` (it has a `model_type`).
     pub fn gpt_cases(&self) -> Vec<Case> {
         self.cases()
-            .filter(|(_, c)| c["config"].get("model_type").is_some() && c["config"].get("dim").is_some())
+            .filter(|(_, c)| {
+                c["config"].get("model_type").is_some() && c["config"].get("dim").is_some()
+            })
             .map(|(n, c)| Case::new(&self.dir, n, c))
             .collect()
     }
@@ -108,7 +110,11 @@ impl Case {
             serde_json::from_value(c["model_args"].clone()).expect("VQ model_args from manifest");
         let enc = &c["encoder_kwargs"];
         let dec = &c["decoder_kwargs"];
-        let get = |v: &Value, k: &str, default: usize| v.get(k).and_then(Value::as_u64).map_or(default, |x| x as usize);
+        let get = |v: &Value, k: &str, default: usize| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map_or(default, |x| x as usize)
+        };
         cfg.ch = get(enc, "ch", cfg.ch);
         cfg.num_res_blocks = get(enc, "num_res_blocks", cfg.num_res_blocks);
         cfg.in_channels = get(enc, "in_channels", cfg.in_channels);
@@ -137,22 +143,44 @@ impl Case {
             .collect()
     }
 
-    pub fn float<B: Backend, const D: usize>(&self, name: &str, device: &B::Device) -> Tensor<B, D> {
-        let data = self.io.get(name).unwrap_or_else(|| panic!("{}: no io tensor {name}", self.name));
+    pub fn float<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
+        let data = self
+            .io
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no io tensor {name}", self.name));
         Tensor::from_data(data.clone().convert::<f32>(), device)
     }
 
-    pub fn int<B: Backend, const D: usize>(&self, name: &str, device: &B::Device) -> Tensor<B, D, Int> {
-        let data = self.io.get(name).unwrap_or_else(|| panic!("{}: no io tensor {name}", self.name));
+    pub fn int<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        device: &B::Device,
+    ) -> Tensor<B, D, Int> {
+        let data = self
+            .io
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no io tensor {name}", self.name));
         Tensor::from_data(data.clone().convert::<i64>(), device)
     }
 
     pub fn values_f32(&self, name: &str) -> Vec<f32> {
-        self.io[name].clone().convert::<f32>().to_vec().expect("f32 values")
+        self.io[name]
+            .clone()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 values")
     }
 
     pub fn values_i64(&self, name: &str) -> Vec<i64> {
-        self.io[name].clone().convert::<i64>().to_vec().expect("i64 values")
+        self.io[name]
+            .clone()
+            .convert::<i64>()
+            .to_vec()
+            .expect("i64 values")
     }
 
     pub fn shape(&self, name: &str) -> Vec<usize> {
@@ -163,7 +191,9 @@ impl Case {
     pub fn tolerance(&self, name: &str) -> (f64, f64) {
         let t = &self.json["io"][name]["tolerance"];
         (
-            t["atol"].as_f64().unwrap_or_else(|| panic!("{}: {name} has no atol", self.name)),
+            t["atol"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{}: {name} has no atol", self.name)),
             t["rtol"].as_f64().unwrap_or(0.0),
         )
     }
@@ -201,7 +231,10 @@ pub fn compare(actual: &[f32], expected: &[f32], atol: f64, rtol: f64) -> Compar
             violations += 1;
         }
     }
-    Comparison { max_abs_err, violations }
+    Comparison {
+        max_abs_err,
+        violations,
+    }
 }
 
 pub fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -222,7 +255,14 @@ pub struct Report {
 impl Report {
     /// Compares `actual` with the case's expected tensor `name` at the manifest tolerance,
     /// scaled by `tol_scale` (1 on the CPU).
-    pub fn check_close(&mut self, case: &Case, label: &str, name: &str, actual: Vec<f32>, tol_scale: f64) {
+    pub fn check_close(
+        &mut self,
+        case: &Case,
+        label: &str,
+        name: &str,
+        actual: Vec<f32>,
+        tol_scale: f64,
+    ) {
         let (atol, rtol) = case.tolerance(name);
         let (atol, rtol) = (atol * tol_scale, rtol * tol_scale);
         let expected = case.values_f32(name);
@@ -241,7 +281,8 @@ impl Report {
             case.name, c.max_abs_err
         );
         if c.violations > 0 {
-            self.failures.push(format!("{line}: {} values out of tolerance", c.violations));
+            self.failures
+                .push(format!("{line}: {} values out of tolerance", c.violations));
         }
         self.lines.push(line);
     }
@@ -250,7 +291,11 @@ impl Report {
         let expected = case.values_i64(name);
         let wrong = actual.iter().zip(&expected).filter(|(a, e)| a != e).count()
             + actual.len().abs_diff(expected.len());
-        let line = format!("{} {label} {name}: {wrong} of {} differ (exact)", case.name, expected.len());
+        let line = format!(
+            "{} {label} {name}: {wrong} of {} differ (exact)",
+            case.name,
+            expected.len()
+        );
         if wrong > 0 {
             self.failures.push(line.clone());
         }
@@ -262,6 +307,10 @@ impl Report {
         for l in &self.lines {
             println!("{l}");
         }
-        assert!(self.failures.is_empty(), "parity failures:\n{}", self.failures.join("\n"));
+        assert!(
+            self.failures.is_empty(),
+            "parity failures:\n{}",
+            self.failures.join("\n")
+        );
     }
 }

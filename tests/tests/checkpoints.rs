@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use llamagen::checkpoint::{GptHints, Shapes, StateDict, WeightsChoice, infer_gpt_config, infer_vq_config};
+use llamagen::checkpoint::{
+    GptHints, Shapes, StateDict, WeightsChoice, infer_gpt_config, infer_vq_config,
+};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use llamagen::error::CheckpointError;
 use llamagen::gpt::Transformer;
@@ -17,8 +19,10 @@ type B = llamagen::backend::Cpu;
 
 fn read_json(name: &str) -> Value {
     let path = reference_dir().join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .expect("valid JSON")
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("valid JSON")
 }
 
 fn key_list(file: &str) -> BTreeMap<String, Vec<usize>> {
@@ -27,7 +31,12 @@ fn key_list(file: &str) -> BTreeMap<String, Vec<usize>> {
         .expect("keys array")
         .iter()
         .map(|k| {
-            let shape = k["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            let shape = k["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
             (k["name"].as_str().unwrap().to_string(), shape)
         })
         .collect()
@@ -112,7 +121,10 @@ fn config_is_inferred_from_official_shapes_and_file_name() {
     // An explicit image size wins over the file name.
     let cfg = infer_gpt_config(
         &shapes,
-        &GptHints { image_size: Some(384), ..hints("c2i_B_256.pt") },
+        &GptHints {
+            image_size: Some(384),
+            ..hints("c2i_B_256.pt")
+        },
     )
     .unwrap();
     assert_eq!(cfg.grid_size(), 24);
@@ -126,7 +138,11 @@ fn config_is_inferred_for_every_reference_case() {
     let manifest = Manifest::load();
     for case in manifest.gpt_cases() {
         let expected = case.gpt_config();
-        let sd = StateDict::open(case.dir.join(format!("{}.safetensors", case.name)), WeightsChoice::Model).unwrap();
+        let sd = StateDict::open(
+            case.dir.join(format!("{}.safetensors", case.name)),
+            WeightsChoice::Model,
+        )
+        .unwrap();
         let hints = GptHints {
             n_head: Some(expected.n_head),
             image_size: Some(expected.grid_size() * 16),
@@ -145,11 +161,25 @@ fn config_is_inferred_for_every_reference_case() {
             ModelType::C2i => assert_eq!(cfg.num_classes, expected.num_classes, "{}", case.name),
             ModelType::T2i => assert_eq!(cfg.caption_dim, expected.caption_dim, "{}", case.name),
         }
-        assert_eq!(cfg.state_dict_specs(), expected.state_dict_specs(), "{}", case.name);
+        assert_eq!(
+            cfg.state_dict_specs(),
+            expected.state_dict_specs(),
+            "{}",
+            case.name
+        );
     }
     for case in manifest.vq_cases() {
-        let sd = StateDict::open(case.dir.join(format!("{}.safetensors", case.name)), WeightsChoice::Model).unwrap();
-        assert_eq!(sd.infer_vq_config().unwrap(), case.vq_config(), "{}", case.name);
+        let sd = StateDict::open(
+            case.dir.join(format!("{}.safetensors", case.name)),
+            WeightsChoice::Model,
+        )
+        .unwrap();
+        assert_eq!(
+            sd.infer_vq_config().unwrap(),
+            case.vq_config(),
+            "{}",
+            case.name
+        );
     }
 }
 
@@ -157,12 +187,20 @@ fn config_is_inferred_for_every_reference_case() {
 
 fn tiny_gpt() -> (PathBuf, GptConfig) {
     let manifest = Manifest::load();
-    let case = manifest.gpt_cases().into_iter().find(|c| c.name == "gpt_c2i_tiny").expect("gpt_c2i_tiny case");
+    let case = manifest
+        .gpt_cases()
+        .into_iter()
+        .find(|c| c.name == "gpt_c2i_tiny")
+        .expect("gpt_c2i_tiny case");
     (case.dir.join("gpt_c2i_tiny.safetensors"), case.gpt_config())
 }
 
 /// Rewrites a safetensors state dict through `edit` (drop, add, reshape entries).
-fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<f32>)>)) {
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<f32>)>),
+) {
     let sd = StateDict::open(src, WeightsChoice::Model).unwrap();
     let device = Default::default();
     let w = llamagen::checkpoint::Weights::<B>::new(&sd, &device);
@@ -170,7 +208,10 @@ fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Vec<
         .keys()
         .map(|k| {
             let d = w.data(k).unwrap();
-            (k.to_string(), (d.shape.to_vec(), d.to_vec::<f32>().unwrap()))
+            (
+                k.to_string(),
+                (d.shape.to_vec(), d.to_vec::<f32>().unwrap()),
+            )
         })
         .collect();
     edit(&mut map);
@@ -180,7 +221,12 @@ fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Vec<
         .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(k, shape, b)| (k.clone(), TensorView::new(Dtype::F32, shape.clone(), b).unwrap()))
+        .map(|(k, shape, b)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::tensor::serialize_to_file(views, None, dst).unwrap();
 }
@@ -188,7 +234,9 @@ fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Vec<
 fn load_err(path: &Path, cfg: &GptConfig) -> CheckpointError {
     match StateDict::open(path, WeightsChoice::Model) {
         Err(e) => e,
-        Ok(sd) => Transformer::<B>::load(&sd, cfg, &Default::default()).expect_err("load must fail"),
+        Ok(sd) => {
+            Transformer::<B>::load(&sd, cfg, &Default::default()).expect_err("load must fail")
+        }
     }
 }
 
@@ -214,7 +262,16 @@ fn directory_and_non_checkpoint_files_are_rejected() {
     let fake = dir.path().join("fake.safetensors");
     std::fs::write(&fake, [0u8; 3]).unwrap();
     let err = StateDict::open(&fake, WeightsChoice::Model).unwrap_err();
-    assert!(matches!(err, CheckpointError::Unreadable { format: "safetensors", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CheckpointError::Unreadable {
+                format: "safetensors",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,7 +285,8 @@ fn truncated_checkpoints_fail_cleanly() {
             let cut = dir.path().join(name);
             std::fs::write(&cut, &bytes[..bytes.len() - bytes.len() / fraction]).unwrap();
             let result = std::panic::catch_unwind(|| load_err(&cut, &cfg));
-            let err = result.unwrap_or_else(|_| panic!("loading {name} cut by 1/{fraction} panicked"));
+            let err =
+                result.unwrap_or_else(|_| panic!("loading {name} cut by 1/{fraction} panicked"));
             let msg = err.to_string();
             assert!(!msg.is_empty());
         }
@@ -245,9 +303,15 @@ fn missing_keys_are_listed() {
         m.remove("layers.1.feed_forward.w2.weight");
     });
     let err = load_err(&out, &cfg);
-    assert!(matches!(err, CheckpointError::MissingKeys(ref k) if k.len() == 2), "{err}");
+    assert!(
+        matches!(err, CheckpointError::MissingKeys(ref k) if k.len() == 2),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("norm.weight") && msg.contains("layers.1.feed_forward.w2.weight"), "{msg}");
+    assert!(
+        msg.contains("norm.weight") && msg.contains("layers.1.feed_forward.w2.weight"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -266,7 +330,10 @@ fn unexpected_keys_are_listed_but_official_extras_are_ignored() {
     let out = dir.path().join("official_extras.safetensors");
     rewrite(&st, &out, |m| {
         m.insert("freqs_cis".into(), (vec![17, 8, 2], vec![0.0; 17 * 16]));
-        m.insert("layers.0.attention.kv_cache.k_cache".into(), (vec![1, 4, 8, 16], vec![0.0; 512]));
+        m.insert(
+            "layers.0.attention.kv_cache.k_cache".into(),
+            (vec![1, 4, 8, 16], vec![0.0; 512]),
+        );
     });
     let sd = StateDict::open(&out, WeightsChoice::Model).unwrap();
     Transformer::<B>::load(&sd, &cfg, &Default::default()).expect("official extras are ignored");
@@ -284,24 +351,34 @@ fn shape_mismatches_name_the_tensor_and_both_shapes() {
     let err = load_err(&out, &cfg);
     let msg = err.to_string();
     assert!(matches!(err, CheckpointError::ShapeMismatch(_)), "{msg}");
-    assert!(msg.contains("output.weight") && msg.contains("[512, 64]") && msg.contains("[256, 128]"), "{msg}");
+    assert!(
+        msg.contains("output.weight") && msg.contains("[512, 64]") && msg.contains("[256, 128]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_config_that_does_not_match_the_weights_is_an_error() {
     let (st, cfg) = tiny_gpt();
     // Grouped-query config against full-attention weights.
-    let gqa = GptConfig { n_kv_head: Some(2), ..cfg.clone() };
+    let gqa = GptConfig {
+        n_kv_head: Some(2),
+        ..cfg.clone()
+    };
     let err = load_err(&st, &gqa);
     assert!(err.to_string().contains("wqkv"), "{err}");
     // A text-conditional config against a class-conditional checkpoint.
-    let t2i = GptConfig { model_type: ModelType::T2i, ..cfg.clone() };
+    let t2i = GptConfig {
+        model_type: ModelType::T2i,
+        ..cfg.clone()
+    };
     let err = load_err(&st, &t2i);
     assert!(err.to_string().contains("cap_proj"), "{err}");
     // A GPT checkpoint handed to the tokenizer.
     let sd = StateDict::open(&st, WeightsChoice::Model).unwrap();
     assert!(sd.infer_vq_config().is_err());
-    let err = VqModel::<B>::load(&sd, &VqConfig::named("VQ-16").unwrap(), &Default::default()).unwrap_err();
+    let err = VqModel::<B>::load(&sd, &VqConfig::named("VQ-16").unwrap(), &Default::default())
+        .unwrap_err();
     assert!(err.to_string().contains("encoder.conv_in.weight"), "{err}");
     // An invalid config is refused before any tensor is read.
     let bad = GptConfig { n_head: 3, ..cfg };
@@ -318,7 +395,57 @@ fn training_checkpoint_wrappers_select_model_or_ema() {
     assert_eq!(sd_ema.wrapper, "ema");
     // Optimizer state and step counters are not taken as weights.
     assert_eq!(sd.len(), sd_ema.len());
-    let fsdp = StateDict::open(st.with_file_name("gpt_c2i_tiny.fsdp.pt"), WeightsChoice::PreferEma).unwrap();
+    let fsdp = StateDict::open(
+        st.with_file_name("gpt_c2i_tiny.fsdp.pt"),
+        WeightsChoice::PreferEma,
+    )
+    .unwrap();
     assert_eq!(fsdp.wrapper, "(bare)");
     assert_eq!(fsdp.len(), sd.len());
+}
+
+#[test]
+fn exported_state_dicts_use_official_names_and_load_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let manifest = Manifest::load();
+    // Every GPT case: load, export, reload, compare a forward pass.
+    for case in manifest.gpt_cases() {
+        let cfg = case.gpt_config();
+        let sd = StateDict::open(
+            case.dir.join(format!("{}.safetensors", case.name)),
+            WeightsChoice::Model,
+        )
+        .unwrap();
+        let model = Transformer::<B>::load(&sd, &cfg, &device).unwrap();
+        let tensors = llamagen::checkpoint::state_dict(&model, &cfg.state_dict_specs()).unwrap();
+        let out = dir.path().join(format!("{}.safetensors", case.name));
+        llamagen::checkpoint::write_safetensors(&out, &tensors, None).unwrap();
+        let back = StateDict::open(&out, WeightsChoice::Model).unwrap();
+        assert!(back.check(&cfg.state_dict_specs()).is_ok());
+        let w0 = llamagen::checkpoint::Weights::<B>::new(&sd, &device);
+        let w1 = llamagen::checkpoint::Weights::<B>::new(&back, &device);
+        for k in sd.keys() {
+            assert_eq!(
+                w0.data(k).unwrap(),
+                w1.data(k).unwrap(),
+                "{}: {k}",
+                case.name
+            );
+        }
+    }
+    // A freshly initialised VQ-8-style tokenizer round-trips too.
+    let cfg = VqConfig {
+        ch: 32,
+        z_channels: 32,
+        codebook_size: 16,
+        ..VqConfig::named("VQ-8").unwrap()
+    };
+    let vq = VqModel::<B>::init(&cfg, &device).unwrap();
+    let tensors = llamagen::checkpoint::state_dict(&vq, &cfg.state_dict_specs()).unwrap();
+    let out = dir.path().join("vq.safetensors");
+    llamagen::checkpoint::write_safetensors(&out, &tensors, None).unwrap();
+    let back = StateDict::open(&out, WeightsChoice::Model).unwrap();
+    assert_eq!(back.infer_vq_config().unwrap(), cfg);
+    VqModel::<B>::load(&back, &cfg, &device).unwrap();
 }

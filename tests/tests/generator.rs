@@ -46,7 +46,9 @@ fn a_batch_with_per_sample_settings_equals_each_sample_alone() {
     let together = generator.generate(&batch, &mut (), None).unwrap();
     assert!(together.is_complete(16));
     for (i, req) in batch.iter().enumerate() {
-        let alone = generator.generate(std::slice::from_ref(req), &mut (), None).unwrap();
+        let alone = generator
+            .generate(std::slice::from_ref(req), &mut (), None)
+            .unwrap();
         assert_eq!(alone.tokens[0], together.tokens[i], "sample {i}");
     }
 }
@@ -66,7 +68,11 @@ fn seeds_reproduce_and_differ() {
     assert_ne!(run(7), run(8));
     let greedy = |_| {
         generator
-            .generate(&[Request::class(2, SamplerParams::greedy(4.0))], &mut (), None)
+            .generate(
+                &[Request::class(2, SamplerParams::greedy(4.0))],
+                &mut (),
+                None,
+            )
             .unwrap()
             .tokens[0]
             .clone()
@@ -82,7 +88,10 @@ struct CancelAfter<'a> {
 
 impl Observer for CancelAfter<'_> {
     fn detail(&self) -> EventDetail {
-        EventDetail { confidence: true, logits: false }
+        EventDetail {
+            confidence: true,
+            logits: false,
+        }
     }
     fn on_token(&mut self, event: &TokenEvent<'_>) {
         self.events += 1;
@@ -101,8 +110,15 @@ fn cancel_stops_between_tokens_and_the_generator_stays_usable() {
     let model = tiny_model();
     let generator = Generator::new(&model);
     let flag = AtomicBool::new(false);
-    let mut obs = CancelAfter { flag: &flag, after: 3, events: 0 };
-    let reqs = [Request::class(0, params(4.0, 1.0, 1)), Request::class(3, params(4.0, 1.0, 2))];
+    let mut obs = CancelAfter {
+        flag: &flag,
+        after: 3,
+        events: 0,
+    };
+    let reqs = [
+        Request::class(0, params(4.0, 1.0, 1)),
+        Request::class(3, params(4.0, 1.0, 2)),
+    ];
     let out = generator.generate(&reqs, &mut obs, Some(&flag)).unwrap();
     assert!(out.cancelled);
     assert_eq!(obs.events, 3);
@@ -118,7 +134,9 @@ fn resampling_from_a_prefix_keeps_it_and_continues_consistently() {
     let model = tiny_model();
     let generator = Generator::new(&model);
     let greedy = SamplerParams::greedy(3.0);
-    let full = generator.generate(&[Request::class(4, greedy)], &mut (), None).unwrap();
+    let full = generator
+        .generate(&[Request::class(4, greedy)], &mut (), None)
+        .unwrap();
     for k in [1, 5, 15] {
         let req = Request {
             prefix: full.tokens[0][..k].to_vec(),
@@ -146,13 +164,34 @@ fn bad_requests_are_errors() {
     let model = tiny_model();
     let generator = Generator::new(&model);
     let ok = params(4.0, 1.0, 0);
-    let err = generator.generate(&[Request::class(5, ok)], &mut (), None).unwrap_err();
+    let err = generator
+        .generate(&[Request::class(5, ok)], &mut (), None)
+        .unwrap_err();
     assert!(err.to_string().contains("class 5 is out of range"), "{err}");
     let err = generator
-        .generate(&[Request::class(0, SamplerParams { temperature: 0.0, ..ok })], &mut (), None)
+        .generate(
+            &[Request::class(
+                0,
+                SamplerParams {
+                    temperature: 0.0,
+                    ..ok
+                },
+            )],
+            &mut (),
+            None,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("temperature"), "{err}");
     assert!(generator.generate(&[], &mut (), None).is_err());
-    let req = Request { prefix: vec![70], ..Request::class(0, ok) };
-    assert!(generator.generate(&[req], &mut (), None).unwrap_err().to_string().contains("vocabulary"));
+    let req = Request {
+        prefix: vec![70],
+        ..Request::class(0, ok)
+    };
+    assert!(
+        generator
+            .generate(&[req], &mut (), None)
+            .unwrap_err()
+            .to_string()
+            .contains("vocabulary")
+    );
 }

@@ -15,10 +15,14 @@ struct StepLogits(Vec<Vec<Vec<f32>>>);
 
 impl Observer for StepLogits {
     fn detail(&self) -> EventDetail {
-        EventDetail { confidence: true, logits: true }
+        EventDetail {
+            confidence: true,
+            logits: true,
+        }
     }
     fn on_token(&mut self, event: &TokenEvent<'_>) {
-        self.0.push(event.logits.expect("logits requested").to_vec());
+        self.0
+            .push(event.logits.expect("logits requested").to_vec());
     }
 }
 
@@ -55,11 +59,23 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
     let mut checked = 0;
     for case in manifest.gpt_cases() {
         let cfg = case.gpt_config();
-        let sd = StateDict::open(case.dir.join(format!("{}.safetensors", case.name)), WeightsChoice::Model).unwrap();
+        let sd = StateDict::open(
+            case.dir.join(format!("{}.safetensors", case.name)),
+            WeightsChoice::Model,
+        )
+        .unwrap();
         let model = Transformer::<B>::load(&sd, &cfg, device).unwrap();
         let generator = Generator::new(&model);
-        let cfg_scale = if case.has("cfg_scale") { case.values_f32("cfg_scale")[0] } else { 4.0 };
-        let interval = if case.has("cfg_interval") { case.values_i64("cfg_interval")[0] as i32 } else { -1 };
+        let cfg_scale = if case.has("cfg_scale") {
+            case.values_f32("cfg_scale")[0]
+        } else {
+            4.0
+        };
+        let interval = if case.has("cfg_interval") {
+            case.values_i64("cfg_interval")[0] as i32
+        } else {
+            -1
+        };
         for (prefix, scale, cfg_interval) in [
             ("gen_cfg4", cfg_scale, -1),
             ("gen_cfg1", 1.0, -1),
@@ -69,7 +85,10 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
             if !case.has(&tokens_name) {
                 continue;
             }
-            let params = SamplerParams { cfg_interval, ..SamplerParams::greedy(scale) };
+            let params = SamplerParams {
+                cfg_interval,
+                ..SamplerParams::greedy(scale)
+            };
             let reqs = requests(&case, cfg.model_type, params);
             let mut steps = StepLogits::default();
             let out = generator.generate(&reqs, &mut steps, None).unwrap();
@@ -92,7 +111,10 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
             checked += 1;
         }
     }
-    assert!(checked >= 6, "expected the six generation cases, checked {checked}");
+    assert!(
+        checked >= 6,
+        "expected the six generation cases, checked {checked}"
+    );
     report.finish();
 }
 

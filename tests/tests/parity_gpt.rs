@@ -25,14 +25,27 @@ fn emb_masks<B: Backend>(case: &Case, device: &B::Device) -> Option<Tensor<B, 2,
         .then(|| case.int::<B, 2>("emb_masks", device).equal_elem(1))
 }
 
-fn check_model<B: Backend>(case: &Case, model: &Transformer<B>, label: &str, tol: f64, report: &mut Report, covered: &mut Vec<String>) {
+fn check_model<B: Backend>(
+    case: &Case,
+    model: &Transformer<B>,
+    label: &str,
+    tol: f64,
+    report: &mut Report,
+    covered: &mut Vec<String>,
+) {
     let device = model.device();
     let cfg = &model.config;
     let cond = condition::<B>(case, cfg.model_type, &device);
     let mut cover = |n: &str| covered.push(n.to_string());
 
     if case.has("freqs_cis") {
-        report.check_close(case, label, "freqs_cis", to_f32(model.freqs_cis.clone()), tol);
+        report.check_close(
+            case,
+            label,
+            "freqs_cis",
+            to_f32(model.freqs_cis.clone()),
+            tol,
+        );
         cover("freqs_cis");
     }
 
@@ -101,7 +114,13 @@ fn check_model<B: Backend>(case: &Case, model: &Transformer<B>, label: &str, tol
             let scale = case.values_f32("cfg_scale")[0] as f64;
             let combined = uncond_l.clone() + (cond_l.clone() - uncond_l.clone()) * scale;
             report.check_close(case, label, "cfg_prefill_cond_logits", to_f32(cond_l), tol);
-            report.check_close(case, label, "cfg_prefill_uncond_logits", to_f32(uncond_l), tol);
+            report.check_close(
+                case,
+                label,
+                "cfg_prefill_uncond_logits",
+                to_f32(uncond_l),
+                tol,
+            );
             report.check_close(case, label, "cfg_prefill_combined", to_f32(combined), tol);
             cover("cfg_prefill_cond_logits");
             cover("cfg_prefill_uncond_logits");
@@ -125,7 +144,8 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str, tol: f64) {
                 &[WeightsChoice::Model]
             };
             for &choice in choices {
-                let sd = StateDict::open(&file, choice).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+                let sd = StateDict::open(&file, choice)
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
                 let model = Transformer::<B>::load(&sd, &cfg, device)
                     .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
                 let label = format!(
@@ -139,7 +159,10 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str, tol: f64) {
         // Every expected tensor of the model itself must have been compared.
         for name in case.expected_names() {
             if !is_generation_tensor(&name) && !covered.contains(&name) {
-                report.failures.push(format!("{}: expected tensor {name} was not checked", case.name));
+                report.failures.push(format!(
+                    "{}: expected tensor {name} was not checked",
+                    case.name
+                ));
             }
         }
     }

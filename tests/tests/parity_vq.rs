@@ -5,7 +5,14 @@ use llamagen::checkpoint::{StateDict, WeightsChoice};
 use llamagen::vq::{VqModel, compute_entropy_loss};
 use llamagen_tests::{Case, Manifest, Report, to_f32, to_i64};
 
-fn check_model<B: Backend>(case: &Case, model: &VqModel<B>, label: &str, tol: f64, report: &mut Report, covered: &mut Vec<String>) {
+fn check_model<B: Backend>(
+    case: &Case,
+    model: &VqModel<B>,
+    label: &str,
+    tol: f64,
+    report: &mut Report,
+    covered: &mut Vec<String>,
+) {
     let device = model.quant_conv.weight.device();
     let images = case.float::<B, 4>("images", &device);
     let mut cover = |n: &str| covered.push(n.to_string());
@@ -25,11 +32,23 @@ fn check_model<B: Backend>(case: &Case, model: &VqModel<B>, label: &str, tol: f6
     close("enc_out", to_f32(enc_out), report);
     close("quant_conv_out", to_f32(pre.clone()), report);
     close("z_q", to_f32(q.z_q.clone()), report);
-    close("normalized_codebook", to_f32(model.quantize.codebook()), report);
-    close("codebook_entries", to_f32(model.quantize.codebook_entry(indices.clone(), h, w)), report);
+    close(
+        "normalized_codebook",
+        to_f32(model.quantize.codebook()),
+        report,
+    );
+    close(
+        "codebook_entries",
+        to_f32(model.quantize.codebook_entry(indices.clone(), h, w)),
+        report,
+    );
     close("recon", to_f32(model.forward(images.clone())), report);
     close("dec_zq", to_f32(model.decode(q.z_q.clone())), report);
-    close("dec_code", to_f32(model.decode_code(indices.clone(), h, w)), report);
+    close(
+        "dec_code",
+        to_f32(model.decode_code(indices.clone(), h, w)),
+        report,
+    );
     if case.has("train_entropy_loss_ratio1") {
         let loss = compute_entropy_loss(q.distances.clone().neg());
         close("train_entropy_loss_ratio1", to_f32(loss), report);
@@ -42,12 +61,31 @@ fn check_model<B: Backend>(case: &Case, model: &VqModel<B>, label: &str, tol: f6
         close("train_recon", to_f32(out.reconstruction), report);
         close("train_vq_loss", to_f32(out.losses.vq_loss), report);
         close("train_commit_loss", to_f32(out.losses.commit_loss), report);
-        close("train_entropy_loss", to_f32(out.losses.entropy_loss), report);
-        close("train_codebook_usage", vec![out.codebook_usage as f32], report);
+        close(
+            "train_entropy_loss",
+            to_f32(out.losses.entropy_loss),
+            report,
+        );
+        close(
+            "train_codebook_usage",
+            vec![out.codebook_usage as f32],
+            report,
+        );
         if case.has("train_codebook_used_tail") {
-            let used = to_f32(train.quantize.codebook_used.as_ref().expect("usage buffer").val());
+            let used = to_f32(
+                train
+                    .quantize
+                    .codebook_used
+                    .as_ref()
+                    .expect("usage buffer")
+                    .val(),
+            );
             let n = case.shape("train_codebook_used_tail")[0];
-            close("train_codebook_used_tail", used[used.len() - n..].to_vec(), report);
+            close(
+                "train_codebook_used_tail",
+                used[used.len() - n..].to_vec(),
+                report,
+            );
         }
     }
 
@@ -68,13 +106,20 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str, tol: f64) {
         for file in case.weight_files() {
             let sd = StateDict::open(&file, WeightsChoice::PreferEma)
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            let model = VqModel::<B>::load(&sd, &cfg, device).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            let label = format!("[{backend}] {}", file.file_name().unwrap().to_string_lossy());
+            let model = VqModel::<B>::load(&sd, &cfg, device)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let label = format!(
+                "[{backend}] {}",
+                file.file_name().unwrap().to_string_lossy()
+            );
             check_model(case, &model, &label, tol, &mut report, &mut covered);
         }
         for name in case.expected_names() {
             if !covered.contains(&name) {
-                report.failures.push(format!("{}: expected tensor {name} was not checked", case.name));
+                report.failures.push(format!(
+                    "{}: expected tensor {name} was not checked",
+                    case.name
+                ));
             }
         }
     }

@@ -36,7 +36,9 @@ enum Kind {
 enum Command {
     /// Describe a checkpoint (inferred configuration, parameters, dtype, problems) or a named
     /// configuration (exact parameter count, nothing allocated).
-    #[command(after_help = "Examples:\n  llamagen inspect c2i_L_384.pt\n  llamagen inspect vq_ds16_c2i.pt --json\n  llamagen inspect --config GPT-XL --type t2i")]
+    #[command(
+        after_help = "Examples:\n  llamagen inspect c2i_L_384.pt\n  llamagen inspect vq_ds16_c2i.pt --json\n  llamagen inspect --config GPT-XL --type t2i"
+    )]
     Inspect {
         /// Checkpoint file (.pt, .pth or .safetensors).
         #[arg(required_unless_present = "config", conflicts_with = "config")]
@@ -150,7 +152,12 @@ fn print_summary(v: &serde_json::Value) {
     let kind = v["kind"].as_str().unwrap_or("?");
     let name = v["name"].as_str().unwrap_or("custom");
     let params = v["parameters"].as_u64().unwrap_or(0);
-    println!("{} {name}: {} parameters ({:.1}M)", kind.to_uppercase(), group(params), params as f64 / 1e6);
+    println!(
+        "{} {name}: {} parameters ({:.1}M)",
+        kind.to_uppercase(),
+        group(params),
+        params as f64 / 1e6
+    );
     if let Some(cfg) = v["config"].as_object() {
         for (k, val) in cfg {
             println!("  {k:<20} {val}");
@@ -175,7 +182,13 @@ fn group(n: u64) -> String {
     out
 }
 
-fn inspect_named(name: &str, model_type: ModelType, num_classes: usize, vocab_size: usize, as_json: bool) -> Result<()> {
+fn inspect_named(
+    name: &str,
+    model_type: ModelType,
+    num_classes: usize,
+    vocab_size: usize,
+    as_json: bool,
+) -> Result<()> {
     let value = if name.to_ascii_uppercase().starts_with("VQ") {
         vq_json(&VqConfig::named(name)?)
     } else {
@@ -195,10 +208,20 @@ fn inspect_named(name: &str, model_type: ModelType, num_classes: usize, vocab_si
     Ok(())
 }
 
-fn inspect_file(path: &PathBuf, kind: Kind, hints: &GptHints, ema: bool, as_json: bool) -> Result<()> {
-    let choice = if ema { WeightsChoice::PreferEma } else { WeightsChoice::Model };
-    let sd = StateDict::open(path, choice)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+fn inspect_file(
+    path: &PathBuf,
+    kind: Kind,
+    hints: &GptHints,
+    ema: bool,
+    as_json: bool,
+) -> Result<()> {
+    let choice = if ema {
+        WeightsChoice::PreferEma
+    } else {
+        WeightsChoice::Model
+    };
+    let sd =
+        StateDict::open(path, choice).with_context(|| format!("cannot open {}", path.display()))?;
     let kind = match kind {
         Kind::Auto if sd.contains("tok_embeddings.weight") => Kind::Gpt,
         Kind::Auto if sd.contains("encoder.conv_in.weight") => Kind::Vq,
@@ -224,7 +247,11 @@ fn inspect_file(path: &PathBuf, kind: Kind, hints: &GptHints, ema: bool, as_json
         }
     };
     let report = sd.check(&specs);
-    let mut dtypes: Vec<String> = sd.keys().filter_map(|k| sd.dtype(k)).map(|d| format!("{d:?}")).collect();
+    let mut dtypes: Vec<String> = sd
+        .keys()
+        .filter_map(|k| sd.dtype(k))
+        .map(|d| format!("{d:?}"))
+        .collect();
     dtypes.sort();
     dtypes.dedup();
     let problems: Vec<String> = report
@@ -242,7 +269,13 @@ fn inspect_file(path: &PathBuf, kind: Kind, hints: &GptHints, ema: bool, as_json
     if as_json {
         println!("{value}");
     } else {
-        println!("{} ({} tensors under '{}', dtype {})", path.display(), sd.len(), sd.wrapper, dtypes.join(", "));
+        println!(
+            "{} ({} tensors under '{}', dtype {})",
+            path.display(),
+            sd.len(),
+            sd.wrapper,
+            dtypes.join(", ")
+        );
         print_summary(&value);
         if problems.is_empty() {
             println!("no problems found");
@@ -254,7 +287,11 @@ fn inspect_file(path: &PathBuf, kind: Kind, hints: &GptHints, ema: bool, as_json
         }
     }
     if !problems.is_empty() {
-        bail!("{} does not match the inferred configuration ({} problem(s))", path.display(), problems.len());
+        bail!(
+            "{} does not match the inferred configuration ({} problem(s))",
+            path.display(),
+            problems.len()
+        );
     }
     Ok(())
 }

@@ -54,7 +54,8 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
     let n_layer = count_indexed(sd, "layers.", ".attention.wqkv.weight");
     if n_layer == 0 {
         return Err(CheckpointError::Infer(
-            "no 'layers.N.attention.wqkv.weight' tensors: this is not a LlamaGen GPT checkpoint".into(),
+            "no 'layers.N.attention.wqkv.weight' tensors: this is not a LlamaGen GPT checkpoint"
+                .into(),
         ));
     }
     let mut cfg = match &hints.gpt_model {
@@ -106,9 +107,14 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
     let hidden = shape(sd, "layers.0.feed_forward.w1.weight")?[0];
     if hidden != cfg.ffn_hidden_dim() {
         // Try the other rounding the official code allows before giving up.
-        let found = [256usize, 128, 64, 32]
-            .into_iter()
-            .find(|&m| GptConfig { multiple_of: m, ..cfg.clone() }.ffn_hidden_dim() == hidden);
+        let found = [256usize, 128, 64, 32].into_iter().find(|&m| {
+            GptConfig {
+                multiple_of: m,
+                ..cfg.clone()
+            }
+            .ffn_hidden_dim()
+                == hidden
+        });
         match found {
             Some(m) => cfg.multiple_of = m,
             None => {
@@ -134,14 +140,20 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
             .unwrap_or(120);
     } else {
         return Err(CheckpointError::Infer(
-            "no condition embedder (cls_embedding.embedding_table or cls_embedding.cap_proj)".into(),
+            "no condition embedder (cls_embedding.embedding_table or cls_embedding.cap_proj)"
+                .into(),
         ));
     }
 
     let downsample = hints.downsample.unwrap_or(16);
     let image_size = hints
         .image_size
-        .or_else(|| hints.file_name.as_deref().and_then(image_size_from_file_name))
+        .or_else(|| {
+            hints
+                .file_name
+                .as_deref()
+                .and_then(image_size_from_file_name)
+        })
         .unwrap_or(256);
     if image_size % downsample != 0 {
         return Err(CheckpointError::Infer(format!(
@@ -204,9 +216,18 @@ mod tests {
 
     #[test]
     fn image_size_comes_from_the_official_file_names() {
-        assert_eq!(image_size_from_file_name(Path::new("c2i_L_384.pt")), Some(384));
-        assert_eq!(image_size_from_file_name(Path::new("/x/c2i_XXL_256.pt")), Some(256));
-        assert_eq!(image_size_from_file_name(Path::new("t2i_XL_stage2_512.pt")), Some(512));
+        assert_eq!(
+            image_size_from_file_name(Path::new("c2i_L_384.pt")),
+            Some(384)
+        );
+        assert_eq!(
+            image_size_from_file_name(Path::new("/x/c2i_XXL_256.pt")),
+            Some(256)
+        );
+        assert_eq!(
+            image_size_from_file_name(Path::new("t2i_XL_stage2_512.pt")),
+            Some(512)
+        );
         assert_eq!(image_size_from_file_name(Path::new("vq_ds16_c2i.pt")), None);
     }
 }

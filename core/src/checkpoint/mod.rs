@@ -3,8 +3,11 @@
 //! key names; checked against a configuration (all problems listed at once); and read into
 //! burn modules through [`Weights`].
 
+mod export;
 mod infer;
 mod weights;
+
+pub use export::{state_dict, write_safetensors};
 
 pub use infer::{GptHints, Shapes, image_size_from_file_name, infer_gpt_config, infer_vq_config};
 pub use weights::Weights;
@@ -154,12 +157,18 @@ impl StateDict {
 
     /// Name → shape of every tensor (what config inference reads).
     pub fn shapes(&self) -> Shapes {
-        self.tensors.iter().map(|(k, v)| (k.clone(), v.shape.to_vec())).collect()
+        self.tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape.to_vec()))
+            .collect()
     }
 
     /// Infers the GPT configuration; the file name is read for the image size unless the
     /// hints give it.
-    pub fn infer_gpt_config(&self, hints: &GptHints) -> Result<crate::config::GptConfig, CheckpointError> {
+    pub fn infer_gpt_config(
+        &self,
+        hints: &GptHints,
+    ) -> Result<crate::config::GptConfig, CheckpointError> {
         let mut hints = hints.clone();
         hints.file_name.get_or_insert_with(|| self.path.clone());
         infer_gpt_config(&self.shapes(), &hints)

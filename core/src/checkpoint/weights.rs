@@ -74,7 +74,9 @@ impl<'a, B: Backend> Weights<'a, B> {
     ) -> Result<Linear<B>, CheckpointError> {
         let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
         let bias = if bias {
-            Some(Param::from_tensor(self.tensor(&format!("{name}.bias"), [d_out])?))
+            Some(Param::from_tensor(
+                self.tensor(&format!("{name}.bias"), [d_out])?,
+            ))
         } else {
             None
         };
@@ -116,8 +118,12 @@ impl<'a, B: Backend> Weights<'a, B> {
         eps: f64,
     ) -> Result<GroupNorm<B>, CheckpointError> {
         Ok(GroupNorm {
-            gamma: Some(Param::from_tensor(self.tensor(&format!("{name}.weight"), [channels])?)),
-            beta: Some(Param::from_tensor(self.tensor(&format!("{name}.bias"), [channels])?)),
+            gamma: Some(Param::from_tensor(
+                self.tensor(&format!("{name}.weight"), [channels])?,
+            )),
+            beta: Some(Param::from_tensor(
+                self.tensor(&format!("{name}.bias"), [channels])?,
+            )),
             num_groups: groups,
             num_channels: channels,
             epsilon: eps,
@@ -126,7 +132,12 @@ impl<'a, B: Backend> Weights<'a, B> {
     }
 
     /// `nn.Embedding(n, d)`.
-    pub fn embedding(&self, name: &str, n: usize, d: usize) -> Result<Embedding<B>, CheckpointError> {
+    pub fn embedding(
+        &self,
+        name: &str,
+        n: usize,
+        d: usize,
+    ) -> Result<Embedding<B>, CheckpointError> {
         Ok(Embedding {
             weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?),
         })

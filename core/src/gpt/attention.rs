@@ -40,7 +40,9 @@ impl<B: Backend> Attention<B> {
             wqkv: LinearConfig::new(cfg.dim, cfg.dim + 2 * kv_dim)
                 .with_bias(false)
                 .init(device),
-            wo: LinearConfig::new(cfg.dim, cfg.dim).with_bias(false).init(device),
+            wo: LinearConfig::new(cfg.dim, cfg.dim)
+                .with_bias(false)
+                .init(device),
             resid_dropout: DropoutConfig::new(cfg.resid_dropout_p).init(),
             n_head: cfg.n_head,
             n_kv_head: cfg.kv_heads(),
@@ -51,7 +53,12 @@ impl<B: Backend> Attention<B> {
     pub fn load(w: &Weights<B>, name: &str, cfg: &GptConfig) -> Result<Self, CheckpointError> {
         let kv_dim = cfg.kv_heads() * cfg.head_dim();
         Ok(Self {
-            wqkv: w.linear(&format!("{name}.wqkv"), cfg.dim, cfg.dim + 2 * kv_dim, false)?,
+            wqkv: w.linear(
+                &format!("{name}.wqkv"),
+                cfg.dim,
+                cfg.dim + 2 * kv_dim,
+                false,
+            )?,
             wo: w.linear(&format!("{name}.wo"), cfg.dim, cfg.dim, false)?,
             resid_dropout: DropoutConfig::new(cfg.resid_dropout_p).init(),
             n_head: cfg.n_head,
@@ -83,8 +90,12 @@ impl<B: Backend> Attention<B> {
         let (keys, values, start) = match cache {
             Some((kv, start)) => {
                 let end = start + s;
-                kv.k = kv.k.clone().slice_assign([0..b, 0..nkv, start..end, 0..hd], k);
-                kv.v = kv.v.clone().slice_assign([0..b, 0..nkv, start..end, 0..hd], v);
+                kv.k =
+                    kv.k.clone()
+                        .slice_assign([0..b, 0..nkv, start..end, 0..hd], k);
+                kv.v =
+                    kv.v.clone()
+                        .slice_assign([0..b, 0..nkv, start..end, 0..hd], v);
                 let keys = kv.k.clone().slice([0..b, 0..nkv, 0..end, 0..hd]);
                 let values = kv.v.clone().slice([0..b, 0..nkv, 0..end, 0..hd]);
                 (keys, values, start)

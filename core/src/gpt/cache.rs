@@ -32,7 +32,10 @@ impl<B: Backend> KvCache<B> {
         let max_len = crate::config::find_multiple(seq_len.max(1), 8);
         let zeros = || Tensor::<B, 4>::zeros([batch, n_kv_head, max_len, head_dim], device);
         let layers = (0..n_layer)
-            .map(|_| LayerKv { k: zeros(), v: zeros() })
+            .map(|_| LayerKv {
+                k: zeros(),
+                v: zeros(),
+            })
             .collect();
         let allowed = Tensor::<B, 2, Bool>::tril_mask([max_len, max_len], 0, device)
             .bool_not()
@@ -54,7 +57,10 @@ impl<B: Backend> KvCache<B> {
         let device = emb_masks.device();
         let cols = self.allowed.clone().narrow(2, 0, t);
         let cols = cols.bool_and(emb_masks.unsqueeze_dim::<3>(1).expand([b, self.max_len, t]));
-        let allowed = self.allowed.clone().slice_assign([0..b, 0..self.max_len, 0..t], cols);
+        let allowed = self
+            .allowed
+            .clone()
+            .slice_assign([0..b, 0..self.max_len, 0..t], cols);
         let diag = Tensor::<B, 2, Bool>::diag_mask([self.max_len, self.max_len], 0, &device)
             .bool_not()
             .unsqueeze::<3>()

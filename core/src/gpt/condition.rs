@@ -27,7 +27,9 @@ impl<B: Backend> Condition<B> {
     /// The conditional rows followed by the unconditional rows, as CFG runs them.
     pub fn cat(a: Self, b: Self) -> Self {
         match (a, b) {
-            (Condition::Class(a), Condition::Class(b)) => Condition::Class(Tensor::cat(vec![a, b], 0)),
+            (Condition::Class(a), Condition::Class(b)) => {
+                Condition::Class(Tensor::cat(vec![a, b], 0))
+            }
             (Condition::Caption(a), Condition::Caption(b)) => {
                 Condition::Caption(Tensor::cat(vec![a, b], 0))
             }
@@ -71,7 +73,8 @@ impl<B: Backend> ConditionEmbedder<B> {
         match cfg.model_type {
             ModelType::C2i => Self {
                 label: Some(LabelEmbedder {
-                    embedding_table: EmbeddingConfig::new(cfg.class_table_rows(), cfg.dim).init(device),
+                    embedding_table: EmbeddingConfig::new(cfg.class_table_rows(), cfg.dim)
+                        .init(device),
                     num_classes: cfg.num_classes,
                 }),
                 caption: None,
@@ -114,7 +117,12 @@ impl<B: Backend> ConditionEmbedder<B> {
                 label: None,
                 caption: Some(CaptionEmbedder {
                     cap_proj: CaptionMlp {
-                        fc1: w.linear(&format!("{name}.cap_proj.fc1"), cfg.caption_dim, cfg.dim, false)?,
+                        fc1: w.linear(
+                            &format!("{name}.cap_proj.fc1"),
+                            cfg.caption_dim,
+                            cfg.dim,
+                            false,
+                        )?,
                         fc2: w.linear(&format!("{name}.cap_proj.fc2"), cfg.dim, cfg.dim, false)?,
                     },
                     uncond_embedding: Param::from_tensor(w.tensor(
@@ -130,13 +138,19 @@ impl<B: Backend> ConditionEmbedder<B> {
     /// Condition embeddings `[batch, tokens, dim]`.
     pub fn forward(&self, cond: &Condition<B>) -> Tensor<B, 3> {
         match (cond, &self.label, &self.caption) {
-            (Condition::Class(labels), Some(l), _) => l.embedding_table.forward(labels.clone().unsqueeze_dim(1)),
+            (Condition::Class(labels), Some(l), _) => {
+                l.embedding_table.forward(labels.clone().unsqueeze_dim(1))
+            }
             (Condition::Caption(c), _, Some(e)) => e
                 .cap_proj
                 .fc2
                 .forward(gelu_approximate(e.cap_proj.fc1.forward(c.clone()))),
-            (Condition::Class(_), None, _) => panic!("class condition given to a text-conditional model"),
-            (Condition::Caption(_), _, None) => panic!("caption condition given to a class-conditional model"),
+            (Condition::Class(_), None, _) => {
+                panic!("class condition given to a text-conditional model")
+            }
+            (Condition::Caption(_), _, None) => {
+                panic!("caption condition given to a class-conditional model")
+            }
         }
     }
 

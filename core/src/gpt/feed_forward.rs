@@ -39,6 +39,7 @@ impl<B: Backend> FeedForward<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = silu(self.w1.forward(x.clone()));
-        self.ffn_dropout.forward(self.w2.forward(gate * self.w3.forward(x)))
+        self.ffn_dropout
+            .forward(self.w2.forward(gate * self.w3.forward(x)))
     }
 }

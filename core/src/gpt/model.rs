@@ -3,7 +3,7 @@ use burn::prelude::*;
 use burn::tensor::Bool;
 use burn::tensor::activation::log_softmax;
 
-use super::attention::{AttnMask, Attention};
+use super::attention::{Attention, AttnMask};
 use super::cache::KvCache;
 use super::condition::{Condition, ConditionEmbedder};
 use super::feed_forward::FeedForward;
@@ -36,7 +36,12 @@ impl<B: Backend> TransformerBlock<B> {
         Ok(Self {
             attention: Attention::load(w, &format!("{name}.attention"), cfg)?,
             feed_forward: FeedForward::load(w, &format!("{name}.feed_forward"), cfg)?,
-            attention_norm: RmsNorm::load(w, &format!("{name}.attention_norm"), cfg.dim, cfg.norm_eps)?,
+            attention_norm: RmsNorm::load(
+                w,
+                &format!("{name}.attention_norm"),
+                cfg.dim,
+                cfg.norm_eps,
+            )?,
             ffn_norm: RmsNorm::load(w, &format!("{name}.ffn_norm"), cfg.dim, cfg.norm_eps)?,
         })
     }
@@ -80,7 +85,9 @@ impl<B: Backend> Transformer<B> {
             cls_embedding: ConditionEmbedder::init(cfg, device),
             tok_embeddings: EmbeddingConfig::new(cfg.vocab_size, cfg.dim).init(device),
             tok_dropout: DropoutConfig::new(cfg.token_dropout_p).init(),
-            layers: (0..cfg.n_layer).map(|_| TransformerBlock::init(cfg, device)).collect(),
+            layers: (0..cfg.n_layer)
+                .map(|_| TransformerBlock::init(cfg, device))
+                .collect(),
             norm: RmsNorm::new(cfg.dim, cfg.norm_eps, device),
             output: LinearConfig::new(cfg.dim, cfg.vocab_size)
                 .with_bias(false)
@@ -91,7 +98,11 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Builds the model from an official state dict, after checking every tensor against `cfg`.
-    pub fn load(sd: &StateDict, cfg: &GptConfig, device: &B::Device) -> Result<Self, CheckpointError> {
+    pub fn load(
+        sd: &StateDict,
+        cfg: &GptConfig,
+        device: &B::Device,
+    ) -> Result<Self, CheckpointError> {
         cfg.validate()?;
         sd.check(&cfg.state_dict_specs()).into_result()?;
         let w = Weights::<B>::new(sd, device);
@@ -110,7 +121,13 @@ impl<B: Backend> Transformer<B> {
     }
 
     fn rope_table(cfg: &GptConfig, device: &B::Device) -> Tensor<B, 3> {
-        rope::freqs_cis_2d(cfg.grid_size(), cfg.head_dim(), cfg.rope_base, cfg.cls_token_num, device)
+        rope::freqs_cis_2d(
+            cfg.grid_size(),
+            cfg.head_dim(),
+            cfg.rope_base,
+            cfg.cls_token_num,
+            device,
+        )
     }
 
     pub fn device(&self) -> B::Device {
@@ -175,7 +192,9 @@ impl<B: Backend> Transformer<B> {
     ) -> Tensor<B, 3> {
         let cond_emb = self.condition_embeddings(cond);
         let tok = self.tok_embeddings.forward(idx);
-        let h = self.tok_dropout.forward(Tensor::cat(vec![cond_emb, tok], 1));
+        let h = self
+            .tok_dropout
+            .forward(Tensor::cat(vec![cond_emb, tok], 1));
         let [b, len, _] = h.dims();
         let freqs = self.freqs_cis.clone().narrow(0, 0, len);
         let mask = match allowed {
@@ -205,7 +224,12 @@ impl<B: Backend> Transformer<B> {
         )
     }
 
-    fn forward_cached(&self, h: Tensor<B, 3>, start: usize, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+    fn forward_cached(
+        &self,
+        h: Tensor<B, 3>,
+        start: usize,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
         let [_, s, _] = h.dims();
         let freqs = self.freqs_cis.clone().narrow(0, start, s);
         let mask = AttnMask::Blocked(cache.blocked(start, s));
@@ -226,7 +250,12 @@ impl<B: Backend> Transformer<B> {
 
     /// One decode step: image tokens `[batch, n]` at absolute positions `[start, start+n)`
     /// (`start ≥ cls_token_num`); returns logits `[batch, n, vocab]`.
-    pub fn decode(&self, tokens: Tensor<B, 2, Int>, start: usize, cache: &mut KvCache<B>) -> Tensor<B, 3> {
+    pub fn decode(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        start: usize,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
         let h = self.tok_embeddings.forward(tokens);
         self.forward_cached(h, start, cache)
     }
@@ -234,7 +263,12 @@ impl<B: Backend> Transformer<B> {
     /// Mean cross-entropy of `logits` `[batch, seq, vocab]` against `targets` `[batch, seq]`;
     /// with `valid` `[batch]` (0/1) the official t2i weighting
     /// `sum(ce · valid) / max(sum(valid), 1)` over all tokens.
-    pub fn loss(&self, logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>, valid: Option<Tensor<B, 1>>) -> Tensor<B, 1> {
+    pub fn loss(
+        &self,
+        logits: Tensor<B, 3>,
+        targets: Tensor<B, 2, Int>,
+        valid: Option<Tensor<B, 1>>,
+    ) -> Tensor<B, 1> {
         let [b, s, v] = logits.dims();
         let ce = cross_entropy(logits.reshape([b * s, v]), targets.reshape([b * s]));
         match valid {
@@ -251,5 +285,7 @@ impl<B: Backend> Transformer<B> {
 /// Per-row cross-entropy `[n]` of logits `[n, vocab]` against class ids `[n]`.
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     let logp = log_softmax(logits, 1);
-    logp.gather(1, targets.unsqueeze_dim(1)).squeeze_dim::<1>(1).neg()
+    logp.gather(1, targets.unsqueeze_dim(1))
+        .squeeze_dim::<1>(1)
+        .neg()
 }

@@ -10,7 +10,12 @@ use burn::tensor::TensorData;
 /// tokens' queries and keys by zero, so conditioning reaches the image tokens only through the
 /// values. Image token `p` sits at grid row `p / grid`, column `p % grid`; the first head_dim/4
 /// rotation pairs turn with the row, the last head_dim/4 with the column.
-pub fn freqs_cis_2d_data(grid_size: usize, head_dim: usize, base: f64, cls_token_num: usize) -> TensorData {
+pub fn freqs_cis_2d_data(
+    grid_size: usize,
+    head_dim: usize,
+    base: f64,
+    cls_token_num: usize,
+) -> TensorData {
     let half = head_dim / 2;
     let quarter = half / 2;
     // Computed in f32 like the official code (arange(0, half, 2).float() / half, base ** that).
@@ -44,7 +49,10 @@ pub fn freqs_cis_2d<B: Backend>(
     cls_token_num: usize,
     device: &B::Device,
 ) -> Tensor<B, 3> {
-    Tensor::from_data(freqs_cis_2d_data(grid_size, head_dim, base, cls_token_num), device)
+    Tensor::from_data(
+        freqs_cis_2d_data(grid_size, head_dim, base, cls_token_num),
+        device,
+    )
 }
 
 /// Rotates `x` `[batch, seq, heads, head_dim]` by `freqs` `[seq, head_dim/2, 2]`; pairs are

@@ -9,14 +9,27 @@ use crate::checkpoint::Weights;
 use crate::error::CheckpointError;
 
 pub(crate) fn norm_init<B: Backend>(c: usize, device: &B::Device) -> GroupNorm<B> {
-    GroupNormConfig::new(NORM_GROUPS, c).with_epsilon(NORM_EPS).init(device)
+    GroupNormConfig::new(NORM_GROUPS, c)
+        .with_epsilon(NORM_EPS)
+        .init(device)
 }
 
-pub(crate) fn norm_load<B: Backend>(w: &Weights<B>, name: &str, c: usize) -> Result<GroupNorm<B>, CheckpointError> {
+pub(crate) fn norm_load<B: Backend>(
+    w: &Weights<B>,
+    name: &str,
+    c: usize,
+) -> Result<GroupNorm<B>, CheckpointError> {
     w.group_norm(name, NORM_GROUPS, c, NORM_EPS)
 }
 
-pub(crate) fn conv_init<B: Backend>(cin: usize, cout: usize, k: usize, stride: usize, pad: usize, device: &B::Device) -> Conv2d<B> {
+pub(crate) fn conv_init<B: Backend>(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
     Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
@@ -47,7 +60,13 @@ impl<B: Backend> ResnetBlock<B> {
         }
     }
 
-    pub fn load(w: &Weights<B>, p: &str, cin: usize, cout: usize, dropout: f64) -> Result<Self, CheckpointError> {
+    pub fn load(
+        w: &Weights<B>,
+        p: &str,
+        cin: usize,
+        cout: usize,
+        dropout: f64,
+    ) -> Result<Self, CheckpointError> {
         Ok(Self {
             norm1: norm_load(w, &format!("{p}.norm1"), cin)?,
             conv1: w.conv2d(&format!("{p}.conv1"), cin, cout, 3, 1, 1)?,
@@ -64,7 +83,9 @@ impl<B: Backend> ResnetBlock<B> {
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(self.dropout.forward(silu(self.norm2.forward(h))));
+        let h = self
+            .conv2
+            .forward(self.dropout.forward(silu(self.norm2.forward(h))));
         let x = match &self.nin_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -110,7 +131,11 @@ impl<B: Backend> AttnBlock<B> {
         let [b, c, h, w] = x.dims();
         let n = h * w;
         let hn = self.norm.forward(x.clone());
-        let q = self.q.forward(hn.clone()).reshape([b, c, n]).swap_dims(1, 2);
+        let q = self
+            .q
+            .forward(hn.clone())
+            .reshape([b, c, n])
+            .swap_dims(1, 2);
         let k = self.k.forward(hn.clone()).reshape([b, c, n]);
         let v = self.v.forward(hn).reshape([b, c, n]);
         // Official scale: int(c) ** -0.5; softmax over the keys.
@@ -128,15 +153,20 @@ pub struct Downsample<B: Backend> {
 
 impl<B: Backend> Downsample<B> {
     pub fn init(c: usize, device: &B::Device) -> Self {
-        Self { conv: conv_init(c, c, 3, 2, 0, device) }
+        Self {
+            conv: conv_init(c, c, 3, 2, 0, device),
+        }
     }
 
     pub fn load(w: &Weights<B>, p: &str, c: usize) -> Result<Self, CheckpointError> {
-        Ok(Self { conv: w.conv2d(&format!("{p}.conv"), c, c, 3, 2, 0)? })
+        Ok(Self {
+            conv: w.conv2d(&format!("{p}.conv"), c, c, 3, 2, 0)?,
+        })
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0)))
+        self.conv
+            .forward(x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0)))
     }
 }
 
@@ -148,11 +178,15 @@ pub struct Upsample<B: Backend> {
 
 impl<B: Backend> Upsample<B> {
     pub fn init(c: usize, device: &B::Device) -> Self {
-        Self { conv: conv_init(c, c, 3, 1, 1, device) }
+        Self {
+            conv: conv_init(c, c, 3, 1, 1, device),
+        }
     }
 
     pub fn load(w: &Weights<B>, p: &str, c: usize) -> Result<Self, CheckpointError> {
-        Ok(Self { conv: w.conv2d(&format!("{p}.conv"), c, c, 3, 1, 1)? })
+        Ok(Self {
+            conv: w.conv2d(&format!("{p}.conv"), c, c, 3, 1, 1)?,
+        })
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

@@ -57,7 +57,10 @@ impl<B: Backend> Decoder<B> {
             .map(|(i, blocks)| {
                 let c = blocks.last().map(|b| b.1).unwrap_or(top);
                 DecoderLevel {
-                    res: blocks.iter().map(|&(a, b)| ResnetBlock::init(a, b, cfg.dropout_p, device)).collect(),
+                    res: blocks
+                        .iter()
+                        .map(|&(a, b)| ResnetBlock::init(a, b, cfg.dropout_p, device))
+                        .collect(),
                     attn: if i == 0 {
                         blocks.iter().map(|_| AttnBlock::init(c, device)).collect()
                     } else {
@@ -87,7 +90,9 @@ impl<B: Backend> Decoder<B> {
             let res = blocks
                 .iter()
                 .enumerate()
-                .map(|(r, &(a, b))| ResnetBlock::load(w, &format!("{lp}.res.{r}"), a, b, cfg.dropout_p))
+                .map(|(r, &(a, b))| {
+                    ResnetBlock::load(w, &format!("{lp}.res.{r}"), a, b, cfg.dropout_p)
+                })
                 .collect::<Result<_, _>>()?;
             let attn = if i == 0 {
                 (0..blocks.len())
@@ -101,7 +106,11 @@ impl<B: Backend> Decoder<B> {
             } else {
                 None
             };
-            conv_blocks.push(DecoderLevel { res, attn, upsample });
+            conv_blocks.push(DecoderLevel {
+                res,
+                attn,
+                upsample,
+            });
         }
         let last = cfg.ch * cfg.decoder_ch_mult[0];
         Ok(Self {

@@ -84,7 +84,10 @@ impl<B: Backend> Encoder<B> {
             .map(|(i, blocks)| {
                 let c = blocks.last().map(|b| b.1).unwrap_or(cfg.ch);
                 EncoderLevel {
-                    res: blocks.iter().map(|&(a, b)| ResnetBlock::init(a, b, cfg.dropout_p, device)).collect(),
+                    res: blocks
+                        .iter()
+                        .map(|&(a, b)| ResnetBlock::init(a, b, cfg.dropout_p, device))
+                        .collect(),
                     attn: if i == levels - 1 {
                         blocks.iter().map(|_| AttnBlock::init(c, device)).collect()
                     } else {
@@ -114,7 +117,9 @@ impl<B: Backend> Encoder<B> {
             let res = blocks
                 .iter()
                 .enumerate()
-                .map(|(r, &(a, b))| ResnetBlock::load(w, &format!("{lp}.res.{r}"), a, b, cfg.dropout_p))
+                .map(|(r, &(a, b))| {
+                    ResnetBlock::load(w, &format!("{lp}.res.{r}"), a, b, cfg.dropout_p)
+                })
                 .collect::<Result<_, _>>()?;
             let attn = if i == levels - 1 {
                 (0..blocks.len())
@@ -128,7 +133,11 @@ impl<B: Backend> Encoder<B> {
             } else {
                 None
             };
-            conv_blocks.push(EncoderLevel { res, attn, downsample });
+            conv_blocks.push(EncoderLevel {
+                res,
+                attn,
+                downsample,
+            });
         }
         let c = cfg.ch * cfg.encoder_ch_mult[levels - 1];
         Ok(Self {

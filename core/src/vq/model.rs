@@ -45,7 +45,11 @@ impl<B: Backend> VqModel<B> {
     }
 
     /// Builds the tokenizer from an official state dict, after checking every tensor.
-    pub fn load(sd: &StateDict, cfg: &VqConfig, device: &B::Device) -> Result<Self, CheckpointError> {
+    pub fn load(
+        sd: &StateDict,
+        cfg: &VqConfig,
+        device: &B::Device,
+    ) -> Result<Self, CheckpointError> {
         cfg.validate()?;
         sd.check(&cfg.state_dict_specs()).into_result()?;
         let w = Weights::<B>::new(sd, device);
@@ -53,8 +57,22 @@ impl<B: Backend> VqModel<B> {
             encoder: Encoder::load(&w, "encoder", cfg)?,
             decoder: Decoder::load(&w, "decoder", cfg)?,
             quantize: VectorQuantizer::load(&w, "quantize", cfg)?,
-            quant_conv: w.conv2d("quant_conv", cfg.z_channels, cfg.codebook_embed_dim, 1, 1, 0)?,
-            post_quant_conv: w.conv2d("post_quant_conv", cfg.codebook_embed_dim, cfg.z_channels, 1, 1, 0)?,
+            quant_conv: w.conv2d(
+                "quant_conv",
+                cfg.z_channels,
+                cfg.codebook_embed_dim,
+                1,
+                1,
+                0,
+            )?,
+            post_quant_conv: w.conv2d(
+                "post_quant_conv",
+                cfg.codebook_embed_dim,
+                cfg.z_channels,
+                1,
+                1,
+                0,
+            )?,
             config: cfg.clone(),
         })
     }

@@ -52,13 +52,19 @@ pub struct VectorQuantizer<B: Backend> {
 
 /// `F.normalize(x, p=2, dim=-1)`: `x / max(‖x‖, 1e-12)`.
 pub fn l2_normalize<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let norm = x.clone().powi_scalar(2).sum_dim(D - 1).sqrt().clamp_min(1e-12);
+    let norm = x
+        .clone()
+        .powi_scalar(2)
+        .sum_dim(D - 1)
+        .sqrt()
+        .clamp_min(1e-12);
     x / norm
 }
 
 impl<B: Backend> VectorQuantizer<B> {
     pub fn init(cfg: &VqConfig, device: &B::Device) -> Self {
-        let mut embedding = EmbeddingConfig::new(cfg.codebook_size, cfg.codebook_embed_dim).init(device);
+        let mut embedding =
+            EmbeddingConfig::new(cfg.codebook_size, cfg.codebook_embed_dim).init(device);
         // Official init: uniform(−1/n, 1/n), then l2-normalised.
         let n = cfg.codebook_size as f64;
         let w = Tensor::<B, 2>::random(
@@ -66,11 +72,16 @@ impl<B: Backend> VectorQuantizer<B> {
             burn::tensor::Distribution::Uniform(-1.0 / n, 1.0 / n),
             device,
         );
-        embedding.weight = Param::from_tensor(if cfg.codebook_l2_norm { l2_normalize(w) } else { w });
+        embedding.weight = Param::from_tensor(if cfg.codebook_l2_norm {
+            l2_normalize(w)
+        } else {
+            w
+        });
         Self {
             embedding,
             codebook_used: cfg.codebook_show_usage.then(|| {
-                Param::from_tensor(Tensor::zeros([CODEBOOK_USAGE_LEN], device)).set_require_grad(false)
+                Param::from_tensor(Tensor::zeros([CODEBOOK_USAGE_LEN], device))
+                    .set_require_grad(false)
             }),
             beta: cfg.commit_loss_beta,
             entropy_loss_ratio: cfg.entropy_loss_ratio,
@@ -80,11 +91,17 @@ impl<B: Backend> VectorQuantizer<B> {
 
     pub fn load(w: &Weights<B>, p: &str, cfg: &VqConfig) -> Result<Self, CheckpointError> {
         Ok(Self {
-            embedding: w.embedding(&format!("{p}.embedding"), cfg.codebook_size, cfg.codebook_embed_dim)?,
+            embedding: w.embedding(
+                &format!("{p}.embedding"),
+                cfg.codebook_size,
+                cfg.codebook_embed_dim,
+            )?,
             codebook_used: if cfg.codebook_show_usage {
                 Some(
-                    Param::from_tensor(w.tensor(&format!("{p}.codebook_used"), [CODEBOOK_USAGE_LEN])?)
-                        .set_require_grad(false),
+                    Param::from_tensor(
+                        w.tensor(&format!("{p}.codebook_used"), [CODEBOOK_USAGE_LEN])?,
+                    )
+                    .set_require_grad(false),
                 )
             } else {
                 None
@@ -105,7 +122,11 @@ impl<B: Backend> VectorQuantizer<B> {
     pub fn quantize(&self, z: Tensor<B, 4>) -> Quantized<B> {
         let [b, c, h, w] = z.dims();
         let flat = z.permute([0, 2, 3, 1]).reshape([b * h * w, c]);
-        let flat = if self.l2_norm { l2_normalize(flat) } else { flat };
+        let flat = if self.l2_norm {
+            l2_normalize(flat)
+        } else {
+            flat
+        };
         let codebook = self.codebook();
         // d = |z|² + |e|² − 2 z·e, as the official code computes it.
         let distances = flat.clone().powi_scalar(2).sum_dim(1)
@@ -126,8 +147,12 @@ impl<B: Backend> VectorQuantizer<B> {
 
     /// Training-mode losses of a quantizer pass.
     pub fn losses(&self, q: &Quantized<B>) -> QuantizerLosses<B> {
-        let diff_codebook = (q.codes.clone() - q.z.clone().detach()).powi_scalar(2).mean();
-        let diff_commit = (q.codes.clone().detach() - q.z.clone()).powi_scalar(2).mean();
+        let diff_codebook = (q.codes.clone() - q.z.clone().detach())
+            .powi_scalar(2)
+            .mean();
+        let diff_commit = (q.codes.clone().detach() - q.z.clone())
+            .powi_scalar(2)
+            .mean();
         let entropy = if self.entropy_loss_ratio > 0.0 {
             compute_entropy_loss(q.distances.clone().neg()) * self.entropy_loss_ratio
         } else {
@@ -152,9 +177,14 @@ impl<B: Backend> VectorQuantizer<B> {
         let new_codes = indices.clone().narrow(0, indices.dims()[0] - n, n).float();
         let kept = old.narrow(0, n, CODEBOOK_USAGE_LEN - n);
         let updated = Tensor::cat(vec![kept, new_codes], 0);
-        let values = updated.to_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        let values = updated
+            .to_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap_or_default();
         let distinct: HashSet<u32> = values.iter().map(|v| v.to_bits()).collect();
-        self.codebook_used = Some(Param::from_tensor(updated.to_device(&device)).set_require_grad(false));
+        self.codebook_used =
+            Some(Param::from_tensor(updated.to_device(&device)).set_require_grad(false));
         distinct.len() as f64 / self.embedding.weight.dims()[0] as f64
     }
 

@@ -1,0 +1,123 @@
+//! Writing modules back out with the official key names, as safetensors: the one table that
+//! maps this project's module paths to the official ones, and an atomic file write.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::config::TensorSpec;
+use crate::error::{CheckpointError, ShapeMismatch};
+
+/// Module path fragments of this project → the official `state_dict` names. burn-store's
+/// PyTorch adapter already turns Linear weights back to `[out, in]` and GroupNorm's
+/// gamma/beta into weight/bias.
+const PATH_TABLE: &[(&str, &str)] = &[
+    ("cls_embedding.label.", "cls_embedding."),
+    ("cls_embedding.caption.", "cls_embedding."),
+    (".mid.res_a.", ".mid.0."),
+    (".mid.attn.", ".mid.1."),
+    (".mid.res_b.", ".mid.2."),
+];
+
+fn official_name(path: &str) -> String {
+    PATH_TABLE
+        .iter()
+        .fold(path.to_string(), |p, (ours, theirs)| {
+            p.replace(ours, theirs)
+        })
+}
+
+/// The module's tensors under their official names, checked against `specs` (every spec
+/// present with its shape, nothing else).
+pub fn state_dict<B: Backend, M: Module<B>>(
+    module: &M,
+    specs: &[TensorSpec],
+) -> Result<Vec<(String, TensorData)>, CheckpointError> {
+    let snapshots = module.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true);
+    let mut out = Vec::with_capacity(snapshots.len());
+    for snap in snapshots {
+        let name = official_name(&snap.full_path());
+        let data = snap.to_data().map_err(|e| CheckpointError::TensorData {
+            name: name.clone(),
+            reason: format!("{e:?}"),
+        })?;
+        out.push((name, data));
+    }
+    let mut mismatched = Vec::new();
+    let mut missing = Vec::new();
+    for spec in specs {
+        match out.iter().find(|(n, _)| *n == spec.name) {
+            None => missing.push(spec.name.clone()),
+            Some((_, d)) if d.shape.as_slice() != spec.shape.as_slice() => {
+                mismatched.push(ShapeMismatch {
+                    name: spec.name.clone(),
+                    expected: spec.shape.clone(),
+                    found: d.shape.to_vec(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    if !mismatched.is_empty() {
+        return Err(CheckpointError::ShapeMismatch(mismatched));
+    }
+    if !missing.is_empty() {
+        return Err(CheckpointError::MissingKeys(missing));
+    }
+    let extra: Vec<String> = out
+        .iter()
+        .filter(|(n, _)| !specs.iter().any(|s| s.name == *n))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !extra.is_empty() {
+        return Err(CheckpointError::UnexpectedKeys(extra));
+    }
+    Ok(out)
+}
+
+/// Writes f32 tensors as a safetensors file with optional string metadata; the file appears
+/// only once complete (written beside it, then renamed).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, TensorData)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    let err = |reason: String| CheckpointError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, data)| {
+            let values = data
+                .clone()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| err(format!("{name}: {e:?}")))?;
+            Ok((
+                name.clone(),
+                data.shape.to_vec(),
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ))
+        })
+        .collect::<Result<_, CheckpointError>>()?;
+    let views = bytes
+        .iter()
+        .map(|(n, shape, b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| err(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let tmp = path.with_extension("safetensors.partial");
+    safetensors::tensor::serialize_to_file(views, metadata, &tmp)
+        .map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}

@@ -1,0 +1,268 @@
+//! Tensors ↔ images, grids, and PNG files that carry their generation parameters in a text
+//! chunk (so an image can be inspected with `llamagen info` and reproduced with `--from`).
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::sampling::SamplerParams;
+
+/// PNG text-chunk keyword holding the JSON record.
+pub const PNG_KEYWORD: &str = "llamagen";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{0} carries no llamagen generation parameters")]
+    NoParameters(PathBuf),
+}
+
+/// Images `[batch, 3, H, W]` in [−1, 1] → 8-bit RGB, as the official scripts save them
+/// (`(x + 1) / 2`, clamped, `× 255 + 0.5`).
+pub fn tensor_to_images<B: Backend>(images: Tensor<B, 4>) -> Vec<RgbImage> {
+    let [b, c, h, w] = images.dims();
+    assert_eq!(c, 3, "RGB images expected");
+    let values: Vec<f32> = images
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 pixels");
+    (0..b)
+        .map(|i| {
+            let base = i * 3 * h * w;
+            RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                let at = |ch: usize| {
+                    let v = values[base + ch * h * w + y as usize * w + x as usize];
+                    (((v + 1.0) * 0.5).clamp(0.0, 1.0) * 255.0 + 0.5) as u8
+                };
+                image::Rgb([at(0), at(1), at(2)])
+            })
+        })
+        .collect()
+}
+
+/// 8-bit RGB → `[1, 3, H, W]` in [−1, 1].
+pub fn image_to_tensor<B: Backend>(image: &RgbImage, device: &B::Device) -> Tensor<B, 4> {
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut data = vec![0f32; 3 * h * w];
+    for (x, y, p) in image.enumerate_pixels() {
+        for ch in 0..3 {
+            data[ch * h * w + y as usize * w + x as usize] = p[ch] as f32 / 127.5 - 1.0;
+        }
+    }
+    Tensor::from_data(burn::tensor::TensorData::new(data, [1, 3, h, w]), device)
+}
+
+/// Images side by side in rows of `per_row`, 2-pixel gaps (torchvision's `make_grid` look).
+pub fn make_grid(images: &[RgbImage], per_row: usize) -> RgbImage {
+    const PAD: u32 = 2;
+    let Some(first) = images.first() else {
+        return RgbImage::new(1, 1);
+    };
+    let (w, h) = (first.width(), first.height());
+    let cols = per_row.clamp(1, images.len()) as u32;
+    let rows = images.len().div_ceil(cols as usize) as u32;
+    let mut grid = RgbImage::new(cols * (w + PAD) + PAD, rows * (h + PAD) + PAD);
+    for (i, img) in images.iter().enumerate() {
+        let (c, r) = (i as u32 % cols, i as u32 / cols);
+        image::imageops::replace(
+            &mut grid,
+            img,
+            (PAD + c * (w + PAD)) as i64,
+            (PAD + r * (h + PAD)) as i64,
+        );
+    }
+    grid
+}
+
+/// A model file as a record names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// The path as given (or `bundled:<name>` for the demo model).
+    pub path: String,
+    pub bytes: u64,
+}
+
+impl ModelFile {
+    pub fn describe(path: &Path) -> Self {
+        Self {
+            path: path.display().to_string(),
+            bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        }
+    }
+}
+
+/// Everything needed to reproduce one generated image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub gpt: ModelFile,
+    pub vq: ModelFile,
+    /// Named size and type of the generator, e.g. `GPT-L c2i`.
+    pub model: String,
+    pub image_size: usize,
+    pub class: Option<usize>,
+    pub class_name: Option<String>,
+    pub prompt: Option<String>,
+    pub params: SamplerParams,
+    /// Index of the sample in its run (its seed is `params.seed`).
+    pub index: usize,
+    /// The generated token grid.
+    pub tokens: Vec<u32>,
+}
+
+/// The record embedded in a PNG: one sample, or the cells of a grid in reading order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PngRecord {
+    pub generator: String,
+    pub samples: Vec<SampleRecord>,
+}
+
+impl PngRecord {
+    pub fn new(samples: Vec<SampleRecord>) -> Self {
+        Self {
+            generator: format!("llamagen-rs {}", env!("CARGO_PKG_VERSION")),
+            samples,
+        }
+    }
+
+    /// A one-line, human-readable summary per sample (the `parameters` text chunk).
+    pub fn summary(&self) -> String {
+        self.samples
+            .iter()
+            .map(|s| {
+                let cond = match (&s.class, &s.class_name, &s.prompt) {
+                    (_, _, Some(p)) => format!("prompt: {p}"),
+                    (Some(c), Some(n), _) => format!("class: {c} ({n})"),
+                    (Some(c), None, _) => format!("class: {c}"),
+                    _ => String::new(),
+                };
+                format!(
+                    "#{} {cond}, cfg scale: {}, cfg interval: {}, temperature: {}, top-k: {}, top-p: {}, seed: {}, model: {} ({}), tokenizer: {}, size: {}",
+                    s.index,
+                    s.params.cfg_scale,
+                    s.params.cfg_interval,
+                    s.params.temperature,
+                    s.params.top_k,
+                    s.params.top_p,
+                    s.params.seed,
+                    s.model,
+                    s.gpt.path,
+                    s.vq.path,
+                    s.image_size
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Writes a PNG with the record in an iTXt chunk, atomically (temporary file, then rename).
+pub fn save_png(path: &Path, image: &RgbImage, record: &PngRecord) -> Result<(), ImageError> {
+    let err = |reason: String| ImageError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let tmp = path.with_extension("png.partial");
+    {
+        let file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        let mut encoder = png::Encoder::new(BufWriter::new(file), image.width(), image.height());
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let json = serde_json::to_string(record).map_err(|e| err(e.to_string()))?;
+        encoder
+            .add_itxt_chunk(PNG_KEYWORD.to_string(), json)
+            .map_err(|e| err(e.to_string()))?;
+        encoder
+            .add_itxt_chunk("parameters".to_string(), record.summary())
+            .map_err(|e| err(e.to_string()))?;
+        let mut writer = encoder.write_header().map_err(|e| err(e.to_string()))?;
+        writer
+            .write_image_data(image.as_raw())
+            .map_err(|e| err(e.to_string()))?;
+        writer.finish().map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+/// Reads the record of a PNG written by [`save_png`].
+pub fn read_png_record(path: &Path) -> Result<PngRecord, ImageError> {
+    let err = |reason: String| ImageError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let reader = decoder.read_info().map_err(|e| err(e.to_string()))?;
+    let info = reader.info();
+    for chunk in &info.utf8_text {
+        if chunk.keyword == PNG_KEYWORD {
+            let text = chunk.get_text().map_err(|e| err(e.to_string()))?;
+            return serde_json::from_str(&text)
+                .map_err(|e| err(format!("bad llamagen record: {e}")));
+        }
+    }
+    for chunk in &info.uncompressed_latin1_text {
+        if chunk.keyword == PNG_KEYWORD {
+            return serde_json::from_str(&chunk.text)
+                .map_err(|e| err(format!("bad llamagen record: {e}")));
+        }
+    }
+    Err(ImageError::NoParameters(path.to_path_buf()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_record_round_trips() {
+        let dir = std::env::temp_dir().join(format!("llamagen-png-{}", std::process::id()));
+        let path = dir.join("x.png");
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7]));
+        let record = PngRecord::new(vec![SampleRecord {
+            gpt: ModelFile {
+                path: "c2i_B_256.pt".into(),
+                bytes: 10,
+            },
+            vq: ModelFile {
+                path: "vq_ds16_c2i.pt".into(),
+                bytes: 20,
+            },
+            model: "GPT-B c2i".into(),
+            image_size: 256,
+            class: Some(207),
+            class_name: Some("golden retriever".into()),
+            prompt: None,
+            params: SamplerParams {
+                seed: 9,
+                ..Default::default()
+            },
+            index: 3,
+            tokens: vec![1, 2, 3],
+        }]);
+        save_png(&path, &img, &record).unwrap();
+        assert_eq!(read_png_record(&path).unwrap(), record);
+        let back = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(back, img);
+        assert!(record.summary().contains("class: 207 (golden retriever)"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn grid_places_images_with_gaps() {
+        let a = RgbImage::from_pixel(4, 4, image::Rgb([255, 0, 0]));
+        let g = make_grid(&[a.clone(), a.clone(), a], 2);
+        assert_eq!((g.width(), g.height()), (2 * 6 + 2, 2 * 6 + 2));
+        assert_eq!(g.get_pixel(2, 2), &image::Rgb([255, 0, 0]));
+        assert_eq!(g.get_pixel(0, 0), &image::Rgb([0, 0, 0]));
+    }
+}
