@@ -2,6 +2,7 @@
 //! tokens one by one, conditioned on a class or a caption; official checkpoints load unchanged.
 
 pub mod backend;
+pub mod bundle;
 pub mod checkpoint;
 pub mod classes;
 pub mod config;

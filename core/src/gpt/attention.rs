@@ -79,7 +79,7 @@ impl<B: Backend> Attention<B> {
         let [b, s, dim] = x.dims();
         let (nh, nkv, hd) = (self.n_head, self.n_kv_head, self.head_dim);
         let kv_dim = nkv * hd;
-        let qkv = self.wqkv.forward(x);
+        let qkv = super::linear3(&self.wqkv, x);
         let q = qkv.clone().narrow(2, 0, dim).reshape([b, s, nh, hd]);
         let k = qkv.clone().narrow(2, dim, kv_dim).reshape([b, s, nkv, hd]);
         let v = qkv.narrow(2, dim + kv_dim, kv_dim).reshape([b, s, nkv, hd]);
@@ -124,7 +124,7 @@ impl<B: Backend> Attention<B> {
         };
         let weights = softmax(scores.mask_fill(blocked, f32::NEG_INFINITY), 3);
         let out = weights.matmul(values).swap_dims(1, 2).reshape([b, s, dim]);
-        self.resid_dropout.forward(self.wo.forward(out))
+        self.resid_dropout.forward(super::linear3(&self.wo, out))
     }
 }
 

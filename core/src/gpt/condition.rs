@@ -141,10 +141,10 @@ impl<B: Backend> ConditionEmbedder<B> {
             (Condition::Class(labels), Some(l), _) => {
                 l.embedding_table.forward(labels.clone().unsqueeze_dim(1))
             }
-            (Condition::Caption(c), _, Some(e)) => e
-                .cap_proj
-                .fc2
-                .forward(gelu_approximate(e.cap_proj.fc1.forward(c.clone()))),
+            (Condition::Caption(c), _, Some(e)) => {
+                let hidden = gelu_approximate(super::linear3(&e.cap_proj.fc1, c.clone()));
+                super::linear3(&e.cap_proj.fc2, hidden)
+            }
             (Condition::Class(_), None, _) => {
                 panic!("class condition given to a text-conditional model")
             }

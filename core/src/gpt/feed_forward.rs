@@ -38,8 +38,8 @@ impl<B: Backend> FeedForward<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.w1.forward(x.clone()));
-        self.ffn_dropout
-            .forward(self.w2.forward(gate * self.w3.forward(x)))
+        let gate = silu(super::linear3(&self.w1, x.clone()));
+        let hidden = gate * super::linear3(&self.w3, x);
+        self.ffn_dropout.forward(super::linear3(&self.w2, hidden))
     }
 }

@@ -177,7 +177,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.output.forward(self.norm.forward(h))
+        super::linear3(&self.output, self.norm.forward(h))
     }
 
     /// Teacher-forced forward (the official training branch): condition tokens then the image

@@ -9,6 +9,9 @@ use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use serde_json::json;
 
+mod commands;
+use commands::{BenchArgs, GenerateArgs};
+
 #[derive(Parser)]
 #[command(
     name = "llamagen",
@@ -34,6 +37,33 @@ enum Kind {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate images from a class: sample tokens with the generator, decode them with the
+    /// tokenizer, save PNGs that carry their parameters.
+    #[command(
+        after_help = "Examples:\n  llamagen generate --gpt-ckpt c2i_L_384.pt --vq-ckpt vq_ds16_c2i.pt --class 'golden retriever' --num 4\n  llamagen generate --gpt-ckpt c2i_B_256.pt --vq-ckpt vq_ds16_c2i.pt --class 207 --class 360 --seed 1 --out-dir samples/\n  llamagen generate --from samples/0000-207-seed1.png"
+    )]
+    Generate(Box<GenerateArgs>),
+    /// Print the generation parameters embedded in a PNG written by `llamagen generate`.
+    Info {
+        /// PNG file.
+        png: PathBuf,
+        /// Print the full JSON record.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a checkpoint (.pt or .safetensors) to a safetensors file with the official names.
+    Convert {
+        /// Input checkpoint.
+        input: PathBuf,
+        /// Output .safetensors file.
+        output: PathBuf,
+        /// Take the `ema` weights of a training checkpoint when present.
+        #[arg(long)]
+        ema: bool,
+    },
+    /// Measure generation speed with randomly initialised weights of a named configuration
+    /// (no download): tokens/s per image and per batch, and the VQ decode time.
+    Bench(BenchArgs),
     /// Describe a checkpoint (inferred configuration, parameters, dtype, problems) or a named
     /// configuration (exact parameter count, nothing allocated).
     #[command(
@@ -94,6 +124,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Generate(args) => commands::generate(*args),
+        Command::Info { png, json } => commands::info(&png, json),
+        Command::Convert { input, output, ema } => commands::convert(&input, &output, ema),
+        Command::Bench(args) => commands::bench(args),
         Command::Inspect {
             checkpoint,
             config,

@@ -1,0 +1,560 @@
+//! The generate / info / convert / bench commands.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use burn::prelude::*;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use llamagen::backend::{BackendKind, wgpu_available};
+use llamagen::bundle::{LoadOptions, ModelBundle};
+use llamagen::checkpoint::{StateDict, WeightsChoice};
+use llamagen::config::{GptConfig, ModelType, VqConfig};
+use llamagen::generate::{Generator, Observer, Request, TokenEvent, decode_tokens};
+use llamagen::gpt::Transformer;
+use llamagen::image_io::{
+    PngRecord, SampleRecord, make_grid, read_png_record, save_png, tensor_to_images,
+};
+use llamagen::sampling::SamplerParams;
+use llamagen::vq::VqModel;
+use serde_json::json;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// wgpu when a GPU adapter is available, else the CPU.
+    Auto,
+    /// Vulkan / Metal / DX12 through wgpu.
+    Wgpu,
+    /// The CPU (burn-ndarray).
+    Cpu,
+    /// NVIDIA GPUs (builds with `--features cuda`).
+    Cuda,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Generator checkpoint: official .pt (c2i_B_256.pt …) or .safetensors.
+    #[arg(long)]
+    pub gpt_ckpt: Option<PathBuf>,
+    /// Tokenizer checkpoint: official .pt (vq_ds16_c2i.pt) or .safetensors.
+    #[arg(long)]
+    pub vq_ckpt: Option<PathBuf>,
+    /// Generator size when the weights do not say it (GPT-B, GPT-L, GPT-XL, …).
+    #[arg(long)]
+    pub gpt_model: Option<String>,
+    /// Attention heads, for a generator width that is not a named size.
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    /// Image size in pixels (default: from the file name, e.g. c2i_L_384.pt → 384, else 256).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Take the `ema` weights of training checkpoints when present.
+    #[arg(long)]
+    pub ema: bool,
+    /// Class to generate: an id or a name (ImageNet names for the official models, case-insensitive);
+    /// repeat for several classes.
+    #[arg(long = "class", short = 'c')]
+    pub classes: Vec<String>,
+    /// Classifier-free guidance scale (1 = off).
+    #[arg(long, default_value_t = 4.0)]
+    pub cfg_scale: f32,
+    /// Decode step after which guidance stops (−1 = never).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub cfg_interval: i32,
+    /// Sampling temperature (> 0).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = all; values above the vocabulary keep all).
+    #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
+    pub top_k: i64,
+    /// Nucleus sampling mass in (0, 1] (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Seed of the first image; image i uses seed + i. Random when not given (and printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Images per class.
+    #[arg(long, default_value_t = 1)]
+    pub num: usize,
+    /// Images generated together in one batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Weight precision.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Output PNG: all images in one grid.
+    #[arg(long, conflicts_with = "out_dir")]
+    pub out: Option<PathBuf>,
+    /// Output folder: one PNG per image.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Images per row of the grid (default: about square).
+    #[arg(long)]
+    pub per_row: Option<usize>,
+    /// Reproduce the image(s) of a PNG written by llamagen (its parameters, models and seeds).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+}
+
+fn resolve_backend(arg: BackendArg) -> Result<BackendKind> {
+    match arg {
+        BackendArg::Cpu => Ok(BackendKind::Cpu),
+        BackendArg::Wgpu => {
+            if !cfg!(feature = "wgpu") {
+                bail!(
+                    "this build has no wgpu backend; rebuild with the default features or use --backend cpu"
+                );
+            }
+            if !wgpu_available() {
+                bail!(
+                    "no GPU adapter found for wgpu (install a Vulkan driver, e.g. mesa-vulkan-drivers); use --backend cpu"
+                );
+            }
+            Ok(BackendKind::Wgpu)
+        }
+        BackendArg::Cuda => {
+            if !cfg!(feature = "cuda") {
+                bail!("this build has no CUDA backend; rebuild with `--features cuda`");
+            }
+            Ok(BackendKind::Cuda)
+        }
+        BackendArg::Auto => {
+            if cfg!(feature = "wgpu") && wgpu_available() {
+                Ok(BackendKind::Wgpu)
+            } else {
+                eprintln!("no GPU adapter found: running on the CPU");
+                Ok(BackendKind::Cpu)
+            }
+        }
+    }
+}
+
+/// Runs `$body` with `B` bound to the chosen backend type and `device` to its device.
+macro_rules! with_backend {
+    ($kind:expr, |$device:ident: $b:ident| $body:expr) => {{
+        match $kind {
+            BackendKind::Cpu => {
+                type $b = llamagen::backend::Cpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => {
+                type $b = llamagen::backend::Wgpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => {
+                type $b = llamagen::backend::Cuda;
+                let $device = Default::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => bail!("backend {} is not in this build", other.name()),
+        }
+    }};
+}
+
+/// The progress bar: tokens/s and ETA on a terminal, nothing otherwise.
+fn progress(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, ETA {{eta}})"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
+struct BarObserver<'a> {
+    bar: &'a ProgressBar,
+}
+
+impl Observer for BarObserver<'_> {
+    fn on_token(&mut self, event: &TokenEvent<'_>) {
+        self.bar.inc(event.tokens.len() as u64);
+    }
+}
+
+/// One image to make: its condition and settings, and where it lands in the output.
+struct Plan {
+    class: usize,
+    params: SamplerParams,
+    index: usize,
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let mut args = args;
+    let mut plans = Vec::new();
+    if let Some(png) = args.from.clone() {
+        let record = read_png_record(&png)?;
+        let first = record
+            .samples
+            .first()
+            .ok_or_else(|| anyhow!("{} holds no samples", png.display()))?;
+        if args.gpt_ckpt.is_none() {
+            args.gpt_ckpt = Some(PathBuf::from(&first.gpt.path));
+        }
+        if args.vq_ckpt.is_none() {
+            args.vq_ckpt = Some(PathBuf::from(&first.vq.path));
+        }
+        args.image_size.get_or_insert(first.image_size);
+        for s in &record.samples {
+            let class = s.class.ok_or_else(|| {
+                anyhow!(
+                    "{}: sample {} has no class (text prompts are not supported yet)",
+                    png.display(),
+                    s.index
+                )
+            })?;
+            plans.push(Plan {
+                class,
+                params: s.params,
+                index: s.index,
+            });
+        }
+        eprintln!(
+            "reproducing {} image(s) from {}",
+            plans.len(),
+            png.display()
+        );
+    }
+    if args.precision != Precision::F32 {
+        bail!(
+            "--precision {:?} is not supported yet: this build runs the models in f32 on every backend",
+            args.precision
+        );
+    }
+    if args.top_k < 0 {
+        bail!(
+            "--top-k must be ≥ 0 (0 keeps every token), got {}",
+            args.top_k
+        );
+    }
+    if args.batch_size == 0 || args.num == 0 {
+        bail!("--num and --batch-size must be at least 1");
+    }
+    let (Some(gpt_path), Some(vq_path)) = (args.gpt_ckpt.clone(), args.vq_ckpt.clone()) else {
+        bail!(
+            "pass both --gpt-ckpt and --vq-ckpt (official .pt files such as c2i_B_256.pt and vq_ds16_c2i.pt, or .safetensors)"
+        );
+    };
+    let kind = resolve_backend(args.backend)?;
+    with_backend!(kind, |device: B| run_generate::<B>(
+        &args, plans, &gpt_path, &vq_path, kind, &device
+    ))
+}
+
+fn run_generate<B: Backend>(
+    args: &GenerateArgs,
+    mut plans: Vec<Plan>,
+    gpt_path: &Path,
+    vq_path: &Path,
+    kind: BackendKind,
+    device: &B::Device,
+) -> Result<()> {
+    let opts = LoadOptions {
+        gpt_model: args.gpt_model.clone(),
+        image_size: args.image_size,
+        n_head: args.n_head,
+        ema: args.ema,
+    };
+    let t0 = Instant::now();
+    let bundle = ModelBundle::<B>::load(gpt_path, vq_path, &opts, device).map_err(|e| {
+        anyhow!(
+            "{e}\nhint: --gpt-model, --n-head and --image-size override what cannot be inferred"
+        )
+    })?;
+    let cfg = &bundle.gpt.config;
+    eprintln!(
+        "loaded {} ({:.1}M parameters) and a {}-level tokenizer on {} in {:.1}s; {}×{} tokens → {} px",
+        bundle.description(),
+        cfg.num_params() as f64 / 1e6,
+        bundle.vq.config.encoder_ch_mult.len(),
+        kind.name(),
+        t0.elapsed().as_secs_f64(),
+        cfg.grid_size(),
+        cfg.grid_size(),
+        bundle.image_size
+    );
+    if cfg.model_type == ModelType::T2i {
+        bail!(
+            "{} is a text-conditional model: it needs a prompt, and prompts are not supported by this command yet",
+            gpt_path.display()
+        );
+    }
+
+    if plans.is_empty() {
+        if args.classes.is_empty() {
+            bail!("pass at least one --class (an id, or a name such as 'golden retriever')");
+        }
+        let seed = args.seed.unwrap_or_else(|| {
+            let s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64 % 1_000_000_000)
+                .unwrap_or(0);
+            eprintln!("seed: {s}");
+            s
+        });
+        let base = SamplerParams {
+            cfg_scale: args.cfg_scale,
+            cfg_interval: args.cfg_interval,
+            temperature: args.temperature,
+            top_k: args.top_k as usize,
+            top_p: args.top_p,
+            seed,
+        };
+        base.validate()?;
+        let mut index = 0;
+        for query in &args.classes {
+            let class = bundle.class_names.resolve(query)?;
+            if query.trim().parse::<usize>().is_err() {
+                eprintln!(
+                    "class '{query}' → {class} ({})",
+                    bundle.class_names.name(class).unwrap_or("?")
+                );
+            }
+            for _ in 0..args.num {
+                plans.push(Plan {
+                    class,
+                    params: SamplerParams {
+                        seed: seed.wrapping_add(index as u64),
+                        ..base
+                    },
+                    index,
+                });
+                index += 1;
+            }
+        }
+    }
+
+    let generator = Generator::new(&bundle.gpt);
+    let total_tokens = (plans.len() * cfg.block_size) as u64;
+    let bar = progress(total_tokens, "tokens");
+    let mut images = Vec::with_capacity(plans.len());
+    let mut records = Vec::with_capacity(plans.len());
+    let t_gen = Instant::now();
+    for chunk in plans.chunks(args.batch_size) {
+        let requests: Vec<Request> = chunk
+            .iter()
+            .map(|p| Request::class(p.class, p.params))
+            .collect();
+        let out = generator.generate(&requests, &mut BarObserver { bar: &bar }, None)?;
+        let pixels = decode_tokens(&bundle.vq, &out.tokens, cfg.grid_size());
+        images.extend(tensor_to_images(pixels));
+        for (p, tokens) in chunk.iter().zip(out.tokens) {
+            records.push(SampleRecord {
+                gpt: bundle.gpt_file.clone(),
+                vq: bundle.vq_file.clone(),
+                model: bundle.description(),
+                image_size: bundle.image_size,
+                class: Some(p.class),
+                class_name: bundle.class_names.name(p.class).map(str::to_string),
+                prompt: None,
+                params: p.params,
+                index: p.index,
+                tokens,
+            });
+        }
+    }
+    bar.finish_and_clear();
+    let secs = t_gen.elapsed().as_secs_f64();
+    eprintln!(
+        "generated {} image(s) in {secs:.1}s ({:.1} tokens/s)",
+        images.len(),
+        total_tokens as f64 / secs
+    );
+
+    if let Some(dir) = &args.out_dir {
+        for (img, rec) in images.iter().zip(&records) {
+            let path = dir.join(format!(
+                "{:04}-{}-seed{}.png",
+                rec.index,
+                rec.class.unwrap_or(0),
+                rec.params.seed
+            ));
+            save_png(&path, img, &PngRecord::new(vec![rec.clone()]))?;
+            println!("{}", path.display());
+        }
+    } else {
+        let path = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("samples.png"));
+        let per_row = args
+            .per_row
+            .unwrap_or_else(|| (images.len() as f64).sqrt().ceil() as usize);
+        let grid = if images.len() == 1 {
+            images[0].clone()
+        } else {
+            make_grid(&images, per_row)
+        };
+        save_png(&path, &grid, &PngRecord::new(records))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+pub fn info(png: &Path, as_json: bool) -> Result<()> {
+    let record = read_png_record(png)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        println!("{} ({})", png.display(), record.generator);
+        println!("{}", record.summary());
+    }
+    Ok(())
+}
+
+pub fn convert(input: &Path, output: &Path, ema: bool) -> Result<()> {
+    let choice = if ema {
+        WeightsChoice::PreferEma
+    } else {
+        WeightsChoice::Model
+    };
+    let sd = StateDict::open(input, choice)?;
+    let device = Default::default();
+    let w = llamagen::checkpoint::Weights::<llamagen::backend::Cpu>::new(&sd, &device);
+    let tensors = sd
+        .keys()
+        .filter(|k| !llamagen::checkpoint::is_ignored_key(k))
+        .map(|k| Ok((k.to_string(), w.data(k)?)))
+        .collect::<Result<Vec<_>, llamagen::error::CheckpointError>>()?;
+    llamagen::checkpoint::write_safetensors(output, &tensors, None)?;
+    eprintln!(
+        "wrote {} tensors ({} weights) to {}",
+        tensors.len(),
+        sd.wrapper,
+        output.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Named generator configuration.
+    #[arg(long, default_value = "GPT-B")]
+    pub config: String,
+    /// Token grid side (16 → 256 tokens per image).
+    #[arg(long, default_value_t = 16)]
+    pub grid: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// CFG scale (> 1 doubles the batch, as in real use).
+    #[arg(long, default_value_t = 4.0)]
+    pub cfg_scale: f32,
+    /// Tokenizer configuration for the decode timing (VQ-16 or VQ-8).
+    #[arg(long, default_value = "VQ-16")]
+    pub vq: String,
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
+    /// Timed runs (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let kind = resolve_backend(args.backend)?;
+    with_backend!(kind, |device: B| run_bench::<B>(&args, kind, &device))
+}
+
+fn run_bench<B: Backend>(args: &BenchArgs, kind: BackendKind, device: &B::Device) -> Result<()> {
+    let mut cfg = GptConfig::named(&args.config)?;
+    cfg.block_size = args.grid * args.grid;
+    let gpt = Transformer::<B>::init(&cfg, device)?;
+    let vq_cfg = VqConfig::named(&args.vq)?;
+    let vq = VqModel::<B>::init(&vq_cfg, device)?;
+    let generator = Generator::new(&gpt);
+    let requests: Vec<Request> = (0..args.batch)
+        .map(|i| {
+            Request::class(
+                i % cfg.num_classes,
+                SamplerParams {
+                    cfg_scale: args.cfg_scale,
+                    seed: i as u64,
+                    ..SamplerParams::default()
+                },
+            )
+        })
+        .collect();
+    // Warm-up (weights materialised, kernels compiled), then timed runs.
+    let mut warm = requests.clone();
+    for r in &mut warm {
+        r.prefix = vec![0; cfg.block_size.saturating_sub(4)];
+    }
+    generator.generate(&warm, &mut (), None)?;
+    let mut gen_times = Vec::new();
+    let mut dec_times = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        let out = generator.generate(&requests, &mut (), None)?;
+        gen_times.push(t.elapsed().as_secs_f64());
+        if !args.json {
+            eprintln!("generation: {:.2}s", t.elapsed().as_secs_f64());
+        }
+        let t = Instant::now();
+        let pixels = decode_tokens(&vq, &out.tokens, args.grid);
+        let _ = pixels.into_data();
+        dec_times.push(t.elapsed().as_secs_f64());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let seconds = median(&mut gen_times);
+    let vq_decode_seconds = median(&mut dec_times);
+    let tokens = (args.batch * cfg.block_size) as f64;
+    let value = json!({
+        "config": args.config,
+        "grid": args.grid,
+        "batch": args.batch,
+        "cfg_scale": args.cfg_scale,
+        "backend": kind.name(),
+        "runs": args.runs.max(1),
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_s_per_image": cfg.block_size as f64 / seconds,
+        "vq": args.vq,
+        "vq_decode_seconds": vq_decode_seconds,
+    });
+    if args.json {
+        println!("{value}");
+    } else {
+        println!(
+            "{} {}×{} batch {} cfg {} on {}: {:.2}s, {:.1} tokens/s per image, {:.1} tokens/s in all; {} decode {:.2}s",
+            args.config,
+            args.grid,
+            args.grid,
+            args.batch,
+            args.cfg_scale,
+            kind.name(),
+            seconds,
+            cfg.block_size as f64 / seconds,
+            tokens / seconds,
+            args.vq,
+            vq_decode_seconds
+        );
+    }
+    Ok(())
+}
