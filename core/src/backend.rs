@@ -1,9 +1,9 @@
 //! Which burn backend runs the models. Code elsewhere is generic over `B: Backend`; this module
 //! names the concrete backends the features enable.
 
-/// Pure-CPU backend (burn-ndarray, SIMD).
+/// Pure-CPU backend (burn-flex: SIMD kernels, the `gemm` crate for matrix products).
 #[cfg(feature = "cpu")]
-pub type Cpu = burn::backend::NdArray<f32>;
+pub type Cpu = burn::backend::Flex;
 
 /// Cross-vendor GPU backend (Vulkan / Metal / DX12 through wgpu).
 #[cfg(feature = "wgpu")]

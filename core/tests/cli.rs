@@ -135,3 +135,139 @@ fn bad_input_gets_a_clear_error_and_a_failing_exit_code() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither a LlamaGen GPT"));
 }
+
+mod generate {
+    use super::llamagen;
+    use llamagen::checkpoint::{state_dict, write_safetensors};
+    use llamagen::config::{GptConfig, VqConfig};
+    use llamagen::gpt::Transformer;
+    use llamagen::vq::VqModel;
+    use std::path::{Path, PathBuf};
+
+    type B = llamagen::backend::Cpu;
+
+    /// A random tiny tokenizer (4× downsampling, 64 codes) and a matching class-conditional GPT
+    /// (10 classes, 4×4 tokens → 16 px images), written as safetensors.
+    fn tiny_models(dir: &Path, codebook: usize) -> (PathBuf, PathBuf) {
+        let device = Default::default();
+        let vq_cfg = VqConfig {
+            ch: 32,
+            z_channels: 32,
+            codebook_size: codebook,
+            encoder_ch_mult: vec![1, 1, 2],
+            decoder_ch_mult: vec![1, 1, 2],
+            ..VqConfig::default()
+        };
+        let vq = VqModel::<B>::init(&vq_cfg, &device).unwrap();
+        let vq_path = dir.join("vq.safetensors");
+        write_safetensors(&vq_path, &state_dict(&vq, &vq_cfg.state_dict_specs()).unwrap(), None).unwrap();
+        let gpt_cfg = GptConfig {
+            dim: 64,
+            n_layer: 2,
+            n_head: 4,
+            vocab_size: 64,
+            num_classes: 10,
+            block_size: 16,
+            ..GptConfig::default()
+        };
+        let gpt = Transformer::<B>::init(&gpt_cfg, &device).unwrap();
+        let gpt_path = dir.join("gpt.safetensors");
+        write_safetensors(&gpt_path, &state_dict(&gpt, &gpt_cfg.state_dict_specs()).unwrap(), None).unwrap();
+        (gpt_path, vq_path)
+    }
+
+    fn run(args: &[&str]) -> std::process::Output {
+        llamagen().args(args).output().unwrap()
+    }
+
+    #[test]
+    fn generate_info_and_reproduce_from_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gpt, vq) = tiny_models(dir.path(), 64);
+        let (gpt, vq) = (gpt.to_str().unwrap(), vq.to_str().unwrap());
+        let out_dir = dir.path().join("out");
+        let common = ["--gpt-ckpt", gpt, "--vq-ckpt", vq, "--n-head", "4", "--image-size", "16", "--backend", "cpu"];
+        let mut args = vec!["generate"];
+        args.extend(common);
+        args.extend(["--class", "3", "--class", "7", "--num", "2", "--seed", "5", "--batch-size", "3", "--out-dir", out_dir.to_str().unwrap()]);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let files: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        assert_eq!(files.len(), 4, "{files:?}");
+        assert!(files[0].ends_with("0000-3-seed5.png") && files[3].ends_with("0003-7-seed8.png"), "{files:?}");
+
+        let info = run(&["info", &files[2], "--json"]);
+        assert!(info.status.success());
+        let record: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let sample = &record["samples"][0];
+        assert_eq!(sample["class"], 7);
+        assert_eq!(sample["params"]["seed"], 6);
+        assert_eq!(sample["params"]["cfg_scale"], 4.0);
+        assert_eq!(sample["tokens"].as_array().unwrap().len(), 16);
+
+        // --from regenerates the same image, pixel for pixel.
+        let again = dir.path().join("again.png");
+        let out = run(&["generate", "--from", &files[2], "--backend", "cpu", "--out", again.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let a = image::open(&files[2]).unwrap().to_rgb8();
+        let b = image::open(&again).unwrap().to_rgb8();
+        assert_eq!(a.dimensions(), (16, 16));
+        assert_eq!(a, b);
+
+        // One grid file with every sample recorded.
+        let grid = dir.path().join("grid.png");
+        let mut args = vec!["generate"];
+        args.extend(common);
+        args.extend(["--class", "1", "--num", "4", "--seed", "1", "--out", grid.to_str().unwrap()]);
+        assert!(run(&args).status.success());
+        let info = run(&["info", grid.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&info.stdout);
+        assert_eq!(text.matches("class: 1").count(), 4, "{text}");
+    }
+
+    #[test]
+    fn bad_generate_input_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gpt, vq) = tiny_models(dir.path(), 64);
+        let (_, vq32) = {
+            let sub = dir.path().join("small");
+            std::fs::create_dir_all(&sub).unwrap();
+            tiny_models(&sub, 32)
+        };
+        let (gpt, vq, vq32) = (gpt.to_str().unwrap(), vq.to_str().unwrap(), vq32.to_str().unwrap());
+        let base = |extra: &[&str]| {
+            let mut a = vec!["generate", "--gpt-ckpt", gpt, "--vq-ckpt", vq, "--n-head", "4", "--image-size", "16", "--backend", "cpu"];
+            a.extend_from_slice(extra);
+            a.push("--out");
+            a.push("/dev/null/never.png");
+            a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        for (extra, expect) in [
+            (vec!["--class", "10"], "out of range"),
+            (vec!["--class", "zebra"], "unknown class"),
+            (vec!["--class", "1", "--top-k", "-1"], "--top-k"),
+            (vec!["--class", "1", "--temperature", "0"], "temperature"),
+            (vec!["--class", "1", "--top-p", "1.5"], "top-p"),
+            (vec!["--class", "1", "--cfg-scale", "-2"], "cfg-scale"),
+            (vec!["--class", "1", "--precision", "bf16"], "precision"),
+            (vec![], "--class"),
+        ] {
+            let out = llamagen().args(base(&extra)).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{extra:?} should fail");
+            assert!(err.contains(expect), "{extra:?}: {err}");
+            assert!(!err.contains("panicked"), "{extra:?}: {err}");
+        }
+        // Tokenizer and generator that do not fit together.
+        let out = run(&["generate", "--gpt-ckpt", gpt, "--vq-ckpt", vq32, "--n-head", "4", "--image-size", "16", "--class", "1", "--backend", "cpu"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("codebook has 32 entries"), "{err}");
+        // An image size the tokenizer cannot make.
+        let out = run(&["generate", "--gpt-ckpt", gpt, "--vq-ckpt", vq, "--n-head", "4", "--image-size", "18", "--class", "1", "--backend", "cpu"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("downsampling"), "{err}");
+        // No checkpoints at all.
+        let out = run(&["generate", "--class", "1", "--backend", "cpu"]);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--gpt-ckpt"));
+    }
+}

@@ -90,12 +90,13 @@ impl<B: Backend> Attention<B> {
         let (keys, values, start) = match cache {
             Some((kv, start)) => {
                 let end = start + s;
-                kv.k =
-                    kv.k.clone()
-                        .slice_assign([0..b, 0..nkv, start..end, 0..hd], k);
-                kv.v =
-                    kv.v.clone()
-                        .slice_assign([0..b, 0..nkv, start..end, 0..hd], v);
+                // Move the cache tensors out so the write can happen in place (a shared tensor
+                // would be copied whole at every step).
+                let device = k.device();
+                let k_cache = std::mem::replace(&mut kv.k, Tensor::empty([0, 0, 0, 0], &device));
+                let v_cache = std::mem::replace(&mut kv.v, Tensor::empty([0, 0, 0, 0], &device));
+                kv.k = k_cache.slice_assign([0..b, 0..nkv, start..end, 0..hd], k);
+                kv.v = v_cache.slice_assign([0..b, 0..nkv, start..end, 0..hd], v);
                 let keys = kv.k.clone().slice([0..b, 0..nkv, 0..end, 0..hd]);
                 let values = kv.v.clone().slice([0..b, 0..nkv, 0..end, 0..hd]);
                 (keys, values, start)

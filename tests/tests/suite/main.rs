@@ -1,0 +1,8 @@
+//! The cross-crate test suite, one binary so burn's generic code is compiled once:
+//! parity with the official code, checkpoint handling, generator behaviour.
+
+mod checkpoints;
+mod generator;
+mod parity_generate;
+mod parity_gpt;
+mod parity_vq;
