@@ -105,6 +105,9 @@ pub struct SampleRecord {
     pub vq: ModelFile,
     /// Named size and type of the generator, e.g. `GPT-L c2i`.
     pub model: String,
+    /// Attention heads of the generator (the one thing its weights cannot say).
+    #[serde(default)]
+    pub n_head: Option<usize>,
     pub image_size: usize,
     pub class: Option<usize>,
     pub class_name: Option<String>,
@@ -238,6 +241,7 @@ mod tests {
                 bytes: 20,
             },
             model: "GPT-B c2i".into(),
+            n_head: Some(12),
             image_size: 256,
             class: Some(207),
             class_name: Some("golden retriever".into()),

@@ -160,7 +160,12 @@ mod generate {
         };
         let vq = VqModel::<B>::init(&vq_cfg, &device).unwrap();
         let vq_path = dir.join("vq.safetensors");
-        write_safetensors(&vq_path, &state_dict(&vq, &vq_cfg.state_dict_specs()).unwrap(), None).unwrap();
+        write_safetensors(
+            &vq_path,
+            &state_dict(&vq, &vq_cfg.state_dict_specs()).unwrap(),
+            None,
+        )
+        .unwrap();
         let gpt_cfg = GptConfig {
             dim: 64,
             n_layer: 2,
@@ -172,7 +177,12 @@ mod generate {
         };
         let gpt = Transformer::<B>::init(&gpt_cfg, &device).unwrap();
         let gpt_path = dir.join("gpt.safetensors");
-        write_safetensors(&gpt_path, &state_dict(&gpt, &gpt_cfg.state_dict_specs()).unwrap(), None).unwrap();
+        write_safetensors(
+            &gpt_path,
+            &state_dict(&gpt, &gpt_cfg.state_dict_specs()).unwrap(),
+            None,
+        )
+        .unwrap();
         (gpt_path, vq_path)
     }
 
@@ -186,29 +196,79 @@ mod generate {
         let (gpt, vq) = tiny_models(dir.path(), 64);
         let (gpt, vq) = (gpt.to_str().unwrap(), vq.to_str().unwrap());
         let out_dir = dir.path().join("out");
-        let common = ["--gpt-ckpt", gpt, "--vq-ckpt", vq, "--n-head", "4", "--image-size", "16", "--backend", "cpu"];
+        let common = [
+            "--gpt-ckpt",
+            gpt,
+            "--vq-ckpt",
+            vq,
+            "--n-head",
+            "4",
+            "--image-size",
+            "16",
+            "--backend",
+            "cpu",
+        ];
         let mut args = vec!["generate"];
         args.extend(common);
-        args.extend(["--class", "3", "--class", "7", "--num", "2", "--seed", "5", "--batch-size", "3", "--out-dir", out_dir.to_str().unwrap()]);
+        args.extend([
+            "--class",
+            "3",
+            "--class",
+            "7",
+            "--num",
+            "2",
+            "--seed",
+            "5",
+            "--batch-size",
+            "3",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ]);
         let out = run(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let files: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let files: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
         assert_eq!(files.len(), 4, "{files:?}");
-        assert!(files[0].ends_with("0000-3-seed5.png") && files[3].ends_with("0003-7-seed8.png"), "{files:?}");
+        assert!(
+            files[0].ends_with("0000-3-seed5.png") && files[3].ends_with("0003-7-seed8.png"),
+            "{files:?}"
+        );
 
         let info = run(&["info", &files[2], "--json"]);
         assert!(info.status.success());
         let record: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         let sample = &record["samples"][0];
         assert_eq!(sample["class"], 7);
-        assert_eq!(sample["params"]["seed"], 6);
+        assert_eq!(sample["params"]["seed"], 7);
         assert_eq!(sample["params"]["cfg_scale"], 4.0);
         assert_eq!(sample["tokens"].as_array().unwrap().len(), 16);
 
         // --from regenerates the same image, pixel for pixel.
         let again = dir.path().join("again.png");
-        let out = run(&["generate", "--from", &files[2], "--backend", "cpu", "--out", again.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = run(&[
+            "generate",
+            "--from",
+            &files[2],
+            "--backend",
+            "cpu",
+            "--out",
+            again.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info2 = run(&["info", again.to_str().unwrap(), "--json"]);
+        let record2: serde_json::Value = serde_json::from_slice(&info2.stdout).unwrap();
+        assert_eq!(record2["samples"][0]["params"], sample["params"]);
+        assert_eq!(record2["samples"][0]["tokens"], sample["tokens"]);
         let a = image::open(&files[2]).unwrap().to_rgb8();
         let b = image::open(&again).unwrap().to_rgb8();
         assert_eq!(a.dimensions(), (16, 16));
@@ -218,7 +278,16 @@ mod generate {
         let grid = dir.path().join("grid.png");
         let mut args = vec!["generate"];
         args.extend(common);
-        args.extend(["--class", "1", "--num", "4", "--seed", "1", "--out", grid.to_str().unwrap()]);
+        args.extend([
+            "--class",
+            "1",
+            "--num",
+            "4",
+            "--seed",
+            "1",
+            "--out",
+            grid.to_str().unwrap(),
+        ]);
         assert!(run(&args).status.success());
         let info = run(&["info", grid.to_str().unwrap()]);
         let text = String::from_utf8_lossy(&info.stdout);
@@ -234,9 +303,25 @@ mod generate {
             std::fs::create_dir_all(&sub).unwrap();
             tiny_models(&sub, 32)
         };
-        let (gpt, vq, vq32) = (gpt.to_str().unwrap(), vq.to_str().unwrap(), vq32.to_str().unwrap());
+        let (gpt, vq, vq32) = (
+            gpt.to_str().unwrap(),
+            vq.to_str().unwrap(),
+            vq32.to_str().unwrap(),
+        );
         let base = |extra: &[&str]| {
-            let mut a = vec!["generate", "--gpt-ckpt", gpt, "--vq-ckpt", vq, "--n-head", "4", "--image-size", "16", "--backend", "cpu"];
+            let mut a = vec![
+                "generate",
+                "--gpt-ckpt",
+                gpt,
+                "--vq-ckpt",
+                vq,
+                "--n-head",
+                "4",
+                "--image-size",
+                "16",
+                "--backend",
+                "cpu",
+            ];
             a.extend_from_slice(extra);
             a.push("--out");
             a.push("/dev/null/never.png");
@@ -259,15 +344,51 @@ mod generate {
             assert!(!err.contains("panicked"), "{extra:?}: {err}");
         }
         // Tokenizer and generator that do not fit together.
-        let out = run(&["generate", "--gpt-ckpt", gpt, "--vq-ckpt", vq32, "--n-head", "4", "--image-size", "16", "--class", "1", "--backend", "cpu"]);
+        let out = run(&[
+            "generate",
+            "--gpt-ckpt",
+            gpt,
+            "--vq-ckpt",
+            vq32,
+            "--n-head",
+            "4",
+            "--image-size",
+            "16",
+            "--class",
+            "1",
+            "--backend",
+            "cpu",
+        ]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("codebook has 32 entries"), "{err}");
+        assert!(
+            !out.status.success() && err.contains("codebook has 32 entries"),
+            "{err}"
+        );
         // An image size the tokenizer cannot make.
-        let out = run(&["generate", "--gpt-ckpt", gpt, "--vq-ckpt", vq, "--n-head", "4", "--image-size", "18", "--class", "1", "--backend", "cpu"]);
+        let out = run(&[
+            "generate",
+            "--gpt-ckpt",
+            gpt,
+            "--vq-ckpt",
+            vq,
+            "--n-head",
+            "4",
+            "--image-size",
+            "18",
+            "--class",
+            "1",
+            "--backend",
+            "cpu",
+        ]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("downsampling"), "{err}");
+        assert!(
+            !out.status.success() && err.contains("downsampling"),
+            "{err}"
+        );
         // No checkpoints at all.
         let out = run(&["generate", "--class", "1", "--backend", "cpu"]);
-        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--gpt-ckpt"));
+        assert!(
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--gpt-ckpt")
+        );
     }
 }

@@ -65,13 +65,13 @@ pub struct GenerateArgs {
     #[arg(long = "class", short = 'c')]
     pub classes: Vec<String>,
     /// Classifier-free guidance scale (1 = off).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
     pub cfg_scale: f32,
     /// Decode step after which guidance stops (−1 = never).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub cfg_interval: i32,
     /// Sampling temperature (> 0).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep the k most likely tokens (0 = all; values above the vocabulary keep all).
     #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
@@ -216,6 +216,9 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             args.vq_ckpt = Some(PathBuf::from(&first.vq.path));
         }
         args.image_size.get_or_insert(first.image_size);
+        if args.n_head.is_none() {
+            args.n_head = first.n_head;
+        }
         for s in &record.samples {
             let class = s.class.ok_or_else(|| {
                 anyhow!(
@@ -364,6 +367,7 @@ fn run_generate<B: Backend>(
                 gpt: bundle.gpt_file.clone(),
                 vq: bundle.vq_file.clone(),
                 model: bundle.description(),
+                n_head: Some(cfg.n_head),
                 image_size: bundle.image_size,
                 class: Some(p.class),
                 class_name: bundle.class_names.name(p.class).map(str::to_string),
