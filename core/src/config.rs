@@ -383,13 +383,13 @@ impl VqConfig {
     }
 
     pub fn size_name(&self) -> Option<&'static str> {
-        let base = Self { ..self.clone() };
+        if self.ch != 128 || self.z_channels != 256 {
+            return None;
+        }
         ["VQ-16", "VQ-8"].into_iter().find(|n| {
             let named = Self::named(n).expect("known name");
-            named.encoder_ch_mult == base.encoder_ch_mult
-                && named.decoder_ch_mult == base.decoder_ch_mult
-                && base.ch == 128
-                && base.z_channels == 256
+            named.encoder_ch_mult == self.encoder_ch_mult
+                && named.decoder_ch_mult == self.decoder_ch_mult
         })
     }
 

@@ -100,6 +100,13 @@ impl Case {
         files
     }
 
+    /// The case's state dict from its `<case>.safetensors`.
+    pub fn state_dict(&self) -> llamagen::checkpoint::StateDict {
+        let path = self.dir.join(format!("{}.safetensors", self.name));
+        llamagen::checkpoint::StateDict::open(&path, llamagen::checkpoint::WeightsChoice::Model)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     pub fn gpt_config(&self) -> GptConfig {
         serde_json::from_value(self.json["config"].clone()).expect("GPT config from manifest")
     }

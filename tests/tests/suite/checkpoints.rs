@@ -138,11 +138,7 @@ fn config_is_inferred_for_every_reference_case() {
     let manifest = Manifest::load();
     for case in manifest.gpt_cases() {
         let expected = case.gpt_config();
-        let sd = StateDict::open(
-            case.dir.join(format!("{}.safetensors", case.name)),
-            WeightsChoice::Model,
-        )
-        .unwrap();
+        let sd = case.state_dict();
         let hints = GptHints {
             n_head: Some(expected.n_head),
             image_size: Some(expected.grid_size() * 16),
@@ -169,11 +165,7 @@ fn config_is_inferred_for_every_reference_case() {
         );
     }
     for case in manifest.vq_cases() {
-        let sd = StateDict::open(
-            case.dir.join(format!("{}.safetensors", case.name)),
-            WeightsChoice::Model,
-        )
-        .unwrap();
+        let sd = case.state_dict();
         assert_eq!(
             sd.infer_vq_config().unwrap(),
             case.vq_config(),
@@ -412,11 +404,7 @@ fn exported_state_dicts_use_official_names_and_load_back() {
     // Every GPT case: load, export, reload, compare a forward pass.
     for case in manifest.gpt_cases() {
         let cfg = case.gpt_config();
-        let sd = StateDict::open(
-            case.dir.join(format!("{}.safetensors", case.name)),
-            WeightsChoice::Model,
-        )
-        .unwrap();
+        let sd = case.state_dict();
         let model = Transformer::<B>::load(&sd, &cfg, &device).unwrap();
         let tensors = llamagen::checkpoint::state_dict(&model, &cfg.state_dict_specs()).unwrap();
         let out = dir.path().join(format!("{}.safetensors", case.name));

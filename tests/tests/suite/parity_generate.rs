@@ -2,7 +2,6 @@
 //! logits handed to the sampler at every step within tolerance; and the sampling filters.
 
 use burn::prelude::*;
-use llamagen::checkpoint::{StateDict, WeightsChoice};
 use llamagen::config::ModelType;
 use llamagen::generate::{EventDetail, Generator, Observer, Request, RequestCondition, TokenEvent};
 use llamagen::gpt::Transformer;
@@ -59,11 +58,7 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
     let mut checked = 0;
     for case in manifest.gpt_cases() {
         let cfg = case.gpt_config();
-        let sd = StateDict::open(
-            case.dir.join(format!("{}.safetensors", case.name)),
-            WeightsChoice::Model,
-        )
-        .unwrap();
+        let sd = case.state_dict();
         let model = Transformer::<B>::load(&sd, &cfg, device).unwrap();
         let generator = Generator::new(&model);
         let cfg_scale = if case.has("cfg_scale") {
