@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 
+use serde::{Deserialize, Serialize};
+
 use crate::checkpoint::{GptHints, StateDict, WeightsChoice};
 use crate::classes::ClassNames;
-use crate::config::ModelType;
+use crate::config::{GptConfig, ModelType, VqConfig};
+use crate::sampling::SamplerParams;
 use crate::error::CheckpointError;
 use crate::gpt::Transformer;
 use crate::image_io::ModelFile;
@@ -27,6 +30,73 @@ pub enum BundleError {
     },
     #[error("the checkpoints do not fit together: {0}")]
     Mismatch(String),
+    #[error("model card {path}: {reason}")]
+    Card { path: PathBuf, reason: String },
+}
+
+/// The small file beside a project model's weights: what the weights cannot say.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelCard {
+    pub name: String,
+    pub description: String,
+    /// Generator weights, relative to the card.
+    pub gpt_file: String,
+    pub gpt_config: GptConfig,
+    /// Tokenizer weights, relative to the card.
+    pub vq_file: String,
+    pub vq_config: VqConfig,
+    pub image_size: usize,
+    pub class_names: Vec<String>,
+    /// Sampler settings the model is meant to be used with.
+    pub sampler: SamplerParams,
+    /// How the weights were made (commands), for reproduction.
+    #[serde(default)]
+    pub trained_with: Vec<String>,
+}
+
+impl ModelCard {
+    pub fn read(path: &Path) -> Result<Self, BundleError> {
+        let err = |reason: String| BundleError::Card {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let card: ModelCard = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if card.class_names.len() != card.gpt_config.num_classes {
+            return Err(err(format!(
+                "{} class names for a generator with {} classes",
+                card.class_names.len(),
+                card.gpt_config.num_classes
+            )));
+        }
+        Ok(card)
+    }
+
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("cards serialise");
+        std::fs::write(path, text + "\n")
+    }
+}
+
+/// Where the bundled demo model's card is: `$LLAMAGEN_ASSETS/demo/model.json`, else
+/// `assets/demo/model.json` beside the executable or up to three folders above it (a cargo
+/// build puts the binary in `target/<profile>/`), else the source tree's `assets/`.
+pub fn demo_card_path() -> Option<PathBuf> {
+    let rel = Path::new("demo").join("model.json");
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::var_os("LLAMAGEN_ASSETS") {
+        roots.push(PathBuf::from(dir));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        let mut dir = exe.parent().map(Path::to_path_buf);
+        for _ in 0..4 {
+            let Some(d) = dir else { break };
+            roots.push(d.join("assets"));
+            dir = d.parent().map(Path::to_path_buf);
+        }
+    }
+    roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("assets"));
+    roots.into_iter().map(|r| r.join(&rel)).find(|p| p.is_file())
 }
 
 /// What the user may say about the checkpoints.
@@ -51,6 +121,8 @@ pub struct ModelBundle<B: Backend> {
     pub vq_file: ModelFile,
     pub class_names: ClassNames,
     pub image_size: usize,
+    /// Default sampler settings (the model card's; the official defaults otherwise).
+    pub sampler: SamplerParams,
 }
 
 impl<B: Backend> ModelBundle<B> {
@@ -115,6 +187,57 @@ impl<B: Backend> ModelBundle<B> {
             vq_file: ModelFile::describe(vq_path),
             class_names,
             image_size,
+            sampler: SamplerParams::default(),
+        })
+    }
+
+    /// Loads a project model from its card (configs from the card, weights checked against
+    /// them).
+    pub fn from_card(card_path: &Path, device: &B::Device) -> Result<Self, BundleError> {
+        let card = ModelCard::read(card_path)?;
+        let dir = card_path.parent().unwrap_or(Path::new("."));
+        let gpt_path = dir.join(&card.gpt_file);
+        let vq_path = dir.join(&card.vq_file);
+        let vq_err = |source| BundleError::Vq {
+            path: vq_path.clone(),
+            source,
+        };
+        let gpt_err = |source| BundleError::Gpt {
+            path: gpt_path.clone(),
+            source,
+        };
+        if card.vq_config.codebook_size != card.gpt_config.vocab_size {
+            return Err(BundleError::Mismatch(format!(
+                "the tokenizer's codebook has {} entries but the generator's vocabulary has {}",
+                card.vq_config.codebook_size, card.gpt_config.vocab_size
+            )));
+        }
+        if card.gpt_config.grid_size() * card.vq_config.downsample() != card.image_size {
+            return Err(BundleError::Card {
+                path: card_path.to_path_buf(),
+                reason: format!(
+                    "image size {} is not the token grid {} × the downsampling {}",
+                    card.image_size,
+                    card.gpt_config.grid_size(),
+                    card.vq_config.downsample()
+                ),
+            });
+        }
+        let vq_sd = StateDict::open(&vq_path, WeightsChoice::Model).map_err(vq_err)?;
+        let vq = VqModel::load(&vq_sd, &card.vq_config, device).map_err(vq_err)?;
+        drop(vq_sd);
+        let gpt_sd = StateDict::open(&gpt_path, WeightsChoice::Model).map_err(gpt_err)?;
+        let gpt = Transformer::load(&gpt_sd, &card.gpt_config, device).map_err(gpt_err)?;
+        Ok(Self {
+            gpt,
+            vq,
+            gpt_file: ModelFile::describe(&gpt_path),
+            vq_file: ModelFile::describe(&vq_path),
+            class_names: ClassNames {
+                names: card.class_names.clone(),
+            },
+            image_size: card.image_size,
+            sampler: card.sampler,
         })
     }
 

@@ -6,11 +6,14 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod classes;
 pub mod config;
+pub mod dataset;
 pub mod error;
 pub mod generate;
 pub mod gpt;
 pub mod image_io;
 pub mod sampling;
+#[cfg(feature = "train")]
+pub mod train;
 pub mod vq;
 
 pub use config::{GptConfig, ModelType, VqConfig};

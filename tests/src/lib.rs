@@ -59,6 +59,14 @@ impl Manifest {
             .map(|(n, c)| Case::new(&self.dir, n, c))
             .collect()
     }
+
+    /// Cases whose config is a PatchGAN discriminator (`NLayerDiscriminator`: it has an `ndf`).
+    pub fn patchgan_cases(&self) -> Vec<Case> {
+        self.cases()
+            .filter(|(_, c)| c["config"].get("ndf").is_some())
+            .map(|(n, c)| Case::new(&self.dir, n, c))
+            .collect()
+    }
 }
 
 /// One reference case: its config, weight files and io tensors.
@@ -133,6 +141,28 @@ impl Case {
             cfg.decoder_ch_mult = serde_json::from_value(m.clone()).expect("ch_mult");
         }
         cfg
+    }
+
+    /// The discriminator's constructor arguments; `use_actnorm` must be false (the only variant
+    /// LlamaGen builds).
+    pub fn patchgan_config(&self) -> llamagen::train::discriminator::PatchGanConfig {
+        let c = &self.json["config"];
+        assert!(
+            !c.get("use_actnorm")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            "{}: use_actnorm is not supported",
+            self.name
+        );
+        let get = |k: &str| {
+            c[k].as_u64()
+                .unwrap_or_else(|| panic!("{}: config.{k} missing", self.name)) as usize
+        };
+        llamagen::train::discriminator::PatchGanConfig {
+            input_nc: get("input_nc"),
+            ndf: get("ndf"),
+            n_layers: get("n_layers"),
+        }
     }
 
     pub fn has(&self, name: &str) -> bool {

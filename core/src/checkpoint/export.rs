@@ -37,10 +37,21 @@ pub fn state_dict<B: Backend, M: Module<B>>(
     module: &M,
     specs: &[TensorSpec],
 ) -> Result<Vec<(String, TensorData)>, CheckpointError> {
+    state_dict_renamed(module, specs, official_name)
+}
+
+/// [`state_dict`] for modules whose official names are not a fixed substitution of their module
+/// paths (such as the PatchGAN's `nn.Sequential` indices): `rename` maps each module path (after
+/// burn-store's PyTorch adapter) to its official name.
+pub fn state_dict_renamed<B: Backend, M: Module<B>>(
+    module: &M,
+    specs: &[TensorSpec],
+    rename: impl Fn(&str) -> String,
+) -> Result<Vec<(String, TensorData)>, CheckpointError> {
     let snapshots = module.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true);
     let mut out = Vec::with_capacity(snapshots.len());
     for snap in snapshots {
-        let name = official_name(&snap.full_path());
+        let name = rename(&snap.full_path());
         let data = snap.to_data().map_err(|e| CheckpointError::TensorData {
             name: name.clone(),
             reason: format!("{e:?}"),

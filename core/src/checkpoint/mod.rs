@@ -7,7 +7,7 @@ mod export;
 mod infer;
 mod weights;
 
-pub use export::{state_dict, write_safetensors};
+pub use export::{state_dict, state_dict_renamed, write_safetensors};
 
 pub use infer::{GptHints, Shapes, image_size_from_file_name, infer_gpt_config, infer_vq_config};
 pub use weights::Weights;

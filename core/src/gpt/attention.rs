@@ -39,9 +39,11 @@ impl<B: Backend> Attention<B> {
         Self {
             wqkv: LinearConfig::new(cfg.dim, cfg.dim + 2 * kv_dim)
                 .with_bias(false)
+                .with_initializer(super::normal_init(cfg))
                 .init(device),
             wo: LinearConfig::new(cfg.dim, cfg.dim)
                 .with_bias(false)
+                .with_initializer(super::normal_init(cfg))
                 .init(device),
             resid_dropout: DropoutConfig::new(cfg.resid_dropout_p).init(),
             n_head: cfg.n_head,

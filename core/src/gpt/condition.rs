@@ -74,13 +74,19 @@ impl<B: Backend> ConditionEmbedder<B> {
             ModelType::C2i => Self {
                 label: Some(LabelEmbedder {
                     embedding_table: EmbeddingConfig::new(cfg.class_table_rows(), cfg.dim)
+                        .with_initializer(super::normal_init(cfg))
                         .init(device),
                     num_classes: cfg.num_classes,
                 }),
                 caption: None,
             },
             ModelType::T2i => {
-                let lin = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+                let lin = |i, o| {
+                    LinearConfig::new(i, o)
+                        .with_bias(false)
+                        .with_initializer(super::normal_init(cfg))
+                        .init(device)
+                };
                 let uncond = Tensor::<B, 2>::random(
                     [cfg.cls_token_num, cfg.caption_dim],
                     burn::tensor::Distribution::Normal(0.0, 1.0 / (cfg.caption_dim as f64).sqrt()),

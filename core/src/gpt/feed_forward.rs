@@ -18,7 +18,12 @@ pub struct FeedForward<B: Backend> {
 impl<B: Backend> FeedForward<B> {
     pub fn init(cfg: &GptConfig, device: &B::Device) -> Self {
         let (d, h) = (cfg.dim, cfg.ffn_hidden_dim());
-        let lin = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let lin = |i, o| {
+            LinearConfig::new(i, o)
+                .with_bias(false)
+                .with_initializer(super::normal_init(cfg))
+                .init(device)
+        };
         Self {
             w1: lin(d, h),
             w3: lin(d, h),

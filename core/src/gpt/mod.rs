@@ -20,6 +20,14 @@ pub use norm::RmsNorm;
 use burn::nn::Linear;
 use burn::prelude::*;
 
+/// The official `_init_weights`: linear and embedding weights ~ N(0, initializer_range).
+pub(crate) fn normal_init(cfg: &crate::config::GptConfig) -> burn::nn::Initializer {
+    burn::nn::Initializer::Normal {
+        mean: 0.0,
+        std: cfg.initializer_range,
+    }
+}
+
 /// A linear layer on `[batch, seq, dim]` run as one `[batch·seq, dim]` matrix product: burn's
 /// broadcasting batched matmul would otherwise multiply row by row (one GEMV per batch entry),
 /// which is several times slower on the CPU during one-token decode steps.

@@ -78,19 +78,24 @@ pub struct Transformer<B: Backend> {
 }
 
 impl<B: Backend> Transformer<B> {
-    /// A freshly initialised model (for training).
+    /// A freshly initialised model (for training): the official initialisation, N(0, 0.02) for
+    /// linear and embedding weights and a zero output head.
     pub fn init(cfg: &GptConfig, device: &B::Device) -> Result<Self, ConfigError> {
         cfg.validate()?;
         Ok(Self {
             cls_embedding: ConditionEmbedder::init(cfg, device),
-            tok_embeddings: EmbeddingConfig::new(cfg.vocab_size, cfg.dim).init(device),
+            tok_embeddings: EmbeddingConfig::new(cfg.vocab_size, cfg.dim)
+                .with_initializer(super::normal_init(cfg))
+                .init(device),
             tok_dropout: DropoutConfig::new(cfg.token_dropout_p).init(),
             layers: (0..cfg.n_layer)
                 .map(|_| TransformerBlock::init(cfg, device))
                 .collect(),
             norm: RmsNorm::new(cfg.dim, cfg.norm_eps, device),
+            // The official initialisation zeroes the output head.
             output: LinearConfig::new(cfg.dim, cfg.vocab_size)
                 .with_bias(false)
+                .with_initializer(burn::nn::Initializer::Zeros)
                 .init(device),
             freqs_cis: Self::rope_table(cfg, device),
             config: cfg.clone(),

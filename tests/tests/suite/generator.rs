@@ -20,7 +20,13 @@ fn tiny_model() -> Transformer<B> {
         block_size: 16,
         ..GptConfig::default()
     };
-    Transformer::init(&cfg, &Default::default()).unwrap()
+    let mut model = Transformer::init(&cfg, &Default::default()).unwrap();
+    // The official initialisation zeroes the head (uniform logits); a random head makes the
+    // condition and the guidance matter.
+    model.output = burn::nn::LinearConfig::new(64, 64)
+        .with_bias(false)
+        .init(&Default::default());
+    model
 }
 
 fn params(cfg_scale: f32, temperature: f32, seed: u64) -> SamplerParams {

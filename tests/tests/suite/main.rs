@@ -5,4 +5,5 @@ mod checkpoints;
 mod generator;
 mod parity_generate;
 mod parity_gpt;
+mod parity_patchgan;
 mod parity_vq;

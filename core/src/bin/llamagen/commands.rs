@@ -4,12 +4,12 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use llamagen::backend::{BackendKind, wgpu_available};
-use llamagen::bundle::{LoadOptions, ModelBundle};
+use llamagen::bundle::{LoadOptions, ModelBundle, ModelCard, demo_card_path};
 use llamagen::checkpoint::{StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use llamagen::generate::{Generator, Observer, Request, TokenEvent, decode_tokens};
@@ -108,7 +108,7 @@ pub struct GenerateArgs {
     pub from: Option<PathBuf>,
 }
 
-fn resolve_backend(arg: BackendArg) -> Result<BackendKind> {
+pub fn resolve_backend(arg: BackendArg) -> Result<BackendKind> {
     match arg {
         BackendArg::Cpu => Ok(BackendKind::Cpu),
         BackendArg::Wgpu => {
@@ -254,22 +254,62 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     if args.batch_size == 0 || args.num == 0 {
         bail!("--num and --batch-size must be at least 1");
     }
-    let (Some(gpt_path), Some(vq_path)) = (args.gpt_ckpt.clone(), args.vq_ckpt.clone()) else {
+    if args.gpt_ckpt.is_some() != args.vq_ckpt.is_some() {
         bail!(
-            "pass both --gpt-ckpt and --vq-ckpt (official .pt files such as c2i_B_256.pt and vq_ds16_c2i.pt, or .safetensors)"
+            "pass both --gpt-ckpt and --vq-ckpt (official .pt files such as c2i_B_256.pt and vq_ds16_c2i.pt, or .safetensors), or neither for the bundled demo model"
         );
-    };
+    }
     let kind = resolve_backend(args.backend)?;
-    with_backend!(kind, |device: B| run_generate::<B>(
-        &args, plans, &gpt_path, &vq_path, kind, &device
-    ))
+    with_backend!(kind, |device: B| run_generate::<B>(&args, plans, kind, &device))
+}
+
+/// The bundled demo model when no checkpoints are given; a project model through its card
+/// when one sits beside the generator file; otherwise an official pair, config inferred.
+pub fn load_bundle_with<B: Backend>(
+    gpt: Option<&Path>,
+    vq: Option<&Path>,
+    opts: &LoadOptions,
+    device: &B::Device,
+) -> Result<ModelBundle<B>> {
+    let (gpt, vq) = match (gpt, vq) {
+        (Some(g), Some(v)) => (g, v),
+        _ => {
+            let card = demo_card_path().ok_or_else(|| {
+                anyhow!(
+                    "no checkpoints given and the bundled demo model (assets/demo/model.json) was not found; \
+                     pass --gpt-ckpt and --vq-ckpt, or set LLAMAGEN_ASSETS to the assets folder"
+                )
+            })?;
+            return ModelBundle::from_card(&card, device).map_err(|e| anyhow!("{e}"));
+        }
+    };
+    if let Some(card_path) = gpt.parent().map(|d| d.join("model.json"))
+        && card_path.is_file()
+        && let Ok(card) = ModelCard::read(&card_path)
+        && gpt.file_name().is_some_and(|f| f == card.gpt_file.as_str())
+        && vq.file_name().is_some_and(|f| f == card.vq_file.as_str())
+    {
+        return ModelBundle::from_card(&card_path, device).map_err(|e| anyhow!("{e}"));
+    }
+    ModelBundle::<B>::load(gpt, vq, opts, device).map_err(|e| {
+        anyhow!(
+            "{e}\nhint: --gpt-model, --n-head and --image-size override what cannot be inferred"
+        )
+    })
+}
+
+/// [`load_bundle_with`] with default options.
+pub fn load_bundle<B: Backend>(
+    gpt: Option<&Path>,
+    vq: Option<&Path>,
+    device: &B::Device,
+) -> Result<ModelBundle<B>> {
+    load_bundle_with(gpt, vq, &LoadOptions::default(), device)
 }
 
 fn run_generate<B: Backend>(
     args: &GenerateArgs,
     mut plans: Vec<Plan>,
-    gpt_path: &Path,
-    vq_path: &Path,
     kind: BackendKind,
     device: &B::Device,
 ) -> Result<()> {
@@ -280,11 +320,12 @@ fn run_generate<B: Backend>(
         ema: args.ema,
     };
     let t0 = Instant::now();
-    let bundle = ModelBundle::<B>::load(gpt_path, vq_path, &opts, device).map_err(|e| {
-        anyhow!(
-            "{e}\nhint: --gpt-model, --n-head and --image-size override what cannot be inferred"
-        )
-    })?;
+    let bundle = load_bundle_with::<B>(
+        args.gpt_ckpt.as_deref(),
+        args.vq_ckpt.as_deref(),
+        &opts,
+        device,
+    )?;
     let cfg = &bundle.gpt.config;
     eprintln!(
         "loaded {} ({:.1}M parameters) and a {}-level tokenizer on {} in {:.1}s; {}×{} tokens → {} px",
@@ -300,7 +341,7 @@ fn run_generate<B: Backend>(
     if cfg.model_type == ModelType::T2i {
         bail!(
             "{} is a text-conditional model: it needs a prompt, and prompts are not supported by this command yet",
-            gpt_path.display()
+            bundle.gpt_file.path
         );
     }
 
@@ -560,5 +601,131 @@ fn run_bench<B: Backend>(args: &BenchArgs, kind: BackendKind, device: &B::Device
             vq_decode_seconds
         );
     }
+    Ok(())
+}
+
+pub fn dataset_shapes(out: &Path, per_class: u64, seed: u64, size: u32) -> Result<()> {
+    if size < 16 {
+        bail!("--size must be at least 16 pixels");
+    }
+    let n = per_class * llamagen::dataset::SHAPE_CLASSES.len() as u64;
+    let bar = progress(n, "images");
+    llamagen::dataset::write_image_folder(out, per_class, seed, size, || bar.inc(1))?;
+    bar.finish_and_clear();
+    eprintln!(
+        "wrote {n} images ({} classes × {per_class}, {size}×{size}, seed {seed}) to {}",
+        llamagen::dataset::SHAPE_CLASSES.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct CardArgs {
+    /// Generator: a train-gpt run folder (its latest checkpoint) or a .safetensors file.
+    #[arg(long)]
+    pub gpt: PathBuf,
+    /// Tokenizer: a train-vq run folder or a .safetensors file.
+    #[arg(long)]
+    pub vq: PathBuf,
+    /// Output folder: gpt.safetensors, vq.safetensors, model.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "llamagen-model")]
+    pub name: String,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Attention heads (only when --gpt is a file, not a run folder).
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    /// Default guidance scale stored in the card.
+    #[arg(long, default_value_t = 4.0)]
+    pub cfg_scale: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// A command that made the weights (repeatable), recorded for reproduction.
+    #[arg(long = "trained-with")]
+    pub trained_with: Vec<String>,
+}
+
+/// A run folder's latest checkpoint directory, or `None` for a plain file.
+fn run_checkpoint(path: &Path) -> Result<Option<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let pointer = path.join("latest");
+    let name = std::fs::read_to_string(&pointer)
+        .map_err(|e| anyhow!("{}: not a training run folder ({e})", path.display()))?;
+    Ok(Some(path.join(name.trim())))
+}
+
+pub fn write_card(args: CardArgs) -> Result<()> {
+    let read_state = |dir: &Path| -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(dir.join("state.json"))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let (gpt_file, gpt_state) = match run_checkpoint(&args.gpt)? {
+        Some(dir) => (dir.join("model.safetensors"), Some(read_state(&dir)?)),
+        None => (args.gpt.clone(), None),
+    };
+    let vq_file = match run_checkpoint(&args.vq)? {
+        Some(dir) => dir.join("model.safetensors"),
+        None => args.vq.clone(),
+    };
+    let vq_sd = StateDict::open(&vq_file, WeightsChoice::Model)?;
+    let vq_config = vq_sd.infer_vq_config()?;
+    let (gpt_config, class_names, image_size) = match &gpt_state {
+        Some(state) => {
+            let cfg: GptConfig = serde_json::from_value(state["config"].clone())?;
+            let names: Vec<String> = serde_json::from_value(state["extra"]["class_names"].clone())
+                .unwrap_or_else(|_| (0..cfg.num_classes).map(|i| format!("class {i}")).collect());
+            let size = cfg.grid_size() * vq_config.downsample();
+            (cfg, names, size)
+        }
+        None => {
+            let sd = StateDict::open(&gpt_file, WeightsChoice::Model)?;
+            let hints = llamagen::checkpoint::GptHints {
+                downsample: Some(vq_config.downsample()),
+                n_head: args.n_head,
+                ..Default::default()
+            };
+            let cfg = sd.infer_gpt_config(&hints)?;
+            let names = (0..cfg.num_classes).map(|i| format!("class {i}")).collect();
+            let size = cfg.grid_size() * vq_config.downsample();
+            (cfg, names, size)
+        }
+    };
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::copy(&gpt_file, args.out.join("gpt.safetensors"))
+        .with_context(|| format!("copying {}", gpt_file.display()))?;
+    std::fs::copy(&vq_file, args.out.join("vq.safetensors"))
+        .with_context(|| format!("copying {}", vq_file.display()))?;
+    let card = ModelCard {
+        name: args.name.clone(),
+        description: args.description.clone(),
+        gpt_file: "gpt.safetensors".into(),
+        gpt_config,
+        vq_file: "vq.safetensors".into(),
+        vq_config,
+        image_size,
+        class_names,
+        sampler: SamplerParams {
+            cfg_scale: args.cfg_scale,
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            ..SamplerParams::default()
+        },
+        trained_with: args.trained_with.clone(),
+    };
+    let path = args.out.join("model.json");
+    card.write(&path)?;
+    // Check that it loads as a whole before saying so.
+    ModelBundle::<llamagen::backend::Cpu>::from_card(&path, &Default::default())?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

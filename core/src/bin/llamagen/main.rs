@@ -10,6 +10,8 @@ use llamagen::config::{GptConfig, ModelType, VqConfig};
 use serde_json::json;
 
 mod commands;
+#[cfg(feature = "train")]
+mod train;
 use commands::{BenchArgs, GenerateArgs};
 
 #[derive(Parser)]
@@ -18,7 +20,10 @@ use commands::{BenchArgs, GenerateArgs};
     version,
     about = "LlamaGen: autoregressive image generation with a VQ tokenizer and a Llama-style transformer",
     long_about = "LlamaGen: autoregressive image generation with a VQ tokenizer and a Llama-style \
-transformer.\n\nOfficial LlamaGen checkpoints (.pt) and safetensors files load by path, unchanged."
+transformer.\n\nOfficial LlamaGen checkpoints (.pt) and safetensors files load by path, unchanged. \
+With no checkpoint options, `generate` uses the bundled demo model (procedural shapes).",
+    after_help = "The training commands (train-vq, extract-codes, train-gpt, train-classifier, eval-classes) \
+exist only in builds with `--features train`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +38,24 @@ enum Kind {
     Gpt,
     /// An image tokenizer (VQ) checkpoint.
     Vq,
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// The procedural shapes (circle, square, triangle, star, ring, cross, heart, stripes,
+    /// checkerboard, crescent) as an image folder OUT/<class>/<index>.png, plus captions.tsv.
+    Shapes {
+        #[arg(long)]
+        out: PathBuf,
+        /// Images per class.
+        #[arg(long, default_value_t = 1000)]
+        per_class: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Side in pixels.
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -64,6 +87,30 @@ enum Command {
     /// Measure generation speed with randomly initialised weights of a named configuration
     /// (no download): tokens/s per image and per batch, and the VQ decode time.
     Bench(BenchArgs),
+    /// Procedural data sets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Train the image tokenizer (VQ) on an image folder: reconstruction + perceptual (LPIPS) +
+    /// VQ + commitment + PatchGAN adversarial losses.
+    #[cfg(feature = "train")]
+    #[command(
+        after_help = "Example (the bundled demo tokenizer):\n  llamagen train-vq --data shapes/ --out runs/vq --config VQ-8 --ch 32 --ch-mult 1,2,2,4 --z-channels 32 --num-res-blocks 1 --codebook-size 512 --image-size 64 --batch-size 16 --steps 2000 --lr 4e-4 --backend cpu"
+    )]
+    TrainVq(Box<train::TrainVqArgs>),
+    /// Turn an image folder into token grids with a trained tokenizer (ten crops + flips).
+    #[cfg(feature = "train")]
+    ExtractCodes(train::ExtractCodesArgs),
+    /// Train the generator on extracted codes (AdamW, class dropout for guidance).
+    #[cfg(feature = "train")]
+    TrainGpt(Box<train::TrainGptArgs>),
+    /// Train the small classifier of the procedural shapes (for eval-classes).
+    #[cfg(feature = "train")]
+    TrainClassifier(train::TrainClassifierArgs),
+    /// Measure how often generations show the class asked for (procedural-shape models).
+    #[cfg(feature = "train")]
+    EvalClasses(train::EvalClassesArgs),
+    /// Write a model card so a generator + tokenizer pair loads as one project model.
+    Card(commands::CardArgs),
     /// Describe a checkpoint (inferred configuration, parameters, dtype, problems) or a named
     /// configuration (exact parameter count, nothing allocated).
     #[command(
@@ -128,6 +175,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { png, json } => commands::info(&png, json),
         Command::Convert { input, output, ema } => commands::convert(&input, &output, ema),
         Command::Bench(args) => commands::bench(args),
+        Command::Dataset(DatasetCommand::Shapes {
+            out,
+            per_class,
+            seed,
+            size,
+        }) => commands::dataset_shapes(&out, per_class, seed, size),
+        #[cfg(feature = "train")]
+        Command::TrainVq(args) => train::train_vq(*args),
+        #[cfg(feature = "train")]
+        Command::ExtractCodes(args) => train::extract_codes(args),
+        #[cfg(feature = "train")]
+        Command::TrainGpt(args) => train::train_gpt(*args),
+        #[cfg(feature = "train")]
+        Command::TrainClassifier(args) => train::train_classifier(args),
+        #[cfg(feature = "train")]
+        Command::EvalClasses(args) => train::eval_classes(args),
+        Command::Card(args) => commands::write_card(args),
         Command::Inspect {
             checkpoint,
             config,

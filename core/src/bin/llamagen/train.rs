@@ -1,0 +1,865 @@
+//! The training commands (feature `train`): train-vq, extract-codes, train-gpt,
+//! train-classifier, eval-classes.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use llamagen::backend::BackendKind;
+use llamagen::config::{GptConfig, VqConfig};
+use llamagen::dataset::SHAPE_CLASSES;
+use llamagen::generate::{Generator, Request, decode_tokens};
+use llamagen::image_io::{make_grid, tensor_to_images};
+use llamagen::sampling::SamplerParams;
+use llamagen::train::Autodiff;
+use llamagen::train::classifier::{self, ShapeClassifier};
+use llamagen::train::data::{CodeSet, CodesMeta, ImageFolder, images_to_tensor, random_crop, ten_crop};
+use llamagen::train::discriminator::{GanLoss, PatchGanConfig};
+use llamagen::train::gpt::{CodeBatcher, GptTrainOptions, GptTrainer};
+use llamagen::train::lpips::Lpips;
+use llamagen::train::vq::{VqTrainOptions, VqTrainer};
+use llamagen::vq::VqModel;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::commands::{BackendArg, resolve_backend};
+
+/// A progress bar with a message (losses) on a terminal; otherwise a log line every `every`
+/// steps on stderr.
+struct Progress {
+    bar: ProgressBar,
+    tty: bool,
+    every: u64,
+    start: Instant,
+    total: u64,
+}
+
+impl Progress {
+    fn new(first: u64, total: u64, every: u64) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let bar = if tty {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "[{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, ETA {eta}) {msg}",
+                )
+                .expect("valid template"),
+            );
+            b.set_position(first);
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Self {
+            bar,
+            tty,
+            every: every.max(1),
+            start: Instant::now(),
+            total,
+        }
+    }
+
+    fn step(&self, step: u64, first: u64, msg: String) {
+        if self.tty {
+            self.bar.set_position(step);
+            self.bar.set_message(msg);
+        } else if step % self.every == 0 || step == self.total {
+            let done = (step - first) as f64;
+            let secs = self.start.elapsed().as_secs_f64();
+            let rate = done / secs.max(1e-9);
+            let eta = (self.total - step) as f64 / rate.max(1e-9);
+            eprintln!(
+                "step {step}/{} {msg} ({rate:.2} steps/s, ETA {:.0}s)",
+                self.total, eta
+            );
+        }
+    }
+
+    fn println(&self, line: String) {
+        if self.tty {
+            self.bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+macro_rules! with_backend {
+    ($kind:expr, |$device:ident: $b:ident| $body:expr) => {{
+        match $kind {
+            BackendKind::Cpu => {
+                type $b = llamagen::backend::Cpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => {
+                type $b = llamagen::backend::Wgpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => {
+                type $b = llamagen::backend::Cuda;
+                let $device = Default::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => bail!("backend {} is not in this build", other.name()),
+        }
+    }};
+}
+
+fn parse_mult(s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow!("--ch-mult takes numbers separated by commas, e.g. 1,2,2,4"))
+        })
+        .collect()
+}
+
+#[derive(Args, Debug)]
+pub struct TrainVqArgs {
+    /// Image folder: DIR/<class>/<image>.png|jpg (`llamagen dataset shapes` makes one).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Run folder: checkpoints (step-N/, latest) and samples/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Starting configuration: VQ-16 (16× downsampling) or VQ-8 (8×); the options below
+    /// override parts of it.
+    #[arg(long, default_value = "VQ-16")]
+    pub config: String,
+    /// Base channel width (official 128).
+    #[arg(long)]
+    pub ch: Option<usize>,
+    /// Channel multipliers per level, e.g. 1,2,2,4 (levels − 1 = log2 of the downsampling).
+    #[arg(long)]
+    pub ch_mult: Option<String>,
+    /// Latent channels (official 256).
+    #[arg(long)]
+    pub z_channels: Option<usize>,
+    /// Residual blocks per level (official 2).
+    #[arg(long)]
+    pub num_res_blocks: Option<usize>,
+    #[arg(long, default_value_t = 16384)]
+    pub codebook_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub codebook_dim: usize,
+    /// Weight of the codebook entropy loss (official default 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub entropy_loss_ratio: f64,
+    #[arg(long, default_value_t = 256)]
+    pub image_size: u32,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Optimizer steps in all (a resumed run continues up to this number).
+    #[arg(long)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Global gradient-norm clipping (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// Step at which the PatchGAN adversarial terms switch on (paper: 20000).
+    #[arg(long, default_value_t = 20_000)]
+    pub disc_start: u64,
+    /// Weight of the generator's adversarial loss.
+    #[arg(long, default_value_t = 0.5)]
+    pub disc_weight: f64,
+    #[arg(long, value_enum, default_value_t = GanLoss::Hinge)]
+    pub disc_loss: GanLoss,
+    #[arg(long, value_enum, default_value_t = GanLoss::Hinge)]
+    pub gen_loss: GanLoss,
+    /// Discriminator base width and depth (official 64, 3).
+    #[arg(long, default_value_t = 64)]
+    pub disc_ndf: usize,
+    #[arg(long, default_value_t = 3)]
+    pub disc_layers: usize,
+    /// torchvision VGG16 weights (vgg16-397923af.pth) for the perceptual (LPIPS) loss.
+    #[arg(long, requires = "lpips_lin")]
+    pub lpips_vgg: Option<PathBuf>,
+    /// LPIPS linear heads (vgg.pth of the lpips package).
+    #[arg(long, requires = "lpips_vgg")]
+    pub lpips_lin: Option<PathBuf>,
+    #[arg(long, default_value_t = 1.0)]
+    pub perceptual_weight: f64,
+    /// Keep an exponential moving average of the tokenizer (exported instead of the live weights).
+    #[arg(long)]
+    pub ema: bool,
+    #[arg(long, default_value_t = 0.9999)]
+    pub ema_decay: f64,
+    #[arg(long, default_value_t = 500)]
+    pub save_every: u64,
+    /// Write reconstructions of a fixed batch to OUT/samples every N steps (0 = never).
+    #[arg(long, default_value_t = 250)]
+    pub sample_every: u64,
+    /// Log line interval when stderr is not a terminal.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Continue from OUT's latest checkpoint (its configuration and options win).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+}
+
+pub fn train_vq(args: TrainVqArgs) -> Result<()> {
+    let kind = resolve_backend(args.backend)?;
+    with_backend!(kind, |device: B| run_train_vq::<B>(&args, &device))
+}
+
+fn vq_config(args: &TrainVqArgs) -> Result<VqConfig> {
+    let mut cfg = VqConfig::named(&args.config)?;
+    if let Some(ch) = args.ch {
+        cfg.ch = ch;
+    }
+    if let Some(m) = &args.ch_mult {
+        let m = parse_mult(m)?;
+        cfg.encoder_ch_mult = m.clone();
+        cfg.decoder_ch_mult = m;
+    }
+    if let Some(z) = args.z_channels {
+        cfg.z_channels = z;
+    }
+    if let Some(n) = args.num_res_blocks {
+        cfg.num_res_blocks = n;
+    }
+    cfg.codebook_size = args.codebook_size;
+    cfg.codebook_embed_dim = args.codebook_dim;
+    cfg.entropy_loss_ratio = args.entropy_loss_ratio;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()> {
+    type AB<B> = Autodiff<B>;
+    let mut data = ImageFolder::open(&args.data)?;
+    eprintln!(
+        "{} images in {} classes under {}",
+        data.len(),
+        data.classes.len(),
+        args.data.display()
+    );
+    if data.len() <= 50_000 {
+        data.preload()?;
+    }
+    let lpips = match (&args.lpips_vgg, &args.lpips_lin) {
+        (Some(vgg), Some(lin)) => Some(
+            Lpips::<AB<B>>::load(vgg, lin, device)
+                .with_context(|| "loading the LPIPS weights".to_string())?,
+        ),
+        _ => {
+            eprintln!(
+                "WARNING: no LPIPS weights (--lpips-vgg, --lpips-lin): training WITHOUT the perceptual loss.\n\
+                 The paper's tokenizer uses it; pass torchvision's vgg16-397923af.pth and LPIPS's vgg.pth to enable it."
+            );
+            None
+        }
+    };
+    let resumed = if args.resume {
+        VqTrainer::<AB<B>>::resume(&args.out, lpips.clone(), device)?
+    } else {
+        None
+    };
+    let mut trainer = match resumed {
+        Some(t) => {
+            eprintln!("resuming at step {}", t.step);
+            t
+        }
+        None => {
+            if !args.resume && llamagen::train::checkpoint::latest(&args.out)?.is_some() {
+                bail!(
+                    "{} already holds a run; pass --resume to continue it or choose another --out",
+                    args.out.display()
+                );
+            }
+            let cfg = vq_config(args)?;
+            let opts = VqTrainOptions {
+                lr: args.lr,
+                max_grad_norm: args.max_grad_norm,
+                batch_size: args.batch_size,
+                image_size: args.image_size as usize,
+                perceptual_weight: args.perceptual_weight,
+                disc_weight: args.disc_weight,
+                disc_start: args.disc_start,
+                disc_loss: args.disc_loss,
+                gen_loss: args.gen_loss,
+                disc: PatchGanConfig {
+                    input_nc: 3,
+                    ndf: args.disc_ndf,
+                    n_layers: args.disc_layers,
+                },
+                ema_decay: args.ema.then_some(args.ema_decay),
+                seed: args.seed,
+                ..VqTrainOptions::default()
+            };
+            B::seed(device, args.seed);
+            VqTrainer::new(&cfg, opts, lpips, device)?
+        }
+    };
+    let cfg = trainer.vq.config.clone();
+    let opts = trainer.opts.clone();
+    eprintln!(
+        "tokenizer: {}× downsampling, ch {} × {:?}, z {}, codebook {}×{}, {:.2}M parameters; batch {}, {}px",
+        cfg.downsample(),
+        cfg.ch,
+        cfg.encoder_ch_mult,
+        cfg.z_channels,
+        cfg.codebook_size,
+        cfg.codebook_embed_dim,
+        cfg.num_params() as f64 / 1e6,
+        opts.batch_size,
+        opts.image_size
+    );
+    let size = opts.image_size as u32;
+    // A fixed batch for the sample grids.
+    let probe: Vec<_> = (0..8.min(data.len()))
+        .map(|i| data.image(i * data.len() / 8.min(data.len())))
+        .collect::<Result<_, _>>()?;
+    let probe: Vec<_> = probe
+        .iter()
+        .map(|im| llamagen::train::data::center_crop(im, size))
+        .collect();
+    let first = trainer.step;
+    let progress = Progress::new(first, args.steps, args.log_every);
+    while trainer.step < args.steps {
+        let step = trainer.step;
+        let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+        rng.set_stream(step);
+        let images: Vec<_> = (0..opts.batch_size)
+            .map(|_| {
+                let i = rng.random_range(0..data.len());
+                let im = data.image(i)?;
+                let mut crop = random_crop(&im, size, &mut rng);
+                if rng.random::<bool>() {
+                    crop = image::imageops::flip_horizontal(&crop);
+                }
+                Ok(crop)
+            })
+            .collect::<Result<_, llamagen::train::TrainError>>()?;
+        let x = images_to_tensor::<AB<B>>(&images, device);
+        let s = trainer.train_step(x)?;
+        let msg = format!(
+            "rec {:.4} vq {:.4} commit {:.4}{}{} usage {:.0}%",
+            s.reconstruction,
+            s.vq,
+            s.commit,
+            if s.perceptual > 0.0 { format!(" lpips {:.4}", s.perceptual) } else { String::new() },
+            if s.disc != 0.0 || s.gen_adv != 0.0 {
+                format!(" g_adv {:.4} d {:.4}", s.gen_adv, s.disc)
+            } else {
+                String::new()
+            },
+            s.codebook_usage * 100.0
+        );
+        progress.step(trainer.step, first, msg);
+        let done = trainer.step == args.steps;
+        if args.sample_every > 0 && (trainer.step % args.sample_every == 0 || done) {
+            let model = trainer.export_model();
+            let x = images_to_tensor::<B>(&probe, device);
+            let recon = tensor_to_images(model.forward(x));
+            let mut all = probe.clone();
+            all.extend(recon);
+            let path = args.out.join("samples").join(format!("step-{:07}.png", trainer.step));
+            std::fs::create_dir_all(path.parent().expect("has parent"))?;
+            make_grid(&all, probe.len()).save(&path)?;
+        }
+        if trainer.step % args.save_every == 0 || done {
+            let dir = trainer.save(&args.out, serde_json::json!({"data": args.data}))?;
+            progress.println(format!("saved {}", dir.display()));
+        }
+    }
+    progress.bar.finish_and_clear();
+    eprintln!(
+        "done: {} (tokenizer weights: {}/latest → model.safetensors)",
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractCodesArgs {
+    /// Image folder: DIR/<class>/<image>.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Tokenizer: a .safetensors / .pt file, or a train-vq run folder (its latest checkpoint).
+    #[arg(long)]
+    pub vq_ckpt: PathBuf,
+    /// Output codes file.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 256)]
+    pub image_size: u32,
+    /// Ten crops (four corners and centre, and their mirrors) of the image resized to
+    /// image_size × crop_range, as the paper; otherwise the centre crop and its mirror.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ten_crop: bool,
+    #[arg(long, default_value_t = 1.1)]
+    pub crop_range: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+}
+
+/// A file, or a run folder's latest `model.safetensors`.
+pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
+    if path.is_dir() {
+        let dir = llamagen::train::checkpoint::latest(path)?
+            .ok_or_else(|| anyhow!("{} holds no checkpoint (no `latest`)", path.display()))?;
+        Ok(dir.join("model.safetensors"))
+    } else {
+        Ok(path.to_path_buf())
+    }
+}
+
+pub fn extract_codes(args: ExtractCodesArgs) -> Result<()> {
+    let kind = resolve_backend(args.backend)?;
+    with_backend!(kind, |device: B| run_extract::<B>(&args, &device))
+}
+
+fn load_vq<B: Backend>(path: &Path, device: &B::Device) -> Result<VqModel<B>> {
+    let sd = llamagen::checkpoint::StateDict::open(path, llamagen::checkpoint::WeightsChoice::PreferEma)?;
+    let cfg = sd.infer_vq_config()?;
+    Ok(VqModel::load(&sd, &cfg, device)?)
+}
+
+fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Result<()> {
+    let data = ImageFolder::open(&args.data)?;
+    let vq_path = resolve_weights(&args.vq_ckpt)?;
+    let vq = load_vq::<B>(&vq_path, device)?;
+    let cfg = &vq.config;
+    if cfg.codebook_size > u16::MAX as usize + 1 {
+        bail!("codebooks over 65536 entries are not supported by the codes file");
+    }
+    let size = args.image_size;
+    if size as usize % cfg.downsample() != 0 {
+        bail!(
+            "--image-size {size} does not divide by the tokenizer's downsampling ({})",
+            cfg.downsample()
+        );
+    }
+    let grid = size as usize / cfg.downsample();
+    let num_aug = if args.ten_crop { 10 } else { 2 };
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(data.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut labels = Vec::with_capacity(data.len());
+    let mut codes = Vec::with_capacity(data.len() * num_aug * grid * grid);
+    let per_batch = (args.batch_size / num_aug).max(1);
+    let items: Vec<usize> = (0..data.len()).collect();
+    for chunk in items.chunks(per_batch) {
+        let mut crops = Vec::with_capacity(chunk.len() * num_aug);
+        for &i in chunk {
+            let im = data.image(i)?;
+            if args.ten_crop {
+                crops.extend(ten_crop(&im, size, args.crop_range));
+            } else {
+                let c = llamagen::train::data::center_crop(&im, size);
+                crops.push(image::imageops::flip_horizontal(&c));
+                crops.insert(crops.len() - 1, c);
+            }
+            labels.push(data.label(i) as u32);
+        }
+        let (_, idx) = vq.encode(images_to_tensor::<B>(&crops, device));
+        let v = idx.into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+        codes.extend(v.into_iter().map(|c| c as u16));
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let set = CodeSet {
+        meta: CodesMeta {
+            num_images: data.len(),
+            num_aug,
+            seq_len: grid * grid,
+            codebook_size: cfg.codebook_size,
+            image_size: size as usize,
+            class_names: data.classes.clone(),
+            tokenizer: vq_path.display().to_string(),
+        },
+        labels,
+        codes,
+    };
+    set.write(&args.out)?;
+    let used = {
+        let mut seen = vec![false; cfg.codebook_size];
+        for &c in &set.codes {
+            seen[c as usize] = true;
+        }
+        seen.iter().filter(|&&s| s).count()
+    };
+    eprintln!(
+        "{} images × {num_aug} crops → {}×{} codes each; {used} of {} codebook entries used; wrote {}",
+        data.len(),
+        grid,
+        grid,
+        cfg.codebook_size,
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TrainGptArgs {
+    /// Codes file from `llamagen extract-codes`.
+    #[arg(long)]
+    pub codes: PathBuf,
+    /// Run folder: checkpoints and samples/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Named size (GPT-B, GPT-L, …); --dim/--n-layer/--n-head override it.
+    #[arg(long, default_value = "GPT-B")]
+    pub gpt_model: String,
+    #[arg(long)]
+    pub dim: Option<usize>,
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub steps: u64,
+    /// Learning rate (default: 1e-4 × batch_size / 256, the paper's rate per 256 images).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// Probability of replacing the class by the null class (for classifier-free guidance).
+    #[arg(long, default_value_t = 0.1)]
+    pub class_dropout: f64,
+    /// Token, residual and feed-forward dropout.
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f64,
+    /// Data-parallel replicas: each step's batch is split across this many model replicas that
+    /// run forward and backward in parallel (on the same device here; one per GPU with cuda).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Tokenizer for the sample images (a file or a train-vq run folder).
+    #[arg(long)]
+    pub vq_ckpt: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    pub save_every: u64,
+    #[arg(long, default_value_t = 500)]
+    pub sample_every: u64,
+    #[arg(long, default_value_t = 100)]
+    pub log_every: u64,
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+}
+
+pub fn train_gpt(args: TrainGptArgs) -> Result<()> {
+    let kind = resolve_backend(args.backend)?;
+    with_backend!(kind, |device: B| run_train_gpt::<B>(&args, &device))
+}
+
+fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<()> {
+    type AB<B> = Autodiff<B>;
+    let set = CodeSet::read(&args.codes)?;
+    let meta = &set.meta;
+    let grid = (meta.seq_len as f64).sqrt() as usize;
+    let resumed = if args.resume {
+        GptTrainer::<AB<B>>::resume(&args.out, device)?
+    } else {
+        None
+    };
+    let mut trainer = match resumed {
+        Some(t) => {
+            eprintln!("resuming at step {}", t.step);
+            t
+        }
+        None => {
+            if llamagen::train::checkpoint::latest(&args.out)?.is_some() {
+                bail!(
+                    "{} already holds a run; pass --resume to continue it or choose another --out",
+                    args.out.display()
+                );
+            }
+            let mut cfg = GptConfig::named(&args.gpt_model)?;
+            if let Some(d) = args.dim {
+                cfg.dim = d;
+            }
+            if let Some(l) = args.n_layer {
+                cfg.n_layer = l;
+            }
+            if let Some(h) = args.n_head {
+                cfg.n_head = h;
+            }
+            cfg.vocab_size = meta.codebook_size;
+            cfg.num_classes = meta.class_names.len();
+            cfg.block_size = meta.seq_len;
+            cfg.class_dropout_prob = args.class_dropout;
+            cfg.token_dropout_p = args.dropout;
+            cfg.resid_dropout_p = args.dropout;
+            cfg.ffn_dropout_p = args.dropout;
+            let opts = GptTrainOptions {
+                lr: args.lr.unwrap_or(1e-4 * args.batch_size as f64 / 256.0),
+                weight_decay: args.weight_decay,
+                max_grad_norm: args.max_grad_norm,
+                batch_size: args.batch_size,
+                seed: args.seed,
+                ..GptTrainOptions::default()
+            };
+            B::seed(device, args.seed);
+            GptTrainer::new(&cfg, opts, device)?
+        }
+    };
+    let cfg = trainer.model.config.clone();
+    if cfg.vocab_size != meta.codebook_size || cfg.block_size != meta.seq_len {
+        bail!("the codes file does not fit the run being resumed (vocabulary or grid size)");
+    }
+    let opts = trainer.opts.clone();
+    eprintln!(
+        "generator: dim {}, {} layers, {} heads, {:.2}M parameters; {} classes, {}×{} tokens, vocab {}; batch {}, lr {:.2e}, {} replica(s)",
+        cfg.dim,
+        cfg.n_layer,
+        cfg.n_head,
+        cfg.num_params() as f64 / 1e6,
+        cfg.num_classes,
+        grid,
+        grid,
+        cfg.vocab_size,
+        opts.batch_size,
+        opts.lr,
+        args.replicas
+    );
+    let vq = match &args.vq_ckpt {
+        Some(p) => Some(load_vq::<B>(&resolve_weights(p)?, device)?),
+        None => None,
+    };
+    let batcher = CodeBatcher {
+        set: &set,
+        batch_size: opts.batch_size,
+        seed: opts.seed,
+        class_dropout: cfg.class_dropout_prob,
+        num_classes: cfg.num_classes,
+    };
+    let devices = vec![device.clone(); args.replicas.max(1)];
+    let first = trainer.step;
+    let progress = Progress::new(first, args.steps, args.log_every);
+    let mut smooth: Option<f32> = None;
+    while trainer.step < args.steps {
+        let batch = batcher.batch(trainer.step);
+        let s = trainer.train_step(&batch, if args.replicas > 1 { &devices } else { &[] })?;
+        let sm = smooth.map_or(s.loss, |m| 0.98 * m + 0.02 * s.loss);
+        smooth = Some(sm);
+        progress.step(
+            trainer.step,
+            first,
+            format!("loss {:.4} (avg {:.4}) |g| {:.3}", s.loss, sm, s.grad_norm),
+        );
+        let done = trainer.step == args.steps;
+        if let Some(vq) = &vq
+            && args.sample_every > 0
+            && (trainer.step % args.sample_every == 0 || done)
+        {
+            let model = trainer.model.valid();
+            let path = args.out.join("samples").join(format!("step-{:07}.png", trainer.step));
+            sample_grid(&model, vq, grid, &path)?;
+        }
+        if trainer.step % args.save_every == 0 || done {
+            let dir = trainer.save(
+                &args.out,
+                serde_json::json!({
+                    "codes": args.codes,
+                    "class_names": meta.class_names,
+                    "image_size": meta.image_size,
+                    "tokenizer": meta.tokenizer,
+                }),
+            )?;
+            progress.println(format!("saved {}", dir.display()));
+        }
+    }
+    progress.bar.finish_and_clear();
+    eprintln!("done: {}", args.out.display());
+    Ok(())
+}
+
+/// One image per class (up to 16 classes), CFG 4, fixed seeds.
+fn sample_grid<B: Backend>(
+    model: &llamagen::gpt::Transformer<B>,
+    vq: &VqModel<B>,
+    grid: usize,
+    path: &Path,
+) -> Result<()> {
+    let n = model.config.num_classes.min(16);
+    let requests: Vec<Request> = (0..n)
+        .map(|c| {
+            Request::class(
+                c,
+                SamplerParams {
+                    seed: c as u64,
+                    top_k: 0,
+                    ..SamplerParams::default()
+                },
+            )
+        })
+        .collect();
+    let g = Generator::new(model).generate(&requests, &mut (), None)?;
+    let images = tensor_to_images(decode_tokens(vq, &g.tokens, grid));
+    std::fs::create_dir_all(path.parent().expect("has parent"))?;
+    make_grid(&images, n.min(8)).save(path)?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TrainClassifierArgs {
+    /// Output file (burn record, .mpk).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 600)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Seed of the training images (held-out images use another).
+    #[arg(long, default_value_t = 1000)]
+    pub seed: u64,
+}
+
+pub fn train_classifier(args: TrainClassifierArgs) -> Result<()> {
+    type B = llamagen::backend::Cpu;
+    let device = Default::default();
+    B::seed(&device, args.seed);
+    let progress = Progress::new(0, args.steps as u64, 100);
+    let model = classifier::train::<Autodiff<B>>(
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        &device,
+        |step, loss| progress.step(step as u64 + 1, 0, format!("loss {loss:.4}")),
+    );
+    progress.bar.finish_and_clear();
+    let model = model.valid();
+    let acc = classifier::held_out_accuracy(&model, args.seed + 7919, 100);
+    model.save(&args.out)?;
+    println!(
+        "held-out accuracy {:.2}% (100 images per class, seed {}); wrote {}",
+        acc * 100.0,
+        args.seed + 7919,
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalClassesArgs {
+    /// Classifier from `llamagen train-classifier`.
+    #[arg(long)]
+    pub classifier: PathBuf,
+    /// Generator (default: the bundled demo model).
+    #[arg(long, requires = "vq_ckpt")]
+    pub gpt_ckpt: Option<PathBuf>,
+    #[arg(long, requires = "gpt_ckpt")]
+    pub vq_ckpt: Option<PathBuf>,
+    /// Samples per class.
+    #[arg(long, default_value_t = 50)]
+    pub num: usize,
+    /// Guidance scales to measure (repeatable).
+    #[arg(long = "cfg-scale", default_values_t = vec![1.0f32, 2.0, 4.0])]
+    pub cfg_scales: Vec<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
+    type B = llamagen::backend::Cpu;
+    let device = Default::default();
+    let clf = ShapeClassifier::<B>::load(&args.classifier, &device)?;
+    let bundle = crate::commands::load_bundle::<B>(args.gpt_ckpt.as_deref(), args.vq_ckpt.as_deref(), &device)?;
+    let names = bundle.class_names.names.clone();
+    let model_to_clf: Vec<usize> = names
+        .iter()
+        .map(|n| {
+            SHAPE_CLASSES
+                .iter()
+                .position(|s| s == n)
+                .ok_or_else(|| anyhow!("the model's class `{n}` is not a procedural shape class"))
+        })
+        .collect::<Result<_>>()?;
+    let grid = bundle.gpt.config.grid_size();
+    let defaults = bundle.sampler;
+    let mut report = Vec::new();
+    for &cfg_scale in &args.cfg_scales {
+        let mut per_class = vec![0usize; names.len()];
+        let plans: Vec<(usize, u64)> = (0..names.len())
+            .flat_map(|c| (0..args.num as u64).map(move |i| (c, i)))
+            .collect();
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::new(plans.len() as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        for chunk in plans.chunks(args.batch_size) {
+            let requests: Vec<Request> = chunk
+                .iter()
+                .map(|&(c, i)| {
+                    Request::class(
+                        c,
+                        SamplerParams {
+                            cfg_scale,
+                            seed: args.seed + (c as u64) * 100_003 + i,
+                            ..defaults
+                        },
+                    )
+                })
+                .collect();
+            let g = Generator::new(&bundle.gpt).generate(&requests, &mut (), None)?;
+            let images = tensor_to_images(decode_tokens(&bundle.vq, &g.tokens, grid));
+            let pred = clf.classify(&images);
+            for (&(c, _), p) in chunk.iter().zip(pred) {
+                if p == model_to_clf[c] {
+                    per_class[c] += 1;
+                }
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let total: usize = per_class.iter().sum();
+        let overall = total as f64 / (args.num * names.len()) as f64;
+        report.push(serde_json::json!({
+            "cfg_scale": cfg_scale,
+            "overall": overall,
+            "per_class": names.iter().zip(&per_class).map(|(n, k)| (n.clone(), serde_json::json!(*k as f64 / args.num as f64))).collect::<serde_json::Map<_, _>>(),
+        }));
+        if !args.json {
+            println!(
+                "cfg {cfg_scale}: {:.1}% overall ({} samples per class)",
+                overall * 100.0,
+                args.num
+            );
+            for (n, k) in names.iter().zip(&per_class) {
+                println!("  {n:<14} {:5.1}%", *k as f64 * 100.0 / args.num as f64);
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The generator's training (official `autoregressive/train/train_c2i.py`): next-token
+//! cross-entropy on extracted code grids, AdamW (β 0.9/0.95, weight decay on tensors of rank ≥ 2
+//! only), gradient clipping by the global norm, class dropout for classifier-free guidance, and
+//! one of the augmented grids of each image drawn per epoch.
+//!
+//! Data parallelism: a step can be split into shards that run forward and backward on their own
+//! device (or on the same one) in parallel; their gradients are combined by burn's
+//! `MultiGradientsParams` (the accumulation burn-train's multi-device strategy uses) before one
+//! optimizer step.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, MultiGradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::DeviceOps;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
+use super::data::CodeSet;
+use super::optim::{clip_factor, grad_norm, scale_and_split};
+use super::TrainError;
+use crate::config::GptConfig;
+use crate::gpt::{Condition, Transformer};
+
+/// Options of the generator's training (official defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GptTrainOptions {
+    /// Learning rate (official: 1e-4 for a global batch of 256).
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Global gradient-norm clipping (0 = off).
+    pub max_grad_norm: f32,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for GptTrainOptions {
+    fn default() -> Self {
+        Self {
+            lr: 1e-4,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.95,
+            max_grad_norm: 1.0,
+            batch_size: 256,
+            seed: 0,
+        }
+    }
+}
+
+/// A batch: class labels (the null class `num_classes` where dropped) and code grids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeBatch {
+    pub labels: Vec<i64>,
+    /// `[batch, seq_len]`, row-major.
+    pub codes: Vec<i64>,
+    pub seq_len: usize,
+}
+
+impl CodeBatch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Rows `[from, to)`.
+    pub fn slice(&self, from: usize, to: usize) -> CodeBatch {
+        CodeBatch {
+            labels: self.labels[from..to].to_vec(),
+            codes: self.codes[from * self.seq_len..to * self.seq_len].to_vec(),
+            seq_len: self.seq_len,
+        }
+    }
+}
+
+/// Draws batches from a code set deterministically from `(seed, step)`: each epoch is a fresh
+/// permutation of the images, each image takes one of its augmented grids at random, and labels
+/// are replaced by the null class with probability `class_dropout`.
+pub struct CodeBatcher<'a> {
+    pub set: &'a CodeSet,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub class_dropout: f64,
+    pub num_classes: usize,
+}
+
+impl CodeBatcher<'_> {
+    pub fn steps_per_epoch(&self) -> u64 {
+        (self.set.meta.num_images / self.batch_size).max(1) as u64
+    }
+
+    /// The batch of global step `step` (0-based).
+    pub fn batch(&self, step: u64) -> CodeBatch {
+        let spe = self.steps_per_epoch();
+        let (epoch, within) = (step / spe, (step % spe) as usize);
+        let n = self.set.meta.num_images;
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x9e37_79b9_7f4a_7c15);
+        rng.set_stream(epoch);
+        order.shuffle(&mut rng);
+        let mut batch_rng = ChaCha8Rng::seed_from_u64(self.seed);
+        batch_rng.set_stream((1 << 40) + step);
+        let seq = self.set.meta.seq_len;
+        let mut labels = Vec::with_capacity(self.batch_size);
+        let mut codes = Vec::with_capacity(self.batch_size * seq);
+        for k in 0..self.batch_size {
+            let image = order[(within * self.batch_size + k) % n];
+            let aug = batch_rng.random_range(0..self.set.meta.num_aug);
+            let drop = batch_rng.random::<f64>() < self.class_dropout;
+            labels.push(if drop {
+                self.num_classes as i64
+            } else {
+                self.set.labels[image] as i64
+            });
+            codes.extend(self.set.grid(image, aug).iter().map(|&c| c as i64));
+        }
+        CodeBatch {
+            labels,
+            codes,
+            seq_len: seq,
+        }
+    }
+}
+
+/// Loss and gradient figures of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct GptStepStats {
+    pub loss: f32,
+    pub grad_norm: f32,
+}
+
+type Adam<B> = OptimizerAdaptor<AdamW, Transformer<B>, B>;
+
+/// The generator with its two AdamW optimizers (with and without weight decay).
+pub struct GptTrainer<B: AutodiffBackend> {
+    pub model: Transformer<B>,
+    decay_opt: Adam<B>,
+    no_decay_opt: Adam<B>,
+    pub opts: GptTrainOptions,
+    /// Optimizer steps taken.
+    pub step: u64,
+}
+
+fn adamw<B: AutodiffBackend>(opts: &GptTrainOptions, wd: f64) -> Adam<B> {
+    AdamWConfig::new()
+        .with_beta_1(opts.beta1 as f32)
+        .with_beta_2(opts.beta2 as f32)
+        .with_epsilon(1e-8)
+        .with_weight_decay(wd as f32)
+        .init()
+}
+
+impl<B: AutodiffBackend> GptTrainer<B> {
+    /// A freshly initialised generator (official initialisation).
+    pub fn new(cfg: &GptConfig, opts: GptTrainOptions, device: &B::Device) -> Result<Self, TrainError> {
+        Ok(Self {
+            model: Transformer::init(cfg, device)?,
+            decay_opt: adamw(&opts, opts.weight_decay),
+            no_decay_opt: adamw(&opts, 0.0),
+            opts,
+            step: 0,
+        })
+    }
+
+    /// Picks up a run where its latest checkpoint in `out` left it.
+    pub fn resume(out: &Path, device: &B::Device) -> Result<Option<Self>, TrainError> {
+        let Some(dir) = checkpoint::latest(out)? else {
+            return Ok(None);
+        };
+        let state = checkpoint::load_state(&dir)?;
+        let bad = |reason: String| TrainError::Resume {
+            path: dir.clone(),
+            reason,
+        };
+        if state["kind"] != "gpt" {
+            return Err(bad("not a generator training checkpoint".into()));
+        }
+        let cfg: GptConfig =
+            serde_json::from_value(state["config"].clone()).map_err(|e| bad(e.to_string()))?;
+        let opts: GptTrainOptions =
+            serde_json::from_value(state["options"].clone()).map_err(|e| bad(e.to_string()))?;
+        let step = state["step"].as_u64().ok_or_else(|| bad("no step".into()))?;
+        let mut t = Self::new(&cfg, opts, device)?;
+        let train = dir.join("train");
+        t.model = t
+            .model
+            .load_record(checkpoint::load_record(&train.join("model"), device)?);
+        t.decay_opt = t
+            .decay_opt
+            .load_record(checkpoint::load_record(&train.join("optim_decay"), device)?);
+        t.no_decay_opt = t
+            .no_decay_opt
+            .load_record(checkpoint::load_record(&train.join("optim_no_decay"), device)?);
+        t.step = step;
+        Ok(Some(t))
+    }
+
+    fn shard_grads(model: &Transformer<B>, batch: &CodeBatch, weight: f32, device: &B::Device) -> (f32, GradientsParams) {
+        let b = batch.len();
+        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), device);
+        let codes = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(batch.codes.clone(), [b, batch.seq_len]),
+            device,
+        );
+        let input = codes.clone().narrow(1, 0, batch.seq_len - 1);
+        let logits = model.forward_train(&Condition::Class(labels), input, None);
+        let loss = model.loss(logits, codes, None);
+        let value = loss.clone().into_scalar().elem::<f32>();
+        let grads = GradientsParams::from_grads((loss * weight).backward(), model);
+        (value, grads)
+    }
+
+    /// One optimizer step on `batch`, split into `devices.len()` shards run in parallel (one
+    /// shard on the model's own device when `devices` is empty).
+    pub fn train_step(&mut self, batch: &CodeBatch, devices: &[B::Device]) -> Result<GptStepStats, TrainError> {
+        let home = self.model.device();
+        let devices: Vec<B::Device> = if devices.is_empty() {
+            vec![home.clone()]
+        } else {
+            devices.to_vec()
+        };
+        let n = batch.len();
+        let k = devices.len().min(n).max(1);
+        let (loss, grads) = if k == 1 {
+            Self::shard_grads(&self.model, batch, 1.0, &devices[0])
+        } else {
+            let bounds: Vec<(usize, usize)> =
+                (0..k).map(|i| (i * n / k, (i + 1) * n / k)).collect();
+            let results: Vec<(f32, f32, GradientsParams, B::Device)> = std::thread::scope(|s| {
+                let handles: Vec<_> = bounds
+                    .iter()
+                    .zip(&devices)
+                    .map(|(&(a, z), dev)| {
+                        let replica = self.model.clone().fork(dev);
+                        let shard = batch.slice(a, z);
+                        let w = (z - a) as f32 / n as f32;
+                        let dev = dev.clone();
+                        s.spawn(move || {
+                            let (l, g) = Self::shard_grads(&replica, &shard, w, &dev);
+                            (l, w, g, dev)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a training shard panicked"))
+                    .collect()
+            });
+            let loss = results.iter().map(|(l, w, _, _)| l * w).sum();
+            let mut multi = MultiGradientsParams::default();
+            for (_, _, g, dev) in results {
+                multi.grads.push((g, dev.id()));
+            }
+            (loss, combine(&self.model, multi))
+        };
+        if !loss.is_finite() {
+            return Err(TrainError::Diverged {
+                step: self.step,
+                value: loss,
+            });
+        }
+        let norm = grad_norm(&self.model, &grads);
+        let split = scale_and_split(&self.model, grads, clip_factor(norm, self.opts.max_grad_norm));
+        let model = self.model.clone();
+        let model = self.decay_opt.step(self.opts.lr, model, split.decay);
+        self.model = self.no_decay_opt.step(self.opts.lr, model, split.no_decay);
+        self.step += 1;
+        Ok(GptStepStats {
+            loss,
+            grad_norm: norm,
+        })
+    }
+
+    /// Writes a checkpoint into `out` (see [`checkpoint`]); `extra` goes into state.json.
+    pub fn save(&self, out: &Path, extra: serde_json::Value) -> Result<PathBuf, TrainError> {
+        checkpoint::save(out, self.step, |dir| {
+            let inner = self.model.valid();
+            let tensors = crate::checkpoint::state_dict(&inner, &self.model.config.state_dict_specs())?;
+            crate::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors, None)?;
+            let train = dir.join("train");
+            std::fs::create_dir_all(&train).map_err(|e| TrainError::io(&train, e))?;
+            checkpoint::save_record(self.model.clone().into_record(), &train.join("model"))?;
+            checkpoint::save_record(self.decay_opt.to_record(), &train.join("optim_decay"))?;
+            checkpoint::save_record(self.no_decay_opt.to_record(), &train.join("optim_no_decay"))?;
+            checkpoint::save_state(
+                dir,
+                &serde_json::json!({
+                    "kind": "gpt",
+                    "step": self.step,
+                    "config": self.model.config,
+                    "options": self.opts,
+                    "extra": extra,
+                }),
+            )
+        })
+    }
+}
+
+/// Sums the shards' gradients parameter by parameter with burn's `MultiGradientsParams`.
+fn combine<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, multi: MultiGradientsParams) -> GradientsParams {
+    struct Combine<B: AutodiffBackend> {
+        multi: MultiGradientsParams,
+        out: GradientsParams,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Combine<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some((g, _device)) = self.multi.remove::<B::InnerBackend, D>(param.id) {
+                self.out.register(param.id, g);
+            }
+        }
+    }
+    let mut v = Combine::<B> {
+        multi,
+        out: GradientsParams::new(),
+        _b: std::marker::PhantomData,
+    };
+    module.visit(&mut v);
+    v.out
+}
