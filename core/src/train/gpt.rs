@@ -165,7 +165,7 @@ impl<B: AutodiffBackend> GptTrainer<B> {
     /// A freshly initialised generator (official initialisation).
     pub fn new(cfg: &GptConfig, opts: GptTrainOptions, device: &B::Device) -> Result<Self, TrainError> {
         Ok(Self {
-            model: Transformer::init(cfg, device)?,
+            model: super::optim::materialize(Transformer::init(cfg, device)?),
             decay_opt: adamw(&opts, opts.weight_decay),
             no_decay_opt: adamw(&opts, 0.0),
             opts,

@@ -123,6 +123,20 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     decay
 }
 
+/// Runs every lazy parameter initializer now. burn initialises parameters on first use, and
+/// a clone taken before that initialises on its own, with other random values: replicas and
+/// copies must be taken from a materialised module.
+pub fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
+    module
+}
+
 /// Exponential moving average of a model's parameters (`update_ema` of the official scripts):
 /// `ema ← decay · ema + (1 − decay) · param`.
 pub fn update_ema<B: Backend, M: Module<B>>(ema: M, current: &M, decay: f64) -> M {

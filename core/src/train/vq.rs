@@ -124,10 +124,10 @@ impl<B: AutodiffBackend> VqTrainer<B> {
         lpips: Option<Lpips<B>>,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
-        let vq = VqModel::init(cfg, device)?;
+        let vq = super::optim::materialize(VqModel::init(cfg, device)?);
         let ema = opts.ema_decay.map(|_| vq.valid());
         Ok(Self {
-            disc: PatchGan::init(&opts.disc, device)?,
+            disc: super::optim::materialize(PatchGan::init(&opts.disc, device)?),
             vq,
             lpips,
             ema,

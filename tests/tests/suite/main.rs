@@ -7,3 +7,4 @@ mod parity_generate;
 mod parity_gpt;
 mod parity_patchgan;
 mod parity_vq;
+mod training;
