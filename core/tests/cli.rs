@@ -396,3 +396,190 @@ mod generate {
         );
     }
 }
+
+#[test]
+fn dataset_shapes_writes_an_image_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = llamagen()
+        .args(["dataset", "shapes", "--per-class", "2", "--size", "32", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for class in llamagen::dataset::SHAPE_CLASSES {
+        for i in 0..2 {
+            let p = dir.path().join(class).join(format!("{i:05}.png"));
+            let im = image::open(&p).unwrap();
+            assert_eq!((im.width(), im.height()), (32, 32));
+        }
+    }
+    let captions = std::fs::read_to_string(dir.path().join("captions.tsv")).unwrap();
+    assert_eq!(captions.lines().count(), 20);
+}
+
+/// The whole pipeline on a toy scale: data set → train-vq → extract-codes → train-gpt → card →
+/// generate → info; then a training process killed at random moments always leaves a
+/// checkpoint that loads, and `--resume` finishes the run.
+#[cfg(feature = "train")]
+mod training {
+    use super::llamagen;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn ok(cmd: &mut std::process::Command) -> String {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{:?} failed:\n{}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn tiny_vq(data: &Path, out: &Path) {
+        ok(llamagen()
+            .args(["train-vq", "--data"])
+            .arg(data)
+            .arg("--out")
+            .arg(out)
+            .args([
+                "--config", "VQ-8", "--ch", "32", "--ch-mult", "1,2", "--z-channels", "32",
+                "--num-res-blocks", "1", "--codebook-size", "32", "--image-size", "16",
+                "--batch-size", "2", "--steps", "2", "--disc-start", "1", "--disc-ndf", "8",
+                "--disc-layers", "1", "--ema", "--sample-every", "1", "--backend", "cpu",
+            ]));
+    }
+
+    #[test]
+    fn the_pipeline_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        ok(llamagen()
+            .args(["dataset", "shapes", "--per-class", "2", "--size", "16", "--out"])
+            .arg(d.join("data")));
+        tiny_vq(&d.join("data"), &d.join("vq"));
+        assert!(d.join("vq/samples/step-0000002.png").is_file());
+        // The adversarial terms ran (disc-start 1) and the run refuses to be overwritten.
+        let again = llamagen()
+            .args(["train-vq", "--steps", "1", "--data"])
+            .arg(d.join("data"))
+            .arg("--out")
+            .arg(d.join("vq"))
+            .output()
+            .unwrap();
+        assert!(!again.status.success());
+        assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+        ok(llamagen()
+            .args(["extract-codes", "--image-size", "16", "--data"])
+            .arg(d.join("data"))
+            .arg("--vq-ckpt")
+            .arg(d.join("vq"))
+            .arg("--out")
+            .arg(d.join("codes")));
+        ok(llamagen()
+            .args(["train-gpt", "--codes"])
+            .arg(d.join("codes"))
+            .arg("--out")
+            .arg(d.join("gpt"))
+            .arg("--vq-ckpt")
+            .arg(d.join("vq"))
+            .args([
+                "--dim", "32", "--n-layer", "2", "--n-head", "4", "--batch-size", "4",
+                "--steps", "3", "--lr", "1e-3", "--sample-every", "3", "--backend", "cpu",
+            ]));
+        assert!(d.join("gpt/samples/step-0000003.png").is_file());
+        ok(llamagen()
+            .args(["card", "--name", "toy", "--gpt"])
+            .arg(d.join("gpt"))
+            .arg("--vq")
+            .arg(d.join("vq"))
+            .arg("--out")
+            .arg(d.join("model")));
+        let png = d.join("star.png");
+        ok(llamagen()
+            .args(["generate", "--class", "star", "--seed", "3", "--backend", "cpu", "--gpt-ckpt"])
+            .arg(d.join("model/gpt.safetensors"))
+            .arg("--vq-ckpt")
+            .arg(d.join("model/vq.safetensors"))
+            .arg("--out")
+            .arg(&png));
+        let info = ok(llamagen().arg("info").arg(&png));
+        assert!(info.contains("star"), "{info}");
+    }
+
+    #[test]
+    fn a_killed_training_run_leaves_a_loadable_checkpoint_and_resumes() {
+        use llamagen::train::data::{CodeSet, CodesMeta};
+        let dir = tempfile::tempdir().unwrap();
+        let codes = dir.path().join("codes");
+        CodeSet {
+            meta: CodesMeta {
+                num_images: 8,
+                num_aug: 2,
+                seq_len: 16,
+                codebook_size: 16,
+                image_size: 64,
+                class_names: vec!["a".into(), "b".into()],
+                tokenizer: "test".into(),
+            },
+            labels: (0..8).map(|i| i % 2).collect(),
+            codes: (0..8 * 2 * 16).map(|i| (i % 16) as u16).collect(),
+        }
+        .write(&codes)
+        .unwrap();
+        let run = dir.path().join("run");
+        let train = |resume: bool, steps: &str| {
+            let mut c = llamagen();
+            c.args(["train-gpt", "--codes"])
+                .arg(&codes)
+                .arg("--out")
+                .arg(&run)
+                .args([
+                    "--dim", "32", "--n-layer", "2", "--n-head", "4", "--batch-size", "4",
+                    "--steps", steps, "--save-every", "1", "--backend", "cpu",
+                ]);
+            if resume {
+                c.arg("--resume");
+            }
+            c
+        };
+        for (round, wait_ms) in [0u64, 37, 113, 251].iter().enumerate() {
+            let mut child = train(round > 0, "1000000")
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            // Wait for a first checkpoint, then kill at some moment of the save cycle.
+            let t0 = std::time::Instant::now();
+            while llamagen::train::checkpoint::latest(&run).ok().flatten().is_none()
+                && t0.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(*wait_ms));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let latest = llamagen::train::checkpoint::latest(&run).unwrap().unwrap();
+            let state = llamagen::train::checkpoint::load_state(&latest).unwrap();
+            let cfg: llamagen::GptConfig = serde_json::from_value(state["config"].clone()).unwrap();
+            let sd = llamagen::checkpoint::StateDict::open(
+                latest.join("model.safetensors"),
+                llamagen::checkpoint::WeightsChoice::Model,
+            )
+            .unwrap();
+            llamagen::gpt::Transformer::<llamagen::backend::Cpu>::load(&sd, &cfg, &Default::default())
+                .unwrap();
+        }
+        let latest = llamagen::train::checkpoint::latest(&run).unwrap().unwrap();
+        let step = llamagen::train::checkpoint::load_state(&latest).unwrap()["step"]
+            .as_u64()
+            .unwrap();
+        let out = ok(&mut train(true, &(step + 2).to_string()));
+        let _ = out;
+        let latest = llamagen::train::checkpoint::latest(&run).unwrap().unwrap();
+        assert_eq!(
+            llamagen::train::checkpoint::load_state(&latest).unwrap()["step"],
+            step + 2
+        );
+    }
+}

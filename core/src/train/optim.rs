@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn ema_blends() {
         let device = Default::default();
-        let a: Linear<Cpu> = LinearConfig::new(2, 2).init(&device);
+        let a: Linear<Cpu> = materialize(LinearConfig::new(2, 2).init(&device));
         let b = a.clone().map(&mut ZeroMapper);
         let e = update_ema(a.clone(), &b, 0.75);
         let av = a.weight.val().into_data().to_vec::<f32>().unwrap();
