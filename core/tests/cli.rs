@@ -583,3 +583,28 @@ mod training {
         );
     }
 }
+
+/// With no checkpoint options, `generate` uses the bundled demo model in assets/demo.
+#[test]
+fn generate_uses_the_bundled_demo_model_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("star.png");
+    let out = llamagen()
+        .args(["generate", "--class", "star", "--num", "2", "--seed", "5", "--backend", "cpu", "--out"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let im = image::open(&png).unwrap();
+    assert!(im.width() >= 2 * 64 && im.height() >= 64);
+    let info = llamagen().arg("info").arg(&png).output().unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("star"), "{text}");
+    // An unknown class lists what the demo model knows.
+    let out = llamagen()
+        .args(["generate", "--class", "dragon", "--backend", "cpu", "--out"])
+        .arg(dir.path().join("x.png"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -33,7 +33,37 @@ pub(crate) fn normal_init(cfg: &crate::config::GptConfig) -> burn::nn::Initializ
 /// which is several times slower on the CPU during one-token decode steps.
 pub(crate) fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, s, d] = x.dims();
-    let y = layer.forward(x.reshape([b * s, d]));
+    let x2 = x.reshape([b * s, d]);
+    let y = if is_cpu::<B>() && b * s <= SPLIT_MAX_ROWS {
+        split_columns(layer, x2)
+    } else {
+        layer.forward(x2)
+    };
     let out = y.dims()[1];
     y.reshape([b, s, out])
+}
+
+/// Few-row products (the decode steps) are below the CPU backend's threshold for running a
+/// matrix product on several threads, so one core would do all the work: split the weight's
+/// columns in two (strided views, no copy) and multiply both halves at once.
+const SPLIT_MAX_ROWS: usize = 16;
+
+fn is_cpu<B: Backend>() -> bool {
+    std::any::type_name::<B>().contains("Flex")
+}
+
+fn split_columns<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let w = layer.weight.val();
+    let [_, out] = w.dims();
+    if out < 256 || rayon::current_num_threads() < 2 {
+        return layer.forward(x);
+    }
+    let half = out / 2;
+    let (wa, wb) = (w.clone().narrow(1, 0, half), w.narrow(1, half, out - half));
+    let (ya, yb) = rayon::join(|| x.clone().matmul(wa), || x.clone().matmul(wb));
+    let y = Tensor::cat(vec![ya, yb], 1);
+    match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze_dim(0),
+        None => y,
+    }
 }

@@ -18,8 +18,8 @@ use super::data::images_to_tensor;
 use crate::dataset::{SHAPE_CLASSES, render};
 use crate::gpt::cross_entropy;
 
-/// Four stride-2 3×3 convolutions (32, 64, 128, 128 channels) with ReLU, a global mean, a linear
-/// head over the shape classes. Input: 64×64 RGB in [−1, 1].
+/// Four stride-2 3×3 convolutions (32, 64, 128, 128 channels) with ReLU, global max and mean
+/// pooling side by side, a linear head over the shape classes. Input: 64×64 RGB in [−1, 1].
 #[derive(Module, Debug)]
 pub struct ShapeClassifier<B: Backend> {
     convs: Vec<Conv2d<B>>,
@@ -40,7 +40,7 @@ impl<B: Backend> ShapeClassifier<B> {
             .collect();
         Self {
             convs,
-            head: LinearConfig::new(128, SHAPE_CLASSES.len()).init(device),
+            head: LinearConfig::new(256, SHAPE_CLASSES.len()).init(device),
         }
     }
 
@@ -51,7 +51,14 @@ impl<B: Backend> ShapeClassifier<B> {
             h = relu(c.forward(h));
         }
         let [b, c, hh, ww] = h.dims();
-        let pooled = h.reshape([b, c, hh * ww]).mean_dim(2).reshape([b, c]);
+        let flat = h.reshape([b, c, hh * ww]);
+        let pooled = Tensor::cat(
+            vec![
+                flat.clone().mean_dim(2).reshape([b, c]),
+                flat.max_dim(2).reshape([b, c]),
+            ],
+            1,
+        );
         self.head.forward(pooled)
     }
 
