@@ -389,10 +389,10 @@ mod generate {
             !out.status.success() && err.contains("downsampling"),
             "{err}"
         );
-        // No checkpoints at all.
-        let out = run(&["generate", "--class", "1", "--backend", "cpu"]);
+        // One checkpoint without the other (none at all means the bundled demo model).
+        let out = run(&["generate", "--class", "1", "--gpt-ckpt", gpt, "--backend", "cpu"]);
         assert!(
-            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--gpt-ckpt")
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--vq-ckpt")
         );
     }
 }
