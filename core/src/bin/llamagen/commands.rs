@@ -299,6 +299,7 @@ pub fn load_bundle_with<B: Backend>(
 }
 
 /// [`load_bundle_with`] with default options.
+#[cfg_attr(not(feature = "train"), allow(dead_code))]
 pub fn load_bundle<B: Backend>(
     gpt: Option<&Path>,
     vq: Option<&Path>,
