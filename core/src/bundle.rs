@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{GptHints, StateDict, WeightsChoice};
 use crate::classes::ClassNames;
 use crate::config::{GptConfig, ModelType, VqConfig};
-use crate::sampling::SamplerParams;
 use crate::error::CheckpointError;
 use crate::gpt::Transformer;
 use crate::image_io::ModelFile;
+use crate::sampling::SamplerParams;
 use crate::vq::VqModel;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +95,15 @@ pub fn demo_card_path() -> Option<PathBuf> {
             dir = d.parent().map(Path::to_path_buf);
         }
     }
-    roots.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("assets"));
-    roots.into_iter().map(|r| r.join(&rel)).find(|p| p.is_file())
+    roots.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("assets"),
+    );
+    roots
+        .into_iter()
+        .map(|r| r.join(&rel))
+        .find(|p| p.is_file())
 }
 
 /// What the user may say about the checkpoints.

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tiny_skia::{
-    Color, FillRule, Paint, PathBuilder, Pixmap, Rect, Transform,
-};
+use tiny_skia::{Color, FillRule, Paint, PathBuilder, Pixmap, Rect, Transform};
 
 /// The class names, in label order.
 pub const SHAPE_CLASSES: [&str; 10] = [
@@ -89,7 +87,8 @@ fn sample_rng(seed: u64, class: usize, index: u64) -> ChaCha8Rng {
 }
 
 fn jitter(rng: &mut ChaCha8Rng, c: [u8; 3]) -> Color {
-    let j = |v: u8, rng: &mut ChaCha8Rng| (v as i32 + rng.random_range(-18..=18)).clamp(0, 255) as u8;
+    let j =
+        |v: u8, rng: &mut ChaCha8Rng| (v as i32 + rng.random_range(-18..=18)).clamp(0, 255) as u8;
     Color::from_rgba8(j(c[0], rng), j(c[1], rng), j(c[2], rng), 255)
 }
 
@@ -135,9 +134,30 @@ fn heart_path(cx: f32, cy: f32, r: f32) -> Option<tiny_skia::Path> {
     let mut pb = PathBuilder::new();
     let top = cy - 0.35 * r;
     pb.move_to(cx, top);
-    pb.cubic_to(cx, cy - 1.05 * r, cx - 1.15 * r, cy - 1.0 * r, cx - 1.0 * r, cy - 0.2 * r);
-    pb.cubic_to(cx - 0.9 * r, cy + 0.35 * r, cx - 0.3 * r, cy + 0.6 * r, cx, cy + r);
-    pb.cubic_to(cx + 0.3 * r, cy + 0.6 * r, cx + 0.9 * r, cy + 0.35 * r, cx + 1.0 * r, cy - 0.2 * r);
+    pb.cubic_to(
+        cx,
+        cy - 1.05 * r,
+        cx - 1.15 * r,
+        cy - 1.0 * r,
+        cx - 1.0 * r,
+        cy - 0.2 * r,
+    );
+    pb.cubic_to(
+        cx - 0.9 * r,
+        cy + 0.35 * r,
+        cx - 0.3 * r,
+        cy + 0.6 * r,
+        cx,
+        cy + r,
+    );
+    pb.cubic_to(
+        cx + 0.3 * r,
+        cy + 0.6 * r,
+        cx + 0.9 * r,
+        cy + 0.35 * r,
+        cx + 1.0 * r,
+        cy - 0.2 * r,
+    );
     pb.cubic_to(cx + 1.15 * r, cy - 1.0 * r, cx, cy - 1.05 * r, cx, top);
     pb.close();
     pb.finish()
@@ -171,7 +191,11 @@ pub fn render(seed: u64, class: usize, index: u64, size: u32) -> ShapeSample {
         }
     };
     match SHAPE_CLASSES[class] {
-        "circle" => fill(PathBuilder::from_circle(cx, cy, r), FillRule::Winding, Transform::identity()),
+        "circle" => fill(
+            PathBuilder::from_circle(cx, cy, r),
+            FillRule::Winding,
+            Transform::identity(),
+        ),
         "square" => {
             let h = r * 0.85;
             fill(
@@ -183,7 +207,8 @@ pub fn render(seed: u64, class: usize, index: u64, size: u32) -> ShapeSample {
         "triangle" => {
             let pts: Vec<(f32, f32)> = (0..3)
                 .map(|i| {
-                    let a = 2.0 * std::f32::consts::PI * i as f32 / 3.0 - std::f32::consts::FRAC_PI_2;
+                    let a =
+                        2.0 * std::f32::consts::PI * i as f32 / 3.0 - std::f32::consts::FRAC_PI_2;
                     (cx + r * a.cos(), cy + r * a.sin())
                 })
                 .collect();
@@ -206,7 +231,11 @@ pub fn render(seed: u64, class: usize, index: u64, size: u32) -> ShapeSample {
         "heart" => {
             // Hearts stay upright-ish so that they read as hearts.
             let tilt: f32 = rng.random_range(-25.0..25.0);
-            fill(heart_path(cx, cy, r), FillRule::Winding, Transform::from_rotate_at(tilt, cx, cy))
+            fill(
+                heart_path(cx, cy, r),
+                FillRule::Winding,
+                Transform::from_rotate_at(tilt, cx, cy),
+            )
         }
         "stripes" => {
             let period = s * rng.random_range(0.12..0.22);
@@ -217,7 +246,11 @@ pub fn render(seed: u64, class: usize, index: u64, size: u32) -> ShapeSample {
                 pb.push_rect(Rect::from_xywh(x, -s, width, 3.0 * s).expect("finite"));
                 x += period;
             }
-            fill(pb.finish(), FillRule::Winding, Transform::from_rotate_at(angle, s / 2.0, s / 2.0))
+            fill(
+                pb.finish(),
+                FillRule::Winding,
+                Transform::from_rotate_at(angle, s / 2.0, s / 2.0),
+            )
         }
         "checkerboard" => {
             let cell = s * rng.random_range(0.12..0.2);
@@ -331,7 +364,10 @@ mod tests {
             let b = render(7, class, 3, 64);
             assert_eq!(a.rgb, b.rgb, "class {class} is not deterministic");
             let c = render(7, class, 4, 64);
-            assert_ne!(a.rgb, c.rgb, "class {class}: two indices drew the same image");
+            assert_ne!(
+                a.rgb, c.rgb,
+                "class {class}: two indices drew the same image"
+            );
             assert_eq!(a.rgb.len(), 64 * 64 * 3);
         }
     }
@@ -347,11 +383,21 @@ mod tests {
                 for p in s.rgb.chunks(3) {
                     *counts.entry([p[0], p[1], p[2]]).or_insert(0usize) += 1;
                 }
-                let mode = counts.iter().max_by_key(|(_, n)| **n).map(|(c, _)| *c).unwrap();
+                let mode = counts
+                    .iter()
+                    .max_by_key(|(_, n)| **n)
+                    .map(|(c, _)| *c)
+                    .unwrap();
                 let other = s
                     .rgb
                     .chunks(3)
-                    .filter(|p| p.iter().zip(mode).map(|(&a, b)| (a as i32 - b as i32).abs()).sum::<i32>() > 30)
+                    .filter(|p| {
+                        p.iter()
+                            .zip(mode)
+                            .map(|(&a, b)| (a as i32 - b as i32).abs())
+                            .sum::<i32>()
+                            > 30
+                    })
                     .count();
                 let share = other as f64 / (64.0 * 64.0);
                 assert!(
@@ -367,6 +413,9 @@ mod tests {
     fn captions_name_colour_and_shape() {
         let s = render(3, 3, 0, 64);
         let c = s.caption();
-        assert!(c.contains("star") && c.contains(s.foreground) && c.contains(s.background), "{c}");
+        assert!(
+            c.contains("star") && c.contains(s.foreground) && c.contains(s.background),
+            "{c}"
+        );
     }
 }

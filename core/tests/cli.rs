@@ -390,7 +390,15 @@ mod generate {
             "{err}"
         );
         // One checkpoint without the other (none at all means the bundled demo model).
-        let out = run(&["generate", "--class", "1", "--gpt-ckpt", gpt, "--backend", "cpu"]);
+        let out = run(&[
+            "generate",
+            "--class",
+            "1",
+            "--gpt-ckpt",
+            gpt,
+            "--backend",
+            "cpu",
+        ]);
         assert!(
             !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--vq-ckpt")
         );
@@ -401,11 +409,23 @@ mod generate {
 fn dataset_shapes_writes_an_image_folder() {
     let dir = tempfile::tempdir().unwrap();
     let out = llamagen()
-        .args(["dataset", "shapes", "--per-class", "2", "--size", "32", "--out"])
+        .args([
+            "dataset",
+            "shapes",
+            "--per-class",
+            "2",
+            "--size",
+            "32",
+            "--out",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for class in llamagen::dataset::SHAPE_CLASSES {
         for i in 0..2 {
             let p = dir.path().join(class).join(format!("{i:05}.png"));
@@ -444,10 +464,35 @@ mod training {
             .arg("--out")
             .arg(out)
             .args([
-                "--config", "VQ-8", "--ch", "32", "--ch-mult", "1,2", "--z-channels", "32",
-                "--num-res-blocks", "1", "--codebook-size", "32", "--image-size", "16",
-                "--batch-size", "2", "--steps", "2", "--disc-start", "1", "--disc-ndf", "8",
-                "--disc-layers", "1", "--ema", "--sample-every", "1", "--backend", "cpu",
+                "--config",
+                "VQ-8",
+                "--ch",
+                "32",
+                "--ch-mult",
+                "1,2",
+                "--z-channels",
+                "32",
+                "--num-res-blocks",
+                "1",
+                "--codebook-size",
+                "32",
+                "--image-size",
+                "16",
+                "--batch-size",
+                "2",
+                "--steps",
+                "2",
+                "--disc-start",
+                "1",
+                "--disc-ndf",
+                "8",
+                "--disc-layers",
+                "1",
+                "--ema",
+                "--sample-every",
+                "1",
+                "--backend",
+                "cpu",
             ]));
     }
 
@@ -456,7 +501,15 @@ mod training {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         ok(llamagen()
-            .args(["dataset", "shapes", "--per-class", "2", "--size", "16", "--out"])
+            .args([
+                "dataset",
+                "shapes",
+                "--per-class",
+                "2",
+                "--size",
+                "16",
+                "--out",
+            ])
             .arg(d.join("data")));
         tiny_vq(&d.join("data"), &d.join("vq"));
         assert!(d.join("vq/samples/step-0000002.png").is_file());
@@ -485,8 +538,22 @@ mod training {
             .arg("--vq-ckpt")
             .arg(d.join("vq"))
             .args([
-                "--dim", "32", "--n-layer", "2", "--n-head", "4", "--batch-size", "4",
-                "--steps", "3", "--lr", "1e-3", "--sample-every", "3", "--backend", "cpu",
+                "--dim",
+                "32",
+                "--n-layer",
+                "2",
+                "--n-head",
+                "4",
+                "--batch-size",
+                "4",
+                "--steps",
+                "3",
+                "--lr",
+                "1e-3",
+                "--sample-every",
+                "3",
+                "--backend",
+                "cpu",
             ]));
         assert!(d.join("gpt/samples/step-0000003.png").is_file());
         ok(llamagen()
@@ -498,7 +565,16 @@ mod training {
             .arg(d.join("model")));
         let png = d.join("star.png");
         ok(llamagen()
-            .args(["generate", "--class", "star", "--seed", "3", "--backend", "cpu", "--gpt-ckpt"])
+            .args([
+                "generate",
+                "--class",
+                "star",
+                "--seed",
+                "3",
+                "--backend",
+                "cpu",
+                "--gpt-ckpt",
+            ])
             .arg(d.join("model/gpt.safetensors"))
             .arg("--vq-ckpt")
             .arg(d.join("model/vq.safetensors"))
@@ -536,8 +612,20 @@ mod training {
                 .arg("--out")
                 .arg(&run)
                 .args([
-                    "--dim", "32", "--n-layer", "2", "--n-head", "4", "--batch-size", "4",
-                    "--steps", steps, "--save-every", "1", "--backend", "cpu",
+                    "--dim",
+                    "32",
+                    "--n-layer",
+                    "2",
+                    "--n-head",
+                    "4",
+                    "--batch-size",
+                    "4",
+                    "--steps",
+                    steps,
+                    "--save-every",
+                    "1",
+                    "--backend",
+                    "cpu",
                 ]);
             if resume {
                 c.arg("--resume");
@@ -551,7 +639,10 @@ mod training {
                 .unwrap();
             // Wait for a first checkpoint, then kill at some moment of the save cycle.
             let t0 = std::time::Instant::now();
-            while llamagen::train::checkpoint::latest(&run).ok().flatten().is_none()
+            while llamagen::train::checkpoint::latest(&run)
+                .ok()
+                .flatten()
+                .is_none()
                 && t0.elapsed() < Duration::from_secs(60)
             {
                 std::thread::sleep(Duration::from_millis(5));
@@ -567,8 +658,12 @@ mod training {
                 llamagen::checkpoint::WeightsChoice::Model,
             )
             .unwrap();
-            llamagen::gpt::Transformer::<llamagen::backend::Cpu>::load(&sd, &cfg, &Default::default())
-                .unwrap();
+            llamagen::gpt::Transformer::<llamagen::backend::Cpu>::load(
+                &sd,
+                &cfg,
+                &Default::default(),
+            )
+            .unwrap();
         }
         let latest = llamagen::train::checkpoint::latest(&run).unwrap().unwrap();
         let step = llamagen::train::checkpoint::load_state(&latest).unwrap()["step"]
@@ -590,11 +685,26 @@ fn generate_uses_the_bundled_demo_model_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("star.png");
     let out = llamagen()
-        .args(["generate", "--class", "star", "--num", "2", "--seed", "5", "--backend", "cpu", "--out"])
+        .args([
+            "generate",
+            "--class",
+            "star",
+            "--num",
+            "2",
+            "--seed",
+            "5",
+            "--backend",
+            "cpu",
+            "--out",
+        ])
         .arg(&png)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let im = image::open(&png).unwrap();
     assert!(im.width() >= 2 * 64 && im.height() >= 64);
     let info = llamagen().arg("info").arg(&png).output().unwrap();

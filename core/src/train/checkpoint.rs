@@ -62,7 +62,8 @@ pub fn save(
     std::fs::rename(&tmp, &dir).map_err(|e| TrainError::io(&dir, e))?;
     let pointer = out.join("latest");
     let pointer_tmp = out.join(".latest.partial");
-    std::fs::write(&pointer_tmp, format!("{name}\n")).map_err(|e| TrainError::io(&pointer_tmp, e))?;
+    std::fs::write(&pointer_tmp, format!("{name}\n"))
+        .map_err(|e| TrainError::io(&pointer_tmp, e))?;
     std::fs::rename(&pointer_tmp, &pointer).map_err(|e| TrainError::io(&pointer, e))?;
     prune(out, &name)?;
     Ok(dir)
@@ -131,7 +132,10 @@ mod tests {
     fn interrupted_save_keeps_the_previous_checkpoint() {
         let out = tempfile::tempdir().unwrap();
         assert!(latest(out.path()).unwrap().is_none());
-        save(out.path(), 10, |d| save_state(d, &serde_json::json!({"step": 10}))).unwrap();
+        save(out.path(), 10, |d| {
+            save_state(d, &serde_json::json!({"step": 10}))
+        })
+        .unwrap();
         // A save that fails half-way (as a kill would leave it) does not move `latest`.
         let r = save(out.path(), 20, |d| {
             std::fs::write(d.join("model.safetensors"), b"half").unwrap();
@@ -142,7 +146,10 @@ mod tests {
         assert_eq!(load_state(&l).unwrap()["step"], 10);
         // The next save cleans the partial directory and moves on; old ones are pruned.
         for step in [20, 30, 40] {
-            save(out.path(), step, |d| save_state(d, &serde_json::json!({"step": step}))).unwrap();
+            save(out.path(), step, |d| {
+                save_state(d, &serde_json::json!({"step": step}))
+            })
+            .unwrap();
         }
         let l = latest(out.path()).unwrap().unwrap();
         assert_eq!(load_state(&l).unwrap()["step"], 40);

@@ -78,7 +78,12 @@ impl<B: Backend> ShapeClassifier<B> {
         let mut out = Vec::with_capacity(images.len());
         for chunk in resized.chunks(64) {
             let logits = self.forward(images_to_tensor::<B>(chunk, &device));
-            let idx = logits.argmax(1).into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+            let idx = logits
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .expect("ints");
             out.extend(idx.into_iter().map(|i| i as usize));
         }
         out
@@ -105,7 +110,11 @@ fn draw_batch(seed: u64, first: u64, n: usize) -> (Vec<RgbImage>, Vec<i64>) {
 }
 
 /// Accuracy on `per_class` images of every class drawn from `seed` (a seed training never saw).
-pub fn held_out_accuracy<B: Backend>(model: &ShapeClassifier<B>, seed: u64, per_class: usize) -> f64 {
+pub fn held_out_accuracy<B: Backend>(
+    model: &ShapeClassifier<B>,
+    seed: u64,
+    per_class: usize,
+) -> f64 {
     let (images, labels) = draw_batch(seed, 0, per_class * SHAPE_CLASSES.len());
     let pred = model.classify(&images);
     let right = pred

@@ -151,7 +151,10 @@ pub fn ten_crop(img: &RgbImage, size: u32, crop_range: f64) -> Vec<RgbImage> {
             (w - size, 0),
             (0, h - size),
             (w - size, h - size),
-            ((w - size).div_ceil(2).min(w - size), (h - size).div_ceil(2).min(h - size)),
+            (
+                (w - size).div_ceil(2).min(w - size),
+                (h - size).div_ceil(2).min(h - size),
+            ),
         ];
         at.iter()
             .map(|&(x, y)| imageops::crop_imm(im, x, y, size, size).to_image())
@@ -243,7 +246,9 @@ impl CodeSet {
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .map_err(|e| err(e.to_string()))?;
         if bytes.len() < 12 || &bytes[..8] != CODES_MAGIC {
-            return Err(err("not a codes file written by `llamagen extract-codes`".into()));
+            return Err(err(
+                "not a codes file written by `llamagen extract-codes`".into()
+            ));
         }
         let mlen = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
         let meta_end = 12 + mlen;

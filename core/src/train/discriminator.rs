@@ -454,7 +454,15 @@ pub fn official_name(cfg: &PatchGanConfig, path: &str) -> String {
 
 /// The adversarial loss kinds of the official `vq_loss.py` (`--disc-loss` / `--gen-loss`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub enum GanLoss {
     #[default]

@@ -21,10 +21,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::TrainError;
 use super::checkpoint;
 use super::data::CodeSet;
 use super::optim::{clip_factor, grad_norm, scale_and_split};
-use super::TrainError;
 use crate::config::GptConfig;
 use crate::gpt::{Condition, Transformer};
 
@@ -163,7 +163,11 @@ fn adamw<B: AutodiffBackend>(opts: &GptTrainOptions, wd: f64) -> Adam<B> {
 
 impl<B: AutodiffBackend> GptTrainer<B> {
     /// A freshly initialised generator (official initialisation).
-    pub fn new(cfg: &GptConfig, opts: GptTrainOptions, device: &B::Device) -> Result<Self, TrainError> {
+    pub fn new(
+        cfg: &GptConfig,
+        opts: GptTrainOptions,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
         Ok(Self {
             model: super::optim::materialize(Transformer::init(cfg, device)?),
             decay_opt: adamw(&opts, opts.weight_decay),
@@ -190,7 +194,9 @@ impl<B: AutodiffBackend> GptTrainer<B> {
             serde_json::from_value(state["config"].clone()).map_err(|e| bad(e.to_string()))?;
         let opts: GptTrainOptions =
             serde_json::from_value(state["options"].clone()).map_err(|e| bad(e.to_string()))?;
-        let step = state["step"].as_u64().ok_or_else(|| bad("no step".into()))?;
+        let step = state["step"]
+            .as_u64()
+            .ok_or_else(|| bad("no step".into()))?;
         let mut t = Self::new(&cfg, opts, device)?;
         let train = dir.join("train");
         t.model = t
@@ -199,16 +205,23 @@ impl<B: AutodiffBackend> GptTrainer<B> {
         t.decay_opt = t
             .decay_opt
             .load_record(checkpoint::load_record(&train.join("optim_decay"), device)?);
-        t.no_decay_opt = t
-            .no_decay_opt
-            .load_record(checkpoint::load_record(&train.join("optim_no_decay"), device)?);
+        t.no_decay_opt = t.no_decay_opt.load_record(checkpoint::load_record(
+            &train.join("optim_no_decay"),
+            device,
+        )?);
         t.step = step;
         Ok(Some(t))
     }
 
-    fn shard_grads(model: &Transformer<B>, batch: &CodeBatch, weight: f32, device: &B::Device) -> (f32, GradientsParams) {
+    fn shard_grads(
+        model: &Transformer<B>,
+        batch: &CodeBatch,
+        weight: f32,
+        device: &B::Device,
+    ) -> (f32, GradientsParams) {
         let b = batch.len();
-        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), device);
+        let labels =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), device);
         let codes = Tensor::<B, 2, Int>::from_data(
             TensorData::new(batch.codes.clone(), [b, batch.seq_len]),
             device,
@@ -223,7 +236,11 @@ impl<B: AutodiffBackend> GptTrainer<B> {
 
     /// One optimizer step on `batch`, split into `devices.len()` shards run in parallel (one
     /// shard on the model's own device when `devices` is empty).
-    pub fn train_step(&mut self, batch: &CodeBatch, devices: &[B::Device]) -> Result<GptStepStats, TrainError> {
+    pub fn train_step(
+        &mut self,
+        batch: &CodeBatch,
+        devices: &[B::Device],
+    ) -> Result<GptStepStats, TrainError> {
         let home = self.model.device();
         let devices: Vec<B::Device> = if devices.is_empty() {
             vec![home.clone()]
@@ -271,7 +288,11 @@ impl<B: AutodiffBackend> GptTrainer<B> {
             });
         }
         let norm = grad_norm(&self.model, &grads);
-        let split = scale_and_split(&self.model, grads, clip_factor(norm, self.opts.max_grad_norm));
+        let split = scale_and_split(
+            &self.model,
+            grads,
+            clip_factor(norm, self.opts.max_grad_norm),
+        );
         let model = self.model.clone();
         let model = self.decay_opt.step(self.opts.lr, model, split.decay);
         self.model = self.no_decay_opt.step(self.opts.lr, model, split.no_decay);
@@ -286,7 +307,8 @@ impl<B: AutodiffBackend> GptTrainer<B> {
     pub fn save(&self, out: &Path, extra: serde_json::Value) -> Result<PathBuf, TrainError> {
         checkpoint::save(out, self.step, |dir| {
             let inner = self.model.valid();
-            let tensors = crate::checkpoint::state_dict(&inner, &self.model.config.state_dict_specs())?;
+            let tensors =
+                crate::checkpoint::state_dict(&inner, &self.model.config.state_dict_specs())?;
             crate::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors, None)?;
             let train = dir.join("train");
             std::fs::create_dir_all(&train).map_err(|e| TrainError::io(&train, e))?;
@@ -308,7 +330,10 @@ impl<B: AutodiffBackend> GptTrainer<B> {
 }
 
 /// Sums the shards' gradients parameter by parameter with burn's `MultiGradientsParams`.
-fn combine<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, multi: MultiGradientsParams) -> GradientsParams {
+fn combine<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    multi: MultiGradientsParams,
+) -> GradientsParams {
     struct Combine<B: AutodiffBackend> {
         multi: MultiGradientsParams,
         out: GradientsParams,

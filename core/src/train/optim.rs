@@ -154,9 +154,8 @@ pub fn update_ema<B: Backend, M: Module<B>>(ema: M, current: &M, decay: f64) -> 
     }
     impl<B: Backend> ModuleMapper<B> for Blend<B> {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let cur = Tensor::<B, D>::from_primitive(
-                self.tensors.next().expect("same module structure"),
-            );
+            let cur =
+                Tensor::<B, D>::from_primitive(self.tensors.next().expect("same module structure"));
             let decay = self.decay;
             param.map(|t| t * decay + cur * (1.0 - decay))
         }

@@ -159,12 +159,13 @@ impl<B: AutodiffBackend> VqTrainer<B> {
             serde_json::from_value(state["config"].clone()).map_err(|e| bad(e.to_string()))?;
         let opts: VqTrainOptions =
             serde_json::from_value(state["options"].clone()).map_err(|e| bad(e.to_string()))?;
-        let step = state["step"].as_u64().ok_or_else(|| bad("no step".into()))?;
+        let step = state["step"]
+            .as_u64()
+            .ok_or_else(|| bad("no step".into()))?;
         let mut t = Self::new(&cfg, opts, lpips, device)?;
         let train = dir.join("train");
-        t.vq = t
-            .vq
-            .load_record(checkpoint::load_record(&train.join("vq"), device)?);
+        t.vq =
+            t.vq.load_record(checkpoint::load_record(&train.join("vq"), device)?);
         t.disc = t
             .disc
             .load_record(checkpoint::load_record(&train.join("disc"), device)?);

@@ -159,17 +159,25 @@ fn gpt_resume_continues_exactly() {
     }
     first.save(dir.path(), serde_json::json!({})).unwrap();
     drop(first);
-    let mut resumed = GptTrainer::<AB>::resume(dir.path(), &device).unwrap().unwrap();
+    let mut resumed = GptTrainer::<AB>::resume(dir.path(), &device)
+        .unwrap()
+        .unwrap();
     assert_eq!(resumed.step, 3);
     while resumed.step < 6 {
         let b = batcher.batch(resumed.step);
         resumed.train_step(&b, &[]).unwrap();
     }
     let (a, b) = (weights(&straight), weights(&resumed));
-    let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(max < 1e-6, "resumed run differs by {max}");
     // The checkpoint's model.safetensors loads as an ordinary generator checkpoint.
-    let latest = llamagen::train::checkpoint::latest(dir.path()).unwrap().unwrap();
+    let latest = llamagen::train::checkpoint::latest(dir.path())
+        .unwrap()
+        .unwrap();
     let sd = llamagen::checkpoint::StateDict::open(
         latest.join("model.safetensors"),
         llamagen::checkpoint::WeightsChoice::Model,
@@ -196,7 +204,12 @@ fn two_replicas_take_the_same_step_as_one() {
     for _ in 0..3 {
         let b1 = one.train_step(&batch, &[]).unwrap();
         let b2 = two.train_step(&batch, &[device, device]).unwrap();
-        assert!((b1.loss - b2.loss).abs() < 1e-3, "{} vs {}", b1.loss, b2.loss);
+        assert!(
+            (b1.loss - b2.loss).abs() < 1e-3,
+            "{} vs {}",
+            b1.loss,
+            b2.loss
+        );
         assert!(
             (b1.grad_norm - b2.grad_norm).abs() < 1e-2 * b1.grad_norm,
             "{} vs {}",

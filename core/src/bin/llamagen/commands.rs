@@ -260,7 +260,9 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         );
     }
     let kind = resolve_backend(args.backend)?;
-    with_backend!(kind, |device: B| run_generate::<B>(&args, plans, kind, &device))
+    with_backend!(kind, |device: B| run_generate::<B>(
+        &args, plans, kind, &device
+    ))
 }
 
 /// The bundled demo model when no checkpoints are given; a project model through its card

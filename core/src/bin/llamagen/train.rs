@@ -18,7 +18,9 @@ use llamagen::image_io::{make_grid, tensor_to_images};
 use llamagen::sampling::SamplerParams;
 use llamagen::train::Autodiff;
 use llamagen::train::classifier::{self, ShapeClassifier};
-use llamagen::train::data::{CodeSet, CodesMeta, ImageFolder, images_to_tensor, random_crop, ten_crop};
+use llamagen::train::data::{
+    CodeSet, CodesMeta, ImageFolder, images_to_tensor, random_crop, ten_crop,
+};
 use llamagen::train::discriminator::{GanLoss, PatchGanConfig};
 use llamagen::train::gpt::{CodeBatcher, GptTrainOptions, GptTrainer};
 use llamagen::train::lpips::Lpips;
@@ -354,7 +356,11 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
             s.reconstruction,
             s.vq,
             s.commit,
-            if s.perceptual > 0.0 { format!(" lpips {:.4}", s.perceptual) } else { String::new() },
+            if s.perceptual > 0.0 {
+                format!(" lpips {:.4}", s.perceptual)
+            } else {
+                String::new()
+            },
             if s.disc != 0.0 || s.gen_adv != 0.0 {
                 format!(" g_adv {:.4} d {:.4}", s.gen_adv, s.disc)
             } else {
@@ -370,7 +376,10 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
             let recon = tensor_to_images(model.forward(x));
             let mut all = probe.clone();
             all.extend(recon);
-            let path = args.out.join("samples").join(format!("step-{:07}.png", trainer.step));
+            let path = args
+                .out
+                .join("samples")
+                .join(format!("step-{:07}.png", trainer.step));
             std::fs::create_dir_all(path.parent().expect("has parent"))?;
             make_grid(&all, probe.len()).save(&path)?;
         }
@@ -430,7 +439,10 @@ pub fn extract_codes(args: ExtractCodesArgs) -> Result<()> {
 }
 
 fn load_vq<B: Backend>(path: &Path, device: &B::Device) -> Result<VqModel<B>> {
-    let sd = llamagen::checkpoint::StateDict::open(path, llamagen::checkpoint::WeightsChoice::PreferEma)?;
+    let sd = llamagen::checkpoint::StateDict::open(
+        path,
+        llamagen::checkpoint::WeightsChoice::PreferEma,
+    )?;
     let cfg = sd.infer_vq_config()?;
     Ok(VqModel::load(&sd, &cfg, device)?)
 }
@@ -475,7 +487,11 @@ fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Resul
             labels.push(data.label(i) as u32);
         }
         let (_, idx) = vq.encode(images_to_tensor::<B>(&crops, device));
-        let v = idx.into_data().convert::<i64>().to_vec::<i64>().expect("ints");
+        let v = idx
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("ints");
         codes.extend(v.into_iter().map(|c| c as u16));
         bar.inc(chunk.len() as u64);
     }
@@ -673,7 +689,10 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
             && (trainer.step % args.sample_every == 0 || done)
         {
             let model = trainer.model.valid();
-            let path = args.out.join("samples").join(format!("step-{:07}.png", trainer.step));
+            let path = args
+                .out
+                .join("samples")
+                .join(format!("step-{:07}.png", trainer.step));
             sample_grid(&model, vq, grid, &path)?;
         }
         if trainer.step % args.save_every == 0 || done {
@@ -791,7 +810,11 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
     type B = llamagen::backend::Cpu;
     let device = Default::default();
     let clf = ShapeClassifier::<B>::load(&args.classifier, &device)?;
-    let bundle = crate::commands::load_bundle::<B>(args.gpt_ckpt.as_deref(), args.vq_ckpt.as_deref(), &device)?;
+    let bundle = crate::commands::load_bundle::<B>(
+        args.gpt_ckpt.as_deref(),
+        args.vq_ckpt.as_deref(),
+        &device,
+    )?;
     let names = bundle.class_names.names.clone();
     let model_to_clf: Vec<usize> = names
         .iter()
