@@ -1,7 +1,7 @@
 //! The trainers learn (a tiny model overfits a tiny batch), resume exactly where they stopped,
 //! and data-parallel replicas give the same step as one.
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::prelude::*;
 use llamagen::config::{GptConfig, VqConfig};
 use llamagen::train::Autodiff;
