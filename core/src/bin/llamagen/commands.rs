@@ -167,6 +167,7 @@ macro_rules! with_backend {
         }
     }};
 }
+pub(crate) use with_backend;
 
 /// The progress bar: tokens/s and ETA on a terminal, nothing otherwise.
 fn progress(total: u64, what: &str) -> ProgressBar {

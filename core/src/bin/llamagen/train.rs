@@ -29,7 +29,7 @@ use llamagen::vq::VqModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::commands::{BackendArg, resolve_backend};
+use crate::commands::{BackendArg, resolve_backend, with_backend};
 
 /// A progress bar with a message (losses) on a terminal; otherwise a log line every `every`
 /// steps on stderr.
@@ -89,32 +89,6 @@ impl Progress {
             eprintln!("{line}");
         }
     }
-}
-
-macro_rules! with_backend {
-    ($kind:expr, |$device:ident: $b:ident| $body:expr) => {{
-        match $kind {
-            BackendKind::Cpu => {
-                type $b = llamagen::backend::Cpu;
-                let $device = Default::default();
-                $body
-            }
-            #[cfg(feature = "wgpu")]
-            BackendKind::Wgpu => {
-                type $b = llamagen::backend::Wgpu;
-                let $device = Default::default();
-                $body
-            }
-            #[cfg(feature = "cuda")]
-            BackendKind::Cuda => {
-                type $b = llamagen::backend::Cuda;
-                let $device = Default::default();
-                $body
-            }
-            #[allow(unreachable_patterns)]
-            other => bail!("backend {} is not in this build", other.name()),
-        }
-    }};
 }
 
 fn parse_mult(s: &str) -> Result<Vec<usize>> {
