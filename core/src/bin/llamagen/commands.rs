@@ -167,6 +167,7 @@ macro_rules! with_backend {
         }
     }};
 }
+#[cfg_attr(not(feature = "train"), allow(unused_imports))]
 pub(crate) use with_backend;
 
 /// The progress bar: tokens/s and ETA on a terminal, nothing otherwise.
