@@ -107,6 +107,45 @@ pub fn load_record<B: Backend, R: Record<B>>(
         })
 }
 
+/// What a trainer needs to resume: the latest checkpoint of `kind` in `out`, parsed.
+pub struct Resumed<C, O> {
+    pub dir: PathBuf,
+    pub step: u64,
+    pub config: C,
+    pub options: O,
+}
+
+/// Reads `out`'s latest checkpoint, checking it was written by a trainer of `kind`
+/// (`"gpt"`, `"vq"`); `None` when the run has no checkpoint yet.
+pub fn open_latest<C: serde::de::DeserializeOwned, O: serde::de::DeserializeOwned>(
+    out: &Path,
+    kind: &str,
+) -> Result<Option<Resumed<C, O>>, TrainError> {
+    let Some(dir) = latest(out)? else {
+        return Ok(None);
+    };
+    let state = load_state(&dir)?;
+    let bad = |reason: String| TrainError::Resume {
+        path: dir.clone(),
+        reason,
+    };
+    if state["kind"] != kind {
+        return Err(bad(format!("not a `{kind}` training checkpoint")));
+    }
+    let config = serde_json::from_value(state["config"].clone()).map_err(|e| bad(e.to_string()))?;
+    let options =
+        serde_json::from_value(state["options"].clone()).map_err(|e| bad(e.to_string()))?;
+    let step = state["step"]
+        .as_u64()
+        .ok_or_else(|| bad("no step".into()))?;
+    Ok(Some(Resumed {
+        dir,
+        step,
+        config,
+        options,
+    }))
+}
+
 /// Writes `state.json`.
 pub fn save_state(dir: &Path, state: &serde_json::Value) -> Result<(), TrainError> {
     let path = dir.join("state.json");

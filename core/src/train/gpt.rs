@@ -179,25 +179,11 @@ impl<B: AutodiffBackend> GptTrainer<B> {
 
     /// Picks up a run where its latest checkpoint in `out` left it.
     pub fn resume(out: &Path, device: &B::Device) -> Result<Option<Self>, TrainError> {
-        let Some(dir) = checkpoint::latest(out)? else {
+        let Some(r) = checkpoint::open_latest::<GptConfig, GptTrainOptions>(out, "gpt")? else {
             return Ok(None);
         };
-        let state = checkpoint::load_state(&dir)?;
-        let bad = |reason: String| TrainError::Resume {
-            path: dir.clone(),
-            reason,
-        };
-        if state["kind"] != "gpt" {
-            return Err(bad("not a generator training checkpoint".into()));
-        }
-        let cfg: GptConfig =
-            serde_json::from_value(state["config"].clone()).map_err(|e| bad(e.to_string()))?;
-        let opts: GptTrainOptions =
-            serde_json::from_value(state["options"].clone()).map_err(|e| bad(e.to_string()))?;
-        let step = state["step"]
-            .as_u64()
-            .ok_or_else(|| bad("no step".into()))?;
-        let mut t = Self::new(&cfg, opts, device)?;
+        let (dir, step) = (r.dir, r.step);
+        let mut t = Self::new(&r.config, r.options, device)?;
         let train = dir.join("train");
         t.model = t
             .model

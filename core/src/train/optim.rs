@@ -88,39 +88,33 @@ pub fn clip_factor(norm: f32, max_norm: f32) -> f32 {
     }
 }
 
-/// Scales gradients in place by `scale` (all of them, whatever their rank).
+/// Scales every gradient by `scale` (whatever its rank).
 pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
-    grads: GradientsParams,
+    mut grads: GradientsParams,
     scale: f32,
 ) -> GradientsParams {
     if scale == 1.0 {
         return grads;
     }
-    let SplitGrads {
-        mut decay,
-        no_decay,
-    } = scale_and_split(module, grads, scale);
-    // Re-merge: one optimizer takes all of them.
-    struct Merge<'a, B: AutodiffBackend> {
-        from: GradientsParams,
-        into: &'a mut GradientsParams,
+    struct Scale<'a, B: AutodiffBackend> {
+        grads: &'a mut GradientsParams,
+        scale: f32,
         _b: std::marker::PhantomData<B>,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Merge<'_, B> {
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(g) = self.from.remove::<B::InnerBackend, D>(param.id) {
-                self.into.register(param.id, g);
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register(param.id, g * self.scale);
             }
         }
     }
-    let mut v = Merge::<B> {
-        from: no_decay,
-        into: &mut decay,
+    module.visit(&mut Scale::<B> {
+        grads: &mut grads,
+        scale,
         _b: std::marker::PhantomData,
-    };
-    module.visit(&mut v);
-    decay
+    });
+    grads
 }
 
 /// Runs every lazy parameter initializer now. burn initialises parameters on first use, and

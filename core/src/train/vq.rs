@@ -144,25 +144,11 @@ impl<B: AutodiffBackend> VqTrainer<B> {
         lpips: Option<Lpips<B>>,
         device: &B::Device,
     ) -> Result<Option<Self>, TrainError> {
-        let Some(dir) = checkpoint::latest(out)? else {
+        let Some(r) = checkpoint::open_latest::<VqConfig, VqTrainOptions>(out, "vq")? else {
             return Ok(None);
         };
-        let state = checkpoint::load_state(&dir)?;
-        let bad = |reason: String| TrainError::Resume {
-            path: dir.clone(),
-            reason,
-        };
-        if state["kind"] != "vq" {
-            return Err(bad("not a tokenizer training checkpoint".into()));
-        }
-        let cfg: VqConfig =
-            serde_json::from_value(state["config"].clone()).map_err(|e| bad(e.to_string()))?;
-        let opts: VqTrainOptions =
-            serde_json::from_value(state["options"].clone()).map_err(|e| bad(e.to_string()))?;
-        let step = state["step"]
-            .as_u64()
-            .ok_or_else(|| bad("no step".into()))?;
-        let mut t = Self::new(&cfg, opts, lpips, device)?;
+        let (dir, step) = (r.dir, r.step);
+        let mut t = Self::new(&r.config, r.options, lpips, device)?;
         let train = dir.join("train");
         t.vq =
             t.vq.load_record(checkpoint::load_record(&train.join("vq"), device)?);
