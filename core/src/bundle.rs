@@ -32,6 +32,11 @@ pub enum BundleError {
     Mismatch(String),
     #[error("model card {path}: {reason}")]
     Card { path: PathBuf, reason: String },
+    #[error(
+        "the bundled demo model (assets/demo/model.json) was not found; give a generator and a \
+         tokenizer checkpoint, or set LLAMAGEN_ASSETS to the assets folder"
+    )]
+    NoDemo,
 }
 
 /// The small file beside a project model's weights: what the weights cannot say.
@@ -246,6 +251,33 @@ impl<B: Backend> ModelBundle<B> {
             image_size: card.image_size,
             sampler: card.sampler,
         })
+    }
+
+    /// The one way to open a model: the bundled demo model when no checkpoints are given; a
+    /// project model through its card when a `model.json` naming both files sits beside the
+    /// generator; otherwise an official pair, config inferred.
+    pub fn open(
+        gpt: Option<&Path>,
+        vq: Option<&Path>,
+        opts: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self, BundleError> {
+        let (gpt, vq) = match (gpt, vq) {
+            (Some(g), Some(v)) => (g, v),
+            _ => {
+                let card = demo_card_path().ok_or(BundleError::NoDemo)?;
+                return Self::from_card(&card, device);
+            }
+        };
+        if let Some(card_path) = gpt.parent().map(|d| d.join("model.json"))
+            && card_path.is_file()
+            && let Ok(card) = ModelCard::read(&card_path)
+            && gpt.file_name().is_some_and(|f| f == card.gpt_file.as_str())
+            && vq.file_name().is_some_and(|f| f == card.vq_file.as_str())
+        {
+            return Self::from_card(&card_path, device);
+        }
+        Self::load(gpt, vq, opts, device)
     }
 
     pub fn grid_size(&self) -> usize {

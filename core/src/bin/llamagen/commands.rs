@@ -9,7 +9,7 @@ use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use llamagen::backend::{BackendKind, wgpu_available};
-use llamagen::bundle::{LoadOptions, ModelBundle, ModelCard, demo_card_path};
+use llamagen::bundle::{BundleError, LoadOptions, ModelBundle, ModelCard};
 use llamagen::checkpoint::{StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use llamagen::generate::{Generator, Observer, Request, TokenEvent, decode_tokens};
@@ -275,30 +275,14 @@ pub fn load_bundle_with<B: Backend>(
     opts: &LoadOptions,
     device: &B::Device,
 ) -> Result<ModelBundle<B>> {
-    let (gpt, vq) = match (gpt, vq) {
-        (Some(g), Some(v)) => (g, v),
-        _ => {
-            let card = demo_card_path().ok_or_else(|| {
-                anyhow!(
-                    "no checkpoints given and the bundled demo model (assets/demo/model.json) was not found; \
-                     pass --gpt-ckpt and --vq-ckpt, or set LLAMAGEN_ASSETS to the assets folder"
-                )
-            })?;
-            return ModelBundle::from_card(&card, device).map_err(|e| anyhow!("{e}"));
-        }
-    };
-    if let Some(card_path) = gpt.parent().map(|d| d.join("model.json"))
-        && card_path.is_file()
-        && let Ok(card) = ModelCard::read(&card_path)
-        && gpt.file_name().is_some_and(|f| f == card.gpt_file.as_str())
-        && vq.file_name().is_some_and(|f| f == card.vq_file.as_str())
-    {
-        return ModelBundle::from_card(&card_path, device).map_err(|e| anyhow!("{e}"));
-    }
-    ModelBundle::<B>::load(gpt, vq, opts, device).map_err(|e| {
-        anyhow!(
+    ModelBundle::<B>::open(gpt, vq, opts, device).map_err(|e| match e {
+        BundleError::Gpt { .. } | BundleError::Vq { .. } | BundleError::Mismatch(_) => anyhow!(
             "{e}\nhint: --gpt-model, --n-head and --image-size override what cannot be inferred"
-        )
+        ),
+        BundleError::NoDemo => {
+            anyhow!("no checkpoints given and {e}\nhint: pass --gpt-ckpt and --vq-ckpt")
+        }
+        other => anyhow!("{other}"),
     })
 }
 
