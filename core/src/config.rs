@@ -127,7 +127,7 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
-    fn param(name: impl Into<String>, shape: &[usize]) -> Self {
+    pub(crate) fn param(name: impl Into<String>, shape: &[usize]) -> Self {
         Self {
             name: name.into(),
             shape: shape.to_vec(),

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod gpt;
 pub mod image_io;
 pub mod sampling;
+pub mod text;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod vq;

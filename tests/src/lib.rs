@@ -60,6 +60,14 @@ impl Manifest {
             .collect()
     }
 
+    /// Cases whose config is a Hugging Face T5 config (`model_type` "t5").
+    pub fn t5_cases(&self) -> Vec<Case> {
+        self.cases()
+            .filter(|(_, c)| c["config"].get("model_type").and_then(Value::as_str) == Some("t5"))
+            .map(|(n, c)| Case::new(&self.dir, n, c))
+            .collect()
+    }
+
     /// Cases whose config is a PatchGAN discriminator (`NLayerDiscriminator`: it has an `ndf`).
     pub fn patchgan_cases(&self) -> Vec<Case> {
         self.cases()
@@ -117,6 +125,11 @@ impl Case {
 
     pub fn gpt_config(&self) -> GptConfig {
         serde_json::from_value(self.json["config"].clone()).expect("GPT config from manifest")
+    }
+
+    /// The T5 encoder config (the case's Hugging Face `config.json` content).
+    pub fn t5_config(&self) -> llamagen::text::T5Config {
+        serde_json::from_value(self.json["config"].clone()).expect("T5 config from manifest")
     }
 
     pub fn vq_config(&self) -> VqConfig {

@@ -138,6 +138,42 @@ impl StateDict {
         })
     }
 
+    /// A checkpoint split over several files (Hugging Face shards: `model-00001-of-00002.safetensors`
+    /// …, `pytorch_model-00001-of-00002.bin` …) as one state dict named `path`. Each shard is read
+    /// like [`StateDict::open`]; a name present in several shards keeps its first tensor.
+    pub fn open_shards(
+        path: impl Into<PathBuf>,
+        files: &[PathBuf],
+        choice: WeightsChoice,
+    ) -> Result<Self, CheckpointError> {
+        let path = path.into();
+        let mut tensors = BTreeMap::new();
+        let mut format = Format::Safetensors;
+        let mut wrapper = String::from("(bare)");
+        for (i, file) in files.iter().enumerate() {
+            let part = Self::open(file, choice)?;
+            if i == 0 {
+                format = part.format;
+                wrapper = part.wrapper;
+            }
+            for (k, v) in part.tensors {
+                tensors.entry(k).or_insert(v);
+            }
+        }
+        if tensors.is_empty() {
+            return Err(CheckpointError::NoWeights {
+                path,
+                hint: " (no shard files)".into(),
+            });
+        }
+        Ok(Self {
+            path,
+            format,
+            wrapper,
+            tensors,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.tensors.len()
     }

@@ -6,5 +6,7 @@ mod generator;
 mod parity_generate;
 mod parity_gpt;
 mod parity_patchgan;
+mod parity_t5;
 mod parity_vq;
+mod text_encoder;
 mod training;
