@@ -174,14 +174,23 @@ impl<B: Backend> TextEncoder<B> {
         max_length: usize,
         device: &B::Device,
     ) -> Result<Self, TextError> {
-        let folder = T5Folder::open(dir)?;
+        Self::from_folder(&T5Folder::open(dir)?, max_length, device)
+    }
+
+    /// [`TextEncoder::load`] from a folder already opened (its config can be checked first,
+    /// before gigabytes of weights are read).
+    pub fn from_folder(
+        folder: &T5Folder,
+        max_length: usize,
+        device: &B::Device,
+    ) -> Result<Self, TextError> {
         let tokenizer = PromptTokenizer::open(
             folder.tokenizer_path()?,
             folder.config.eos_token_id,
             folder.config.pad_token_id,
         )?;
         let model = folder.load_encoder::<B>(device)?;
-        Ok(Self::new(model, tokenizer, folder.dir, max_length))
+        Ok(Self::new(model, tokenizer, folder.dir.clone(), max_length))
     }
 
     pub fn new(

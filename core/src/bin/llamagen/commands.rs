@@ -18,6 +18,7 @@ use llamagen::image_io::{
     PngRecord, SampleRecord, make_grid, read_png_record, save_png, tensor_to_images,
 };
 use llamagen::sampling::SamplerParams;
+use llamagen::text::{CaptionFeatures, T5Folder, TextEncoder, TextError};
 use llamagen::vq::VqModel;
 use serde_json::json;
 
@@ -64,6 +65,17 @@ pub struct GenerateArgs {
     /// repeat for several classes.
     #[arg(long = "class", short = 'c')]
     pub classes: Vec<String>,
+    /// Text prompt for a text-conditional (t2i) model; repeat for several prompts. Needs --t5.
+    #[arg(long = "prompt", short = 'p')]
+    pub prompts: Vec<String>,
+    /// A file of prompts, one a line (blank lines and lines starting with '#' are skipped).
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// The FLAN-T5 model folder of text-conditional models (Hugging Face layout: config.json,
+    /// model.safetensors or its shards or pytorch_model*.bin, tokenizer.json), e.g. a download
+    /// of google/flan-t5-xl. Loaded in f32, freed once the prompts are encoded.
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
     /// Classifier-free guidance scale (1 = off).
     #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
     pub cfg_scale: f32,
@@ -195,11 +207,55 @@ impl Observer for BarObserver<'_> {
     }
 }
 
+/// What one planned image is conditioned on.
+#[derive(Debug, Clone, PartialEq)]
+enum PlanCondition {
+    Class(usize),
+    Prompt(String),
+}
+
 /// One image to make: its condition and settings, and where it lands in the output.
 struct Plan {
-    class: usize,
+    condition: PlanCondition,
     params: SamplerParams,
     index: usize,
+}
+
+/// The prompts of a --prompt-file: one a line, blank lines and `#` comments skipped.
+fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the prompt file {}", path.display()))?;
+    let prompts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if prompts.is_empty() {
+        bail!("the prompt file {} holds no prompts", path.display());
+    }
+    Ok(prompts)
+}
+
+/// A file-name fragment from a prompt: its first words, lower-case letters and digits.
+fn prompt_slug(prompt: &str) -> String {
+    let mut slug = String::new();
+    for word in prompt
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        if slug.len() + word.len() > 40 {
+            break;
+        }
+        if !slug.is_empty() {
+            slug.push('_');
+        }
+        slug.push_str(&word.to_ascii_lowercase());
+    }
+    if slug.is_empty() {
+        slug.push_str("prompt");
+    }
+    slug
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -222,24 +278,40 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             args.n_head = first.n_head;
         }
         for s in &record.samples {
-            let class = s.class.ok_or_else(|| {
-                anyhow!(
-                    "{}: sample {} has no class (text prompts are not supported yet)",
+            let condition = match (&s.prompt, s.class) {
+                (Some(p), _) => PlanCondition::Prompt(p.clone()),
+                (None, Some(c)) => PlanCondition::Class(c),
+                (None, None) => bail!(
+                    "{}: sample {} has neither a class nor a prompt",
                     png.display(),
                     s.index
-                )
-            })?;
+                ),
+            };
             plans.push(Plan {
-                class,
+                condition,
                 params: s.params,
                 index: s.index,
             });
+        }
+        if args.t5.is_none()
+            && plans
+                .iter()
+                .any(|p| matches!(p.condition, PlanCondition::Prompt(_)))
+        {
+            bail!(
+                "{} was made from a text prompt: pass --t5 DIR (the FLAN-T5 model folder it was encoded with) alongside --from",
+                png.display()
+            );
         }
         eprintln!(
             "reproducing {} image(s) from {}",
             plans.len(),
             png.display()
         );
+    }
+    if let Some(file) = &args.prompt_file {
+        let more = read_prompt_file(file)?;
+        args.prompts.extend(more);
     }
     if args.precision != Precision::F32 {
         bail!(
@@ -327,15 +399,35 @@ fn run_generate<B: Backend>(
         cfg.grid_size(),
         bundle.image_size
     );
-    if cfg.model_type == ModelType::T2i {
+    let text_model = cfg.model_type == ModelType::T2i;
+    if text_model && !args.classes.is_empty() {
         bail!(
-            "{} is a text-conditional model: it needs a prompt, and prompts are not supported by this command yet",
+            "{} is a text-conditional (t2i) model: give it --prompt (with --t5 DIR), not --class",
+            bundle.gpt_file.path
+        );
+    }
+    let has_prompts = !args.prompts.is_empty()
+        || plans
+            .iter()
+            .any(|p| matches!(p.condition, PlanCondition::Prompt(_)));
+    if !text_model && has_prompts {
+        bail!(
+            "{} is a class-conditional (c2i) model: give it --class, not --prompt",
+            bundle.gpt_file.path
+        );
+    }
+    if text_model && !plans.is_empty() && !has_prompts {
+        bail!(
+            "{} is a text-conditional (t2i) model, but the PNG's samples have classes, not prompts",
             bundle.gpt_file.path
         );
     }
 
     if plans.is_empty() {
-        if args.classes.is_empty() {
+        if text_model && args.prompts.is_empty() {
+            bail!("pass at least one --prompt (or --prompt-file) for this text-conditional model");
+        }
+        if !text_model && args.classes.is_empty() {
             bail!("pass at least one --class (an id, or a name such as 'golden retriever')");
         }
         let seed = args.seed.unwrap_or_else(|| {
@@ -355,7 +447,7 @@ fn run_generate<B: Backend>(
             seed,
         };
         base.validate()?;
-        let mut index = 0;
+        let mut conditions = Vec::new();
         for query in &args.classes {
             let class = bundle.class_names.resolve(query)?;
             if query.trim().parse::<usize>().is_err() {
@@ -364,9 +456,14 @@ fn run_generate<B: Backend>(
                     bundle.class_names.name(class).unwrap_or("?")
                 );
             }
+            conditions.push(PlanCondition::Class(class));
+        }
+        conditions.extend(args.prompts.iter().cloned().map(PlanCondition::Prompt));
+        let mut index = 0;
+        for condition in conditions {
             for _ in 0..args.num {
                 plans.push(Plan {
-                    class,
+                    condition: condition.clone(),
                     params: SamplerParams {
                         seed: seed.wrapping_add(index as u64),
                         ..base
@@ -378,6 +475,20 @@ fn run_generate<B: Backend>(
         }
     }
 
+    // Text-conditional: every prompt encoded once with T5, which is then freed.
+    let captions = if text_model {
+        let prompts: Vec<String> = plans
+            .iter()
+            .filter_map(|p| match &p.condition {
+                PlanCondition::Prompt(s) => Some(s.clone()),
+                PlanCondition::Class(_) => None,
+            })
+            .collect();
+        encode_prompts::<B>(args, &prompts, cfg, device)?
+    } else {
+        std::collections::HashMap::new()
+    };
+
     let generator = Generator::new(&bundle.gpt);
     let total_tokens = (plans.len() * cfg.block_size) as u64;
     let bar = progress(total_tokens, "tokens");
@@ -387,21 +498,32 @@ fn run_generate<B: Backend>(
     for chunk in plans.chunks(args.batch_size) {
         let requests: Vec<Request> = chunk
             .iter()
-            .map(|p| Request::class(p.class, p.params))
+            .map(|p| match &p.condition {
+                PlanCondition::Class(c) => Request::class(*c, p.params),
+                PlanCondition::Prompt(s) => Request {
+                    condition: captions[s].condition(),
+                    params: p.params,
+                    prefix: Vec::new(),
+                },
+            })
             .collect();
         let out = generator.generate(&requests, &mut BarObserver { bar: &bar }, None)?;
         let pixels = decode_tokens(&bundle.vq, &out.tokens, cfg.grid_size());
         images.extend(tensor_to_images(pixels));
         for (p, tokens) in chunk.iter().zip(out.tokens) {
+            let (class, prompt) = match &p.condition {
+                PlanCondition::Class(c) => (Some(*c), None),
+                PlanCondition::Prompt(s) => (None, Some(s.clone())),
+            };
             records.push(SampleRecord {
                 gpt: bundle.gpt_file.clone(),
                 vq: bundle.vq_file.clone(),
                 model: bundle.description(),
                 n_head: Some(cfg.n_head),
                 image_size: bundle.image_size,
-                class: Some(p.class),
-                class_name: bundle.class_names.name(p.class).map(str::to_string),
-                prompt: None,
+                class,
+                class_name: class.and_then(|c| bundle.class_names.name(c).map(str::to_string)),
+                prompt,
                 params: p.params,
                 index: p.index,
                 tokens,
@@ -418,11 +540,13 @@ fn run_generate<B: Backend>(
 
     if let Some(dir) = &args.out_dir {
         for (img, rec) in images.iter().zip(&records) {
+            let what = match (&rec.prompt, rec.class) {
+                (Some(p), _) => prompt_slug(p),
+                (None, c) => c.unwrap_or(0).to_string(),
+            };
             let path = dir.join(format!(
-                "{:04}-{}-seed{}.png",
-                rec.index,
-                rec.class.unwrap_or(0),
-                rec.params.seed
+                "{:04}-{what}-seed{}.png",
+                rec.index, rec.params.seed
             ));
             save_png(&path, img, &PngRecord::new(vec![rec.clone()]))?;
             println!("{}", path.display());
@@ -444,6 +568,63 @@ fn run_generate<B: Backend>(
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// Loads the T5 folder of `--t5` (its width checked against the generator's captions before
+/// the weights are read), encodes every distinct prompt once, and frees the encoder.
+fn encode_prompts<B: Backend>(
+    args: &GenerateArgs,
+    prompts: &[String],
+    cfg: &GptConfig,
+    device: &B::Device,
+) -> Result<std::collections::HashMap<String, CaptionFeatures>> {
+    let dir = args.t5.as_deref().ok_or_else(|| {
+        anyhow!(
+            "this text-conditional model needs the FLAN-T5 text encoder: pass --t5 DIR, a Hugging Face \
+             model folder (config.json, model.safetensors or shards, tokenizer.json) such as google/flan-t5-xl"
+        )
+    })?;
+    let folder = T5Folder::open(dir)?;
+    if folder.config.d_model != cfg.caption_dim {
+        return Err(TextError::CaptionDim {
+            t5_dim: folder.config.d_model,
+            caption_dim: cfg.caption_dim,
+        })
+        .with_context(|| format!("T5 folder {}", dir.display()));
+    }
+    let t0 = Instant::now();
+    let mut encoder = TextEncoder::<B>::from_folder(&folder, cfg.cls_token_num, device)?;
+    let mut distinct: Vec<String> = Vec::new();
+    for p in prompts {
+        if !distinct.contains(p) {
+            distinct.push(p.clone());
+        }
+    }
+    let mut out = std::collections::HashMap::new();
+    for chunk in distinct.chunks(args.batch_size.max(1)) {
+        for (prompt, f) in chunk.iter().zip(encoder.encode_batch(chunk)?) {
+            let full = encoder.tokenizer.token_ids(&f.cleaned).map(|t| t.len() + 1);
+            let note = match full {
+                Ok(n) if n > f.tokens => format!(" (truncated from {n})"),
+                _ => String::new(),
+            };
+            eprintln!(
+                "prompt {prompt:?} → {:?}: {} tokens{note}",
+                f.cleaned, f.tokens
+            );
+            out.insert(prompt.clone(), f);
+        }
+    }
+    encoder.release_model();
+    eprintln!(
+        "encoded {} prompt(s) with T5 ({}, {} layers, d_model {}) in {:.1}s",
+        distinct.len(),
+        dir.display(),
+        folder.config.num_layers,
+        folder.config.d_model,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(out)
 }
 
 pub fn info(png: &Path, as_json: bool) -> Result<()> {

@@ -60,10 +60,10 @@ enum DatasetCommand {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate images from a class: sample tokens with the generator, decode them with the
-    /// tokenizer, save PNGs that carry their parameters.
+    /// Generate images from a class or a text prompt: sample tokens with the generator, decode
+    /// them with the tokenizer, save PNGs that carry their parameters.
     #[command(
-        after_help = "Examples:\n  llamagen generate --gpt-ckpt c2i_L_384.pt --vq-ckpt vq_ds16_c2i.pt --class 'golden retriever' --num 4\n  llamagen generate --gpt-ckpt c2i_B_256.pt --vq-ckpt vq_ds16_c2i.pt --class 207 --class 360 --seed 1 --out-dir samples/\n  llamagen generate --from samples/0000-207-seed1.png"
+        after_help = "Examples:\n  llamagen generate --gpt-ckpt c2i_L_384.pt --vq-ckpt vq_ds16_c2i.pt --class 'golden retriever' --num 4\n  llamagen generate --gpt-ckpt c2i_B_256.pt --vq-ckpt vq_ds16_c2i.pt --class 207 --class 360 --seed 1 --out-dir samples/\n  llamagen generate --gpt-ckpt t2i_XL_stage1_256.pt --vq-ckpt vq_ds16_t2i.pt --t5 flan-t5-xl/ --prompt 'a corgi on the beach' --cfg-scale 7.5 --top-k 1000\n  llamagen generate --from samples/0000-207-seed1.png\n  llamagen generate --from samples/0000-a_corgi_on_the_beach-seed1.png --t5 flan-t5-xl/"
     )]
     Generate(Box<GenerateArgs>),
     /// Print the generation parameters embedded in a PNG written by `llamagen generate`.
