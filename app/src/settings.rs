@@ -1,0 +1,77 @@
+//! What the studio remembers between runs (eframe storage).
+
+use std::path::PathBuf;
+
+use llamagen::sampling::SamplerParams;
+use serde::{Deserialize, Serialize};
+
+use crate::explore::XyGrid;
+
+/// A model opened from files, for the "recent" list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentModel {
+    pub gpt: PathBuf,
+    pub vq: PathBuf,
+    pub image_size: Option<usize>,
+}
+
+/// What a result's overlay shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Overlay {
+    #[default]
+    None,
+    /// Probability of each chosen token (dark = unlikely).
+    Probability,
+    /// Entropy of the distribution each token was drawn from (bright = uncertain).
+    Entropy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub sampler: SamplerParams,
+    /// Keep the seed between runs; otherwise every run draws a new one.
+    pub seed_locked: bool,
+    /// Images per selected class.
+    pub num_images: usize,
+    /// A true VQ decode of the partial image every this many tokens (0 = only at the end).
+    pub decode_every: usize,
+    pub classes: Vec<usize>,
+    pub class_search: String,
+    pub prompt: String,
+    pub recent: Vec<RecentModel>,
+    /// The model to open at start (none = the bundled demo).
+    pub last_model: Option<RecentModel>,
+    pub xy: XyGrid,
+    pub overlay: Overlay,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            sampler: SamplerParams::default(),
+            seed_locked: false,
+            num_images: 4,
+            decode_every: 16,
+            classes: Vec::new(),
+            class_search: String::new(),
+            prompt: String::new(),
+            recent: Vec::new(),
+            last_model: None,
+            xy: XyGrid::default(),
+            overlay: Overlay::None,
+        }
+    }
+}
+
+impl Settings {
+    pub const KEY: &'static str = "llamagen-studio.settings";
+
+    /// Puts a model at the front of the recent list (at most 8 kept).
+    pub fn remember(&mut self, model: RecentModel) {
+        self.recent.retain(|m| m != &model);
+        self.recent.insert(0, model.clone());
+        self.recent.truncate(8);
+        self.last_model = Some(model);
+    }
+}

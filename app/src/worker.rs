@@ -1,0 +1,452 @@
+//! The worker thread: it owns the model, runs generation and streams what happens back to the
+//! UI. The UI thread only sends [`Command`]s and reads [`Event`]s; it never waits on a model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use image::RgbImage;
+use llamagen::bundle::{LoadOptions, ModelBundle};
+use llamagen::config::ModelType;
+use llamagen::generate::{EventDetail, Generator, Observer, Request, TokenEvent, decode_tokens};
+use llamagen::image_io::{ModelFile, tensor_to_images};
+use llamagen::sampling::SamplerParams;
+use llamagen::vq::VqModel;
+
+/// Which model to open.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSpec {
+    /// The bundled demo model.
+    Demo,
+    /// A generator and a tokenizer checkpoint (official `.pt` or `.safetensors`, or a project
+    /// model with its card beside it).
+    Files {
+        gpt: PathBuf,
+        vq: PathBuf,
+        /// Image side in pixels, for checkpoints whose grid size cannot be inferred.
+        image_size: Option<usize>,
+    },
+}
+
+/// Where the models run.
+#[derive(Debug, Clone)]
+pub enum Compute {
+    Cpu,
+    Wgpu {
+        device: burn::backend::wgpu::WgpuDevice,
+        /// The adapter's name, for the model panel.
+        adapter: String,
+    },
+}
+
+impl Compute {
+    pub fn describe(&self) -> String {
+        match self {
+            Compute::Cpu => "cpu (burn-flex)".to_string(),
+            Compute::Wgpu { adapter, .. } => format!("wgpu ({adapter})"),
+        }
+    }
+}
+
+/// What the UI knows about the loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub spec: ModelSpec,
+    pub description: String,
+    pub params: usize,
+    pub model_type: ModelType,
+    pub image_size: usize,
+    pub grid_size: usize,
+    pub vocab_size: usize,
+    pub n_head: usize,
+    pub class_names: Vec<String>,
+    pub sampler: SamplerParams,
+    pub gpt_file: ModelFile,
+    pub vq_file: ModelFile,
+    pub compute: String,
+    /// Pixels per token side (the tokenizer's downsampling factor).
+    pub patch: usize,
+}
+
+/// A batch to generate.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: u64,
+    pub requests: Vec<Request>,
+    /// A true VQ decode of the partial grids every this many tokens (0 = only at the end).
+    pub decode_every: usize,
+    pub cancel: Arc<AtomicBool>,
+}
+
+pub enum Command {
+    Load(ModelSpec),
+    Generate(Job),
+}
+
+/// Code → patch images, decoded one codebook entry at a time.
+#[derive(Debug, Clone)]
+pub struct Patches {
+    pub patch: usize,
+    pub codes: Vec<u32>,
+    /// `codes.len()` RGB patches of `patch × patch` pixels, one after the other.
+    pub rgb: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Loading(String),
+    Loaded(Box<ModelInfo>),
+    LoadFailed(String),
+    /// Atlas entries for the live preview.
+    Patches(Patches),
+    /// Tokens the generator made, for every sample of the batch.
+    Token {
+        job: u64,
+        index: usize,
+        total: usize,
+        new: Vec<u32>,
+        probs: Vec<f32>,
+        entropy: Vec<f32>,
+    },
+    /// A VQ decode of the grids so far (positions not yet generated decode from code 0).
+    Partial {
+        job: u64,
+        tokens_done: usize,
+        images: Vec<RgbImage>,
+    },
+    Finished {
+        job: u64,
+        tokens: Vec<Vec<u32>>,
+        images: Vec<RgbImage>,
+        cancelled: bool,
+        seconds: f64,
+    },
+    Failed {
+        job: u64,
+        error: String,
+    },
+}
+
+/// The UI's side of the worker: a sender of commands, a receiver of events.
+pub struct WorkerHandle {
+    commands: Sender<Command>,
+    pub events: Receiver<Event>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Starts the worker; `wake` is called after every event (the UI asks for a repaint).
+    pub fn spawn(compute: Compute, wake: impl Fn() + Send + 'static) -> Self {
+        let (commands, command_rx) = channel();
+        let (event_tx, events) = channel();
+        let thread = std::thread::Builder::new()
+            .name("llamagen-worker".into())
+            .spawn(move || {
+                let mut worker = Worker {
+                    compute,
+                    commands: command_rx,
+                    events: event_tx,
+                    wake: Box::new(wake),
+                };
+                worker.run();
+            })
+            .expect("spawn the worker thread");
+        Self {
+            commands,
+            events,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn send(&self, command: Command) {
+        // A closed channel means the worker has stopped (it reports why before it stops).
+        let _ = self.commands.send(command);
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        // Dropping the sender ends the worker's loop; it finishes the current token first.
+        let (dead, _) = channel();
+        self.commands = dead;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    compute: Compute,
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+    wake: Box<dyn Fn() + Send>,
+}
+
+enum Loaded {
+    Cpu(Model<llamagen::backend::Cpu>),
+    Wgpu(Model<llamagen::backend::Wgpu>),
+}
+
+struct Model<B: Backend> {
+    bundle: ModelBundle<B>,
+    /// Which atlas entries the UI has.
+    sent: Vec<bool>,
+}
+
+/// Atlas entries decoded per background chunk.
+const ATLAS_CHUNK: usize = 64;
+
+impl Worker {
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+        (self.wake)();
+    }
+
+    fn run(&mut self) {
+        let mut model: Option<Loaded> = None;
+        loop {
+            // Commands first; between them, fill the preview atlas in the background.
+            let atlas_done = match &model {
+                None => true,
+                Some(Loaded::Cpu(m)) => m.sent.iter().all(|&s| s),
+                Some(Loaded::Wgpu(m)) => m.sent.iter().all(|&s| s),
+            };
+            let command = if atlas_done {
+                match self.commands.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            } else {
+                match self.commands.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            };
+            match command {
+                None => match &mut model {
+                    Some(Loaded::Cpu(m)) => self.fill_atlas(m),
+                    Some(Loaded::Wgpu(m)) => self.fill_atlas(m),
+                    None => {}
+                },
+                Some(Command::Load(spec)) => {
+                    drop(model.take()); // free the old model first
+                    model = self.load(spec);
+                }
+                Some(Command::Generate(job)) => match &mut model {
+                    Some(Loaded::Cpu(m)) => self.generate(m, job),
+                    Some(Loaded::Wgpu(m)) => self.generate(m, job),
+                    None => self.emit(Event::Failed {
+                        job: job.id,
+                        error: "no model is loaded".into(),
+                    }),
+                },
+            }
+        }
+    }
+
+    fn load(&self, spec: ModelSpec) -> Option<Loaded> {
+        self.emit(Event::Loading(match &spec {
+            ModelSpec::Demo => "the bundled demo model".to_string(),
+            ModelSpec::Files { gpt, .. } => gpt.display().to_string(),
+        }));
+        let result = match &self.compute {
+            Compute::Cpu => load_model::<llamagen::backend::Cpu>(&spec, &Default::default())
+                .map(|(m, i)| (Loaded::Cpu(m), i)),
+            Compute::Wgpu { device, .. } => load_model::<llamagen::backend::Wgpu>(&spec, device)
+                .map(|(m, i)| (Loaded::Wgpu(m), i)),
+        };
+        match result {
+            Ok((loaded, mut info)) => {
+                info.compute = self.compute.describe();
+                self.emit(Event::Loaded(Box::new(info)));
+                Some(loaded)
+            }
+            Err(e) => {
+                self.emit(Event::LoadFailed(e));
+                None
+            }
+        }
+    }
+
+    fn fill_atlas<B: Backend>(&self, model: &mut Model<B>) {
+        let codes: Vec<u32> = (0..model.sent.len() as u32)
+            .filter(|&c| !model.sent[c as usize])
+            .take(ATLAS_CHUNK)
+            .collect();
+        if let Some(p) = decode_patches(&model.bundle.vq, &mut model.sent, &codes) {
+            self.emit(Event::Patches(p));
+        }
+    }
+
+    fn generate<B: Backend>(&self, model: &mut Model<B>, job: Job) {
+        let t0 = Instant::now();
+        let Model { bundle, sent } = model;
+        let generator = Generator::new(&bundle.gpt);
+        let grid = bundle.grid_size();
+        let mut observer = JobObserver {
+            worker: self,
+            vq: &bundle.vq,
+            sent,
+            job: job.id,
+            decode_every: job.decode_every,
+            grid,
+        };
+        let result = generator.generate(&job.requests, &mut observer, Some(&job.cancel));
+        match result {
+            Ok(out) => {
+                let cancelled = out.cancelled;
+                let images = if cancelled {
+                    Vec::new()
+                } else {
+                    tensor_to_images(decode_tokens(&bundle.vq, &out.tokens, grid))
+                };
+                self.emit(Event::Finished {
+                    job: job.id,
+                    tokens: out.tokens,
+                    images,
+                    cancelled,
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
+            }
+            Err(e) => self.emit(Event::Failed {
+                job: job.id,
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+fn load_model<B: Backend>(
+    spec: &ModelSpec,
+    device: &B::Device,
+) -> Result<(Model<B>, ModelInfo), String> {
+    let bundle = match spec {
+        ModelSpec::Demo => ModelBundle::<B>::open(None, None, &LoadOptions::default(), device),
+        ModelSpec::Files {
+            gpt,
+            vq,
+            image_size,
+        } => ModelBundle::<B>::open(
+            Some(gpt),
+            Some(vq),
+            &LoadOptions {
+                image_size: *image_size,
+                ..Default::default()
+            },
+            device,
+        ),
+    }
+    .map_err(|e| e.to_string())?;
+    let cfg = &bundle.gpt.config;
+    let info = ModelInfo {
+        spec: spec.clone(),
+        description: bundle.description(),
+        params: cfg.num_params(),
+        model_type: cfg.model_type,
+        image_size: bundle.image_size,
+        grid_size: cfg.grid_size(),
+        vocab_size: cfg.vocab_size,
+        n_head: cfg.n_head,
+        class_names: bundle.class_names.names.clone(),
+        sampler: bundle.sampler,
+        gpt_file: bundle.gpt_file.clone(),
+        vq_file: bundle.vq_file.clone(),
+        compute: String::new(),
+        patch: bundle.vq.config.downsample(),
+    };
+    let sent = vec![false; cfg.vocab_size];
+    Ok((Model { bundle, sent }, info))
+}
+
+/// Decodes each code alone (a 1 × 1 token grid) into its patch.
+fn decode_patches<B: Backend>(
+    vq: &VqModel<B>,
+    sent: &mut [bool],
+    codes: &[u32],
+) -> Option<Patches> {
+    if codes.is_empty() {
+        return None;
+    }
+    let device = vq.quant_conv.weight.device();
+    let ids: Vec<i64> = codes.iter().map(|&c| c as i64).collect();
+    let indices = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [codes.len(), 1]), &device);
+    let images = tensor_to_images(vq.decode_code(indices, 1, 1));
+    let patch = images[0].width() as usize;
+    let mut rgb = Vec::with_capacity(codes.len() * patch * patch * 3);
+    for img in &images {
+        rgb.extend_from_slice(img.as_raw());
+    }
+    for &c in codes {
+        sent[c as usize] = true;
+    }
+    Some(Patches {
+        patch,
+        codes: codes.to_vec(),
+        rgb,
+    })
+}
+
+struct JobObserver<'w, 'm, B: Backend> {
+    worker: &'w Worker,
+    vq: &'m VqModel<B>,
+    sent: &'m mut [bool],
+    job: u64,
+    decode_every: usize,
+    grid: usize,
+}
+
+impl<B: Backend> Observer for JobObserver<'_, '_, B> {
+    fn detail(&self) -> EventDetail {
+        EventDetail {
+            confidence: true,
+            logits: false,
+        }
+    }
+
+    fn on_token(&mut self, event: &TokenEvent<'_>) {
+        let new: Vec<u32> = event.tokens.iter().map(|t| t[event.index]).collect();
+        // Patches the preview does not have yet are decoded now (a few 1 × 1 decodes).
+        let mut missing: Vec<u32> = new
+            .iter()
+            .copied()
+            .filter(|&c| !self.sent[c as usize])
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if let Some(p) = decode_patches(self.vq, self.sent, &missing) {
+            self.worker.emit(Event::Patches(p));
+        }
+        self.worker.emit(Event::Token {
+            job: self.job,
+            index: event.index,
+            total: event.total,
+            new,
+            probs: event.probs.map(<[f32]>::to_vec).unwrap_or_default(),
+            entropy: event.entropy.map(<[f32]>::to_vec).unwrap_or_default(),
+        });
+        let done = event.index + 1;
+        if self.decode_every > 0 && done % self.decode_every == 0 && done < event.total {
+            let padded: Vec<Vec<u32>> = event
+                .tokens
+                .iter()
+                .map(|t| {
+                    let mut t = t.clone();
+                    t.resize(self.grid * self.grid, 0);
+                    t
+                })
+                .collect();
+            let images = tensor_to_images(decode_tokens(self.vq, &padded, self.grid));
+            self.worker.emit(Event::Partial {
+                job: self.job,
+                tokens_done: done,
+                images,
+            });
+        }
+    }
+}

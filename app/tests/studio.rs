@@ -1,0 +1,327 @@
+//! The studio driven through its widgets (egui_kittest, by label), on the bundled demo model
+//! and the CPU backend.
+
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use llamagen_studio::StudioApp;
+use llamagen_studio::app::RunStatus;
+use llamagen_studio::explore::Axis;
+use llamagen_studio::settings::Settings;
+use llamagen_studio::worker::Compute;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn studio(settings: Settings) -> Harness<'static, StudioApp> {
+    let mut h = Harness::builder()
+        .with_size([1280.0, 820.0])
+        .with_max_steps(10_000)
+        .build_eframe(move |cc| {
+            StudioApp::with_settings(cc.egui_ctx.clone(), settings, Compute::Cpu, false)
+        });
+    assert!(
+        h.state_mut().poll_until(WAIT, |a| a.info().is_some()),
+        "the demo model did not load: {}",
+        h.state().message
+    );
+    h.step();
+    h
+}
+
+/// Runs frames until `done` holds (the worker's events arrive between frames).
+fn step_until(h: &mut Harness<'_, StudioApp>, done: impl Fn(&StudioApp) -> bool) {
+    let end = Instant::now() + WAIT;
+    while !done(h.state()) {
+        assert!(
+            Instant::now() < end,
+            "timed out; message: {}",
+            h.state().message
+        );
+        h.state_mut()
+            .poll_until(Duration::from_millis(20), |a| done(a));
+        h.step();
+    }
+}
+
+fn finished(a: &StudioApp) -> bool {
+    a.view
+        .as_ref()
+        .is_some_and(|v| matches!(v.status, RunStatus::Done { .. }))
+}
+
+/// Focuses a text field (by its label) and types into it.
+fn type_into(h: &mut Harness<'_, StudioApp>, label: &str, text: &str) {
+    h.get_by_label(label).focus();
+    h.step();
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    h.get_by_label(label).type_text(text);
+    h.step();
+}
+
+fn class_id(h: &Harness<'_, StudioApp>, name: &str) -> usize {
+    h.state()
+        .info()
+        .unwrap()
+        .class_names
+        .iter()
+        .position(|n| n == name)
+        .unwrap()
+}
+
+#[test]
+fn pick_a_class_move_a_slider_generate_and_see_the_gallery_grow() {
+    let mut h = studio(Settings {
+        num_images: 2,
+        ..Settings::default()
+    });
+    let star = class_id(&h, "star");
+    // The first class is picked when a model loads; remove it with its chip.
+    let first = h.state().class_name(h.state().settings.classes[0]);
+    h.get_by_label(&format!("✕ {first}")).click();
+    h.step();
+    assert!(h.state().settings.classes.is_empty());
+
+    type_into(&mut h, "Class search", "sta");
+    // Only matching classes are listed.
+    assert!(h.query_by_label("circle").is_none());
+    h.get_by_label("star").click();
+    h.step();
+    assert_eq!(h.state().settings.classes, vec![star]);
+
+    let before = h.state().settings.sampler.cfg_scale;
+    h.get_by_role_and_label(Role::Slider, "CFG scale").focus();
+    h.step();
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    let after = h.state().settings.sampler.cfg_scale;
+    assert!(
+        after > before,
+        "the CFG slider did not move: {before} → {after}"
+    );
+
+    h.get_by_label("Generate").click();
+    h.step();
+    assert!(h.state().is_running() || finished(h.state()));
+    step_until(&mut h, finished);
+    h.step();
+
+    let jobs = &h.state().sent_jobs;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].len(), 2);
+    for r in &jobs[0] {
+        assert_eq!(
+            r.condition,
+            llamagen::generate::RequestCondition::Class(star)
+        );
+        assert_eq!(r.params.cfg_scale, after);
+    }
+    let gallery = &h.state().gallery;
+    assert_eq!(gallery.len(), 2);
+    assert!(gallery.iter().all(|g| g.record.class == Some(star)));
+    // The two images have different seeds, so they differ.
+    assert_ne!(gallery[0].record.params.seed, gallery[1].record.params.seed);
+    assert!(h.query_by_label_contains("done in").is_some());
+}
+
+#[test]
+fn cancel_stops_a_run_the_ui_keeps_answering_and_the_worker_is_reusable() {
+    let mut h = studio(Settings {
+        num_images: 16,
+        decode_every: 8,
+        ..Settings::default()
+    });
+    // Every class, 16 images each: a batch of 160 that takes a while on the CPU.
+    let n = h.state().info().unwrap().class_names.len();
+    h.state_mut().settings.classes = (0..n).collect();
+    h.get_by_label("Generate").click();
+    h.step();
+
+    // Frames keep coming while the worker generates: the progress moves between frames.
+    let mut seen = Vec::new();
+    let end = Instant::now() + WAIT;
+    while seen.len() < 4 {
+        assert!(Instant::now() < end, "no progress: {}", h.state().message);
+        h.state_mut()
+            .poll_until(Duration::from_millis(10), |_| false);
+        h.step();
+        let v = h.state().view.as_ref().unwrap();
+        assert!(v.is_running(), "the run ended before it could be cancelled");
+        if seen.last() != Some(&v.done) {
+            seen.push(v.done);
+        }
+    }
+    assert!(
+        h.query_by_label_contains("tokens/s").is_some(),
+        "no progress text"
+    );
+
+    h.key_press(egui::Key::Escape);
+    h.step();
+    step_until(&mut h, |a| {
+        a.view
+            .as_ref()
+            .is_some_and(|v| v.status == RunStatus::Cancelled)
+    });
+    let v = h.state().view.as_ref().unwrap();
+    assert!(v.done < v.total, "cancelled at {}/{}", v.done, v.total);
+    assert!(h.state().gallery.is_empty(), "a cancelled run adds nothing");
+
+    // The same worker runs the next job to the end.
+    h.state_mut().settings.classes = vec![0];
+    h.state_mut().settings.num_images = 1;
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(&mut h, finished);
+    assert_eq!(h.state().gallery.len(), 1);
+}
+
+#[test]
+fn a_saved_png_restores_its_parameters_when_dropped() {
+    let mut h = studio(Settings {
+        num_images: 1,
+        seed_locked: true,
+        ..Settings::default()
+    });
+    let heart = class_id(&h, "heart");
+    h.state_mut().settings.classes = vec![heart];
+    h.state_mut().settings.sampler.seed = 4242;
+    h.state_mut().settings.sampler.temperature = 0.85;
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(&mut h, finished);
+
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("heart.png");
+    h.state().save_item(0, &png).unwrap();
+    let saved = h.state().gallery[0].record.clone();
+
+    // Different settings, then the PNG dropped on the window brings them back.
+    h.state_mut().settings.classes = vec![0];
+    h.state_mut().settings.sampler.temperature = 1.0;
+    h.state_mut().settings.sampler.seed = 1;
+    h.input_mut().dropped_files.push(egui::DroppedFile {
+        path: Some(png.clone()),
+        ..Default::default()
+    });
+    h.step();
+    let s = &h.state().settings;
+    assert_eq!(s.sampler, saved.params);
+    assert_eq!(s.sampler.seed, 4242);
+    assert_eq!(s.classes, vec![heart]);
+    assert!(
+        h.state().message.contains("restored"),
+        "{}",
+        h.state().message
+    );
+
+    // Generating again with the restored parameters gives the same tokens.
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(&mut h, finished);
+    assert_eq!(h.state().gallery[1].record.tokens, saved.tokens);
+}
+
+#[test]
+fn a_two_by_two_grid_is_one_batch_of_four_with_the_right_parameters() {
+    let mut h = studio(Settings::default());
+    // The section sits below the fold of the controls panel: scroll to it, then open it.
+    h.get_by_label("X/Y grid").scroll_to_me();
+    h.run();
+    h.get_by_label("X/Y grid").click();
+    h.run();
+    {
+        let xy = &mut h.state_mut().settings.xy;
+        xy.x = Axis::CfgScale;
+        xy.y = Axis::Temperature;
+    }
+    type_into(&mut h, "X values", "1.5, 3");
+    type_into(&mut h, "Y values", "0.5, 1.0");
+    assert_eq!(h.state().settings.xy.x_values, "1.5, 3");
+    assert_eq!(h.state().settings.xy.y_values, "0.5, 1.0");
+
+    h.get_by_role_and_label(Role::Button, "Run grid")
+        .scroll_to_me();
+    h.run();
+    h.get_by_role_and_label(Role::Button, "Run grid").click();
+    h.step();
+    step_until(&mut h, finished);
+
+    let jobs = &h.state().sent_jobs;
+    assert_eq!(jobs.len(), 1, "the grid must be one batch");
+    let got: Vec<(f32, f32)> = jobs[0]
+        .iter()
+        .map(|r| (r.params.cfg_scale, r.params.temperature))
+        .collect();
+    assert_eq!(got, vec![(1.5, 0.5), (3.0, 0.5), (1.5, 1.0), (3.0, 1.0)]);
+    let seeds: Vec<u64> = jobs[0].iter().map(|r| r.params.seed).collect();
+    assert!(
+        seeds.iter().all(|&s| s == seeds[0]),
+        "one seed across the grid"
+    );
+    let v = h.state().view.as_ref().unwrap();
+    assert_eq!(v.cells.len(), 4);
+    assert!(v.cells.iter().all(|c| c.image.is_some()));
+    assert!(
+        h.query_all_by_label_contains("CFG scale 3")
+            .next()
+            .is_some(),
+        "axis labels"
+    );
+}
+
+#[test]
+fn a_model_that_fails_to_load_shows_an_error_and_the_studio_goes_on() {
+    let mut h = studio(Settings::default());
+    type_into(&mut h, "GPT", "/no/such/gpt.pt");
+    type_into(&mut h, "VQ ", "/no/such/vq.pt");
+    h.get_by_label("Open").click();
+    h.step();
+    step_until(&mut h, |a| {
+        matches!(a.model, llamagen_studio::app::ModelState::Failed(_))
+    });
+    h.step();
+    assert!(
+        h.state().message.contains("could not open"),
+        "{}",
+        h.state().message
+    );
+    assert!(
+        h.query_all_by_label_contains("could not open")
+            .next()
+            .is_some()
+    );
+
+    h.get_by_label("Demo model").click();
+    h.step();
+    step_until(&mut h, |a| a.info().is_some());
+    h.state_mut().settings.num_images = 1;
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(&mut h, finished);
+    assert_eq!(h.state().gallery.len(), 1);
+}
+
+#[test]
+fn clicking_a_token_keeps_the_prefix_and_rerolls_the_rest() {
+    let mut h = studio(Settings {
+        num_images: 1,
+        ..Settings::default()
+    });
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(&mut h, finished);
+    h.step();
+    let first = h.state().gallery[0].record.tokens.clone();
+    let grid = h.state().info().unwrap().grid_size;
+    // Click the middle row of the finished image.
+    h.state_mut().resample_from(0, grid * grid / 2);
+    h.step();
+    step_until(&mut h, finished);
+    let job = h.state().sent_jobs.last().unwrap();
+    assert_eq!(job[0].prefix, first[..grid * grid / 2].to_vec());
+    let second = &h.state().gallery[1].record.tokens;
+    assert_eq!(second[..grid * grid / 2], first[..grid * grid / 2]);
+    assert_eq!(second.len(), first.len());
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Screenshots of the studio in a virtual X display (Xvfb), drawn with Mesa's software Vulkan
+# (lavapipe): one while an image is being generated, one when it is finished.
+#
+#   apt install xvfb xdotool imagemagick mesa-vulkan-drivers libvulkan1
+#   bash scripts/studio-screenshots.sh [OUT_DIR]
+#
+# The studio starts on the bundled demo model with fresh settings; Ctrl+Enter generates.
+set -euo pipefail
+out="${1:-target/studio-screenshots}"
+mkdir -p "$out"
+cargo build --release -p llamagen-studio
+bin="$(pwd)/target/release/llamagen-studio"
+
+display=":97"
+Xvfb "$display" -screen 0 1280x820x24 >/dev/null 2>&1 &
+xvfb=$!
+home="$(mktemp -d)"
+cleanup() { kill "$studio" "$xvfb" 2>/dev/null || true; rm -rf "$home"; }
+trap cleanup EXIT
+sleep 1
+
+# A fresh settings folder, so the run starts from the defaults.
+DISPLAY="$display" HOME="$home" XDG_DATA_HOME="$home" WAYLAND_DISPLAY= \
+    "$bin" --backend cpu >"$out/studio.log" 2>&1 &
+studio=$!
+for _ in $(seq 60); do
+    if DISPLAY="$display" xdotool search --name "LlamaGen studio" >/dev/null 2>&1; then break; fi
+    sleep 1
+done
+win="$(DISPLAY="$display" xdotool search --name "LlamaGen studio" | head -1)"
+sleep 4 # the demo model loads
+DISPLAY="$display" import -window root "$out/studio-ready.png"
+
+# Every class, sixteen images each: long enough on the CPU to catch it mid-generation.
+DISPLAY="$display" xdotool windowactivate --sync "$win" key --clearmodifiers ctrl+Return
+sleep "${MID_SECONDS:-1.5}"
+DISPLAY="$display" import -window root "$out/studio-generating.png"
+sleep "${END_SECONDS:-15}"
+DISPLAY="$display" import -window root "$out/studio-finished.png"
+echo "screenshots in $out"
