@@ -19,8 +19,8 @@
 //! gated-GELU FFN 5120, vocabulary 32128) has exactly 1,223,527,424 parameters (65.8M of them
 //! the token embedding): **4.89 GB (4.56 GiB) in f32**, 2.45 GB (2.28 GiB) in bf16/f16. The
 //! released `flan-t5-xl` folder also holds the decoder (2.85B parameters in all); only the
-//! encoder's tensors are read into the model, but the checkpoint reader maps the files, so the
-//! load briefly needs the weights twice over for the tensors it converts. Activations are small
+//! encoder's tensors are read into the model (each converted to f32 one at a time, so a
+//! tensor's stored and converted copies coexist only briefly). Activations are small
 //! by comparison: one 120-token prompt needs `32 × 120 × 120` attention scores per layer
 //! (1.8 MB in f32) and `120 × 5120` FFN activations (2.5 MB). This project loads T5 in f32 (as
 //! `--precision none` does officially); since a prompt is encoded once and its features
