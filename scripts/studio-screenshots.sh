@@ -9,8 +9,9 @@
 set -euo pipefail
 out="${1:-target/studio-screenshots}"
 mkdir -p "$out"
-cargo build --release -p llamagen-studio
-bin="$(pwd)/target/release/llamagen-studio"
+# The workspace build (dependencies and our crates are optimised in the dev profile too).
+cargo build --workspace --bin llamagen-studio
+bin="$(pwd)/target/debug/llamagen-studio"
 
 display=":97"
 Xvfb "$display" -screen 0 1280x820x24 >/dev/null 2>&1 &

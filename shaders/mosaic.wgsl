@@ -1,13 +1,13 @@
 // The studio's live preview: a token grid drawn as a mosaic of codebook patches.
 //
 // The atlas texture holds every codebook entry decoded alone by the VQ decoder (a patch of
-// `patch × patch` pixels, `cols` patches per row). `tokens` is the grid generated so far in
+// `patch_size²` pixels, `cols` patches per row). `tokens` is the grid generated so far in
 // raster order; 0xFFFFFFFF marks a position not generated yet (drawn dark), 0xFFFFFFFE one the
 // mosaic leaves transparent (the latest true VQ decode beneath shows through).
 
 struct Params {
     grid: u32,
-    patch: u32,
+    patch_size: u32,
     cols: u32,
     codes: u32,
 };
@@ -45,9 +45,9 @@ fn fs_main(in: VertexOut) -> @location(0) vec4<f32> {
     }
     // Pixel inside the cell, then inside the code's patch in the atlas (nearest: exact pixels).
     let inside = min(
-        vec2<u32>(fract(in.uv * grid) * f32(params.patch)),
-        vec2<u32>(params.patch - 1u),
+        vec2<u32>(fract(in.uv * grid) * f32(params.patch_size)),
+        vec2<u32>(params.patch_size - 1u),
     );
-    let origin = vec2<u32>(token % params.cols, token / params.cols) * params.patch;
+    let origin = vec2<u32>(token % params.cols, token / params.cols) * params.patch_size;
     return textureLoad(atlas, origin + inside, 0);
 }

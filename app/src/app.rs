@@ -110,6 +110,8 @@ pub struct StudioApp {
     pub compute: String,
     /// Recent frame times (seconds), for the status bar.
     pub frame_times: Vec<f32>,
+    /// Where each cell of the run was drawn last frame (points).
+    pub cell_rects: Vec<egui::Rect>,
     worker: WorkerHandle,
     ctx: egui::Context,
     next_job: u64,
@@ -177,6 +179,7 @@ impl StudioApp {
             image_size,
             compute: describe,
             frame_times: Vec::new(),
+            cell_rects: Vec::new(),
             worker,
             ctx,
             next_job: 1,

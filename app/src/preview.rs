@@ -136,7 +136,7 @@ const SHADER: &str = include_str!("../../shaders/mosaic.wgsl");
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     grid: u32,
-    patch: u32,
+    patch_size: u32,
     cols: u32,
     codes: u32,
 }
@@ -345,7 +345,7 @@ impl egui_wgpu::CallbackTrait for MosaicCallback {
         }
         let params = Params {
             grid: self.grid as u32,
-            patch: p as u32,
+            patch_size: p as u32,
             cols: atlas.cols as u32,
             codes: atlas.codes as u32,
         };
@@ -420,6 +420,19 @@ impl egui_wgpu::CallbackTrait for MosaicCallback {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mosaic_shader_parses_and_validates() {
+        let module = naga::front::wgsl::parse_str(SHADER).unwrap_or_else(|e| {
+            panic!("shaders/mosaic.wgsl: {}", e.emit_to_string(SHADER));
+        });
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .expect("shaders/mosaic.wgsl validates");
+    }
 
     #[test]
     fn compose_places_each_patch_at_its_token_position() {

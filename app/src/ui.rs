@@ -257,7 +257,7 @@ fn condition_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
             let mut remove = None;
             for (i, &c) in app.settings.classes.iter().enumerate() {
                 if ui
-                    .small_button(format!("✕ {}", app.class_name(c)))
+                    .small_button(format!("× {}", app.class_name(c)))
                     .on_hover_text("remove")
                     .clicked()
                 {
@@ -438,6 +438,7 @@ fn run_view(app: &mut StudioApp, ui: &mut egui::Ui) {
         .clamp(48.0, 512.0)
         - 6.0;
     let mut clicked: Option<(usize, usize)> = None;
+    let mut rects = Vec::with_capacity(view.cells.len());
     let overlay = app.settings.overlay;
     let running = view.is_running();
     egui::ScrollArea::both().show(ui, |ui| {
@@ -464,6 +465,7 @@ fn run_view(app: &mut StudioApp, ui: &mut egui::Ui) {
                     ui.vertical(|ui| {
                         let (rect, response) =
                             ui.allocate_exact_size(Vec2::splat(side), Sense::click());
+                        rects.push(rect);
                         let painter = ui.painter_at(rect);
                         painter.rect_filled(rect, 0.0, Color32::from_gray(24));
                         if let Some(tex) = &cell.texture {
@@ -504,6 +506,7 @@ fn run_view(app: &mut StudioApp, ui: &mut egui::Ui) {
             ui.weak("Esc cancels.");
         }
     });
+    app.cell_rects = rects;
     if let Some((cell, pos)) = clicked {
         app.resample_from(cell, pos);
     }

@@ -79,7 +79,7 @@ fn pick_a_class_move_a_slider_generate_and_see_the_gallery_grow() {
     let star = class_id(&h, "star");
     // The first class is picked when a model loads; remove it with its chip.
     let first = h.state().class_name(h.state().settings.classes[0]);
-    h.get_by_label(&format!("✕ {first}")).click();
+    h.get_by_label(&format!("× {first}")).click();
     h.step();
     assert!(h.state().settings.classes.is_empty());
 
@@ -315,9 +315,21 @@ fn clicking_a_token_keeps_the_prefix_and_rerolls_the_rest() {
     h.step();
     let first = h.state().gallery[0].record.tokens.clone();
     let grid = h.state().info().unwrap().grid_size;
-    // Click the middle row of the finished image.
-    h.state_mut().resample_from(0, grid * grid / 2);
+    // Click the first token of the middle row of the finished image.
+    let rect = h.state().cell_rects[0];
+    let at = rect.min + egui::vec2(0.5, 0.5 + (grid / 2) as f32) * (rect.width() / grid as f32);
+    h.hover_at(at);
     h.step();
+    for pressed in [true, false] {
+        h.event(egui::Event::PointerButton {
+            pos: at,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: egui::Modifiers::NONE,
+        });
+    }
+    h.step();
+    assert_eq!(h.state().sent_jobs.len(), 2, "the click started a re-roll");
     step_until(&mut h, finished);
     let job = h.state().sent_jobs.last().unwrap();
     assert_eq!(job[0].prefix, first[..grid * grid / 2].to_vec());

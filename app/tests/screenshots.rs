@@ -1,0 +1,138 @@
+//! The studio drawn by wgpu (Mesa's lavapipe where there is no GPU): the live mosaic comes from
+//! the WGSL shader. Renders mid-generation and finished are written to
+//! `target/studio-screenshots/` for people to look at.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use llamagen_studio::StudioApp;
+use llamagen_studio::app::RunStatus;
+use llamagen_studio::settings::Settings;
+use llamagen_studio::worker::Compute;
+
+fn out_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/studio-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Mean brightness and number of distinct colours of a square region of a render.
+fn region_stats(img: &image::RgbaImage, x0: u32, y0: u32, w: u32, h: u32) -> (f64, usize) {
+    let mut sum = 0f64;
+    let mut colours = std::collections::HashSet::new();
+    for y in y0..y0 + h {
+        for x in x0..x0 + w {
+            let p = img.get_pixel(x, y);
+            sum += (p[0] as f64 + p[1] as f64 + p[2] as f64) / 3.0;
+            colours.insert([p[0], p[1], p[2]]);
+        }
+    }
+    (sum / (w * h) as f64, colours.len())
+}
+
+#[test]
+fn the_live_mosaic_is_drawn_by_the_shader_and_renders_are_saved() {
+    let settings = Settings {
+        num_images: 16,
+        // No true decode while running: what shows is the shader's mosaic alone.
+        decode_every: 0,
+        ..Settings::default()
+    };
+    let mut h = Harness::builder()
+        .with_size([1280.0, 820.0])
+        .with_max_steps(10_000)
+        .wgpu()
+        .build_eframe(move |cc| {
+            let mut app = StudioApp::new(cc, Compute::Cpu);
+            app.settings = settings;
+            app
+        });
+    assert!(
+        h.state().gpu_preview,
+        "the wgpu renderer installs the mosaic pipeline"
+    );
+    assert!(
+        h.state_mut()
+            .poll_until(Duration::from_secs(120), |a| a.info().is_some())
+    );
+    let grid = h.state().info().unwrap().grid_size;
+    let n = h.state().info().unwrap().class_names.len();
+    h.state_mut().settings.classes = (0..n).collect();
+    h.step();
+    h.get_by_label("Generate").click();
+    h.step();
+
+    // Wait until about half of the tokens are there, then render that frame.
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < end);
+        h.state_mut()
+            .poll_until(Duration::from_millis(10), |_| false);
+        h.step();
+        let v = h.state().view.as_ref().unwrap();
+        assert!(
+            v.is_running(),
+            "the run finished before it could be drawn mid-way"
+        );
+        if v.done >= grid * grid / 2 {
+            break;
+        }
+    }
+    let done = h.state().view.as_ref().unwrap().cells[0].tokens.len();
+    let live = h.render().expect("render");
+    live.save(out_dir().join("kittest-generating.png")).unwrap();
+
+    // In the first cell: rows already generated show patches (many colours); the last row,
+    // not generated yet, is the shader's flat dark.
+    let rect = h.state().cell_rects[0];
+    let ppp = h.ctx.pixels_per_point();
+    let step = rect.width() * ppp / grid as f32;
+    let (x0, y0) = ((rect.min.x * ppp) as u32, (rect.min.y * ppp) as u32);
+    let full_rows = (done / grid) as u32;
+    assert!(full_rows >= 1 && full_rows < grid as u32, "{done} tokens");
+    let band = (step as u32 * full_rows).max(1);
+    let (_, top_colours) = region_stats(&live, x0, y0, (step * grid as f32) as u32, band);
+    let last_y = y0 + (step * (grid - 1) as f32) as u32 + 1;
+    let (bottom_mean, bottom_colours) = region_stats(
+        &live,
+        x0 + 1,
+        last_y,
+        (step * grid as f32) as u32 - 2,
+        step as u32 - 2,
+    );
+    assert!(
+        top_colours > 20,
+        "generated rows show patches ({top_colours} colours)"
+    );
+    assert!(
+        bottom_colours <= 2 && bottom_mean < 40.0,
+        "the ungenerated row is dark ({bottom_mean:.1}, {bottom_colours} colours)"
+    );
+
+    // Finish, and render the results.
+    let end = Instant::now() + Duration::from_secs(300);
+    while !matches!(
+        h.state().view.as_ref().unwrap().status,
+        RunStatus::Done { .. }
+    ) {
+        assert!(Instant::now() < end);
+        h.state_mut()
+            .poll_until(Duration::from_millis(50), |_| false);
+        h.step();
+    }
+    h.step();
+    let finished = h.render().expect("render");
+    finished
+        .save(out_dir().join("kittest-finished.png"))
+        .unwrap();
+    let (_, colours) = region_stats(
+        &finished,
+        x0,
+        y0,
+        (step * grid as f32) as u32,
+        (step * grid as f32) as u32,
+    );
+    assert!(colours > 20, "a finished image is drawn");
+}
