@@ -5,7 +5,9 @@
 #   apt install xvfb xdotool imagemagick mesa-vulkan-drivers libvulkan1
 #   bash scripts/studio-screenshots.sh [OUT_DIR]
 #
-# The studio starts on the bundled demo model with fresh settings; Ctrl+Enter generates.
+# The studio starts on the bundled demo model with fresh settings (four images of the first
+# class); the script presses Generate. The models run on wgpu too (`--backend wgpu`: on lavapipe here,
+# slow enough to catch the image half made, and the window draws with burn's own device).
 set -euo pipefail
 out="${1:-target/studio-screenshots}"
 mkdir -p "$out"
@@ -23,7 +25,7 @@ sleep 1
 
 # A fresh settings folder, so the run starts from the defaults.
 DISPLAY="$display" HOME="$home" XDG_DATA_HOME="$home" WAYLAND_DISPLAY= \
-    "$bin" --backend cpu >"$out/studio.log" 2>&1 &
+    "$bin" --backend "${BACKEND:-wgpu}" >"$out/studio.log" 2>&1 &
 studio=$!
 for _ in $(seq 60); do
     if DISPLAY="$display" xdotool search --name "LlamaGen studio" >/dev/null 2>&1; then break; fi
@@ -33,10 +35,10 @@ win="$(DISPLAY="$display" xdotool search --name "LlamaGen studio" | head -1)"
 sleep 4 # the demo model loads
 DISPLAY="$display" import -window root "$out/studio-ready.png"
 
-# Every class, sixteen images each: long enough on the CPU to catch it mid-generation.
-DISPLAY="$display" xdotool windowactivate --sync "$win" key --clearmodifiers ctrl+Return
+# Press Generate (top left). No window manager runs here to give keyboard focus for Ctrl+Enter.
+DISPLAY="$display" xdotool mousemove --window "$win" 38 11 click 1
 sleep "${MID_SECONDS:-1.5}"
 DISPLAY="$display" import -window root "$out/studio-generating.png"
-sleep "${END_SECONDS:-15}"
+sleep "${END_SECONDS:-75}"
 DISPLAY="$display" import -window root "$out/studio-finished.png"
 echo "screenshots in $out"

@@ -342,7 +342,7 @@ fn sampler_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
             .labelled_by(l.id);
         ui.checkbox(&mut app.settings.seed_locked, "Lock seed")
             .on_hover_text("keep this seed; otherwise every run draws a new one");
-        if ui.button("🎲").on_hover_text("new seed").clicked() {
+        if ui.button("New seed").clicked() {
             app.settings.sampler.seed = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64 % 1_000_000_000)

@@ -101,7 +101,8 @@ fn pick_a_class_move_a_slider_generate_and_see_the_gallery_grow() {
         "the CFG slider did not move: {before} → {after}"
     );
 
-    h.get_by_label("Generate").click();
+    // Ctrl+Enter generates.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
     h.step();
     assert!(h.state().is_running() || finished(h.state()));
     step_until(&mut h, finished);
