@@ -25,6 +25,15 @@ pub enum ModelState {
     Failed(String),
 }
 
+/// The prompt encoder of a text-conditional model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextState {
+    None,
+    Loading,
+    Ready { dir: PathBuf, params: usize },
+    Failed(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunStatus {
     Running,
@@ -101,8 +110,9 @@ pub struct StudioApp {
     pub gallery: Vec<GalleryItem>,
     /// The last thing worth telling the user (errors included).
     pub message: String,
-    /// The requests of every job sent to the worker, in order.
-    pub sent_jobs: Vec<Vec<Request>>,
+    pub text: TextState,
+    /// Every job sent to the worker, in order.
+    pub sent_jobs: Vec<Job>,
     /// Model files being typed into the model panel.
     pub gpt_path: String,
     pub vq_path: String,
@@ -173,6 +183,7 @@ impl StudioApp {
             view: None,
             gallery: Vec::new(),
             message: String::new(),
+            text: TextState::None,
             sent_jobs: Vec::new(),
             gpt_path,
             vq_path,
@@ -241,6 +252,33 @@ impl StudioApp {
         self.worker.send(Command::Load(spec));
     }
 
+    /// The prompts of the prompt box: one a line, blank lines skipped.
+    pub fn prompts(&self) -> Vec<String> {
+        self.settings
+            .prompt
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Loads the T5 folder of the model panel for the loaded text-conditional model.
+    pub fn load_text(&mut self) {
+        let dir = self.settings.t5_dir.trim();
+        if dir.is_empty() {
+            self.message = "give the FLAN-T5 folder (config.json, weights, tokenizer.json)".into();
+            return;
+        }
+        self.text = TextState::Loading;
+        self.worker.send(Command::LoadText(PathBuf::from(dir)));
+    }
+
+    /// Frees the T5 encoder (its cached prompt features go with it).
+    pub fn release_text(&mut self) {
+        self.worker.send(Command::ReleaseText);
+    }
+
     /// Opens the files typed into the model panel.
     pub fn open_typed_model(&mut self) {
         let size = self.image_size.trim();
@@ -281,9 +319,9 @@ impl StudioApp {
             return Err("a run is in progress: cancel it first (Esc)".into());
         }
         let info = self.info().cloned().ok_or("no model is loaded")?;
-        if info.model_type == ModelType::T2i {
+        if info.model_type == ModelType::T2i && !matches!(self.text, TextState::Ready { .. }) {
             return Err(
-                "the loaded model is text-conditional; prompts are not available in the studio yet"
+                "this text-conditional model needs its T5 encoder: give the FLAN-T5 folder in the Model panel and press Load T5"
                     .into(),
             );
         }
@@ -303,6 +341,29 @@ impl StudioApp {
                 return;
             }
         };
+        if info.model_type == ModelType::T2i {
+            let prompts = self.prompts();
+            if prompts.is_empty() {
+                self.message = "write a prompt (one a line)".into();
+                return;
+            }
+            let base = self.next_params();
+            let mut cells = Vec::new();
+            for prompt in prompts {
+                for _ in 0..self.settings.num_images.max(1) {
+                    let params = SamplerParams {
+                        seed: base.seed.wrapping_add(cells.len() as u64),
+                        ..base
+                    };
+                    let mut cell = self.new_cell(None, params, prompt.clone());
+                    cell.prompt = Some(prompt.clone());
+                    cells.push(cell);
+                }
+            }
+            let columns = (cells.len() as f64).sqrt().ceil() as usize;
+            self.start(cells, columns, None, Vec::new());
+            return;
+        }
         if self.settings.classes.is_empty() {
             self.message = "pick at least one class".into();
             return;
@@ -340,8 +401,21 @@ impl StudioApp {
                 return;
             }
         };
-        let _ = info;
+        let t2i = info.model_type == ModelType::T2i;
         let xy = self.settings.xy.clone();
+        let wrong_axis = if t2i { Axis::Class } else { Axis::Prompt };
+        if xy.x == wrong_axis || xy.y == wrong_axis {
+            self.message = format!(
+                "this model is {}: it has no {} axis",
+                if t2i {
+                    "text-conditional"
+                } else {
+                    "class-conditional"
+                },
+                wrong_axis.name()
+            );
+            return;
+        }
         let resolve = |q: &str| self.resolve_class(q);
         let parsed = explore::parse_values(xy.x, &xy.x_values, &resolve)
             .and_then(|xs| explore::parse_values(xy.y, &xy.y_values, &resolve).map(|ys| (xs, ys)));
@@ -352,14 +426,19 @@ impl StudioApp {
                 return;
             }
         };
-        if xy.x != Axis::Class && xy.y != Axis::Class && self.settings.classes.is_empty() {
+        let prompt = self.prompts().into_iter().next();
+        if !t2i && xy.x != Axis::Class && xy.y != Axis::Class && self.settings.classes.is_empty() {
             self.message = "pick a class for the grid (or put classes on an axis)".into();
+            return;
+        }
+        if t2i && xy.x != Axis::Prompt && xy.y != Axis::Prompt && prompt.is_none() {
+            self.message = "write a prompt for the grid (or put prompts on an axis)".into();
             return;
         }
         let class = self.settings.classes.first().copied().unwrap_or(0);
         let base = self.next_params();
         let name = |c: usize| self.class_name(c);
-        let grid = explore::cells(xy.x, &xs, xy.y, &ys, base, class, &name);
+        let grid = explore::cells(xy.x, &xs, xy.y, &ys, base, class, prompt.as_deref(), &name);
         for (i, g) in grid.iter().enumerate() {
             if let Err(e) = g.params.validate() {
                 self.message = format!("grid cell {} ({}): {e}", i + 1, g.label);
@@ -370,7 +449,11 @@ impl StudioApp {
         let y_labels = ys.iter().map(|v| explore::label(xy.y, v, &name)).collect();
         let cells: Vec<Cell> = grid
             .into_iter()
-            .map(|g| self.new_cell(Some(g.class), g.params, g.label))
+            .map(|g| {
+                let mut cell = self.new_cell((!t2i).then_some(g.class), g.params, g.label);
+                cell.prompt = if t2i { g.prompt } else { None };
+                cell
+            })
             .collect();
         let axes = Some((
             xy.x.name().to_string(),
@@ -396,7 +479,9 @@ impl StudioApp {
             ..c.params
         };
         let label = format!("{} · kept {position} tokens", c.label);
-        let cell = self.new_cell(c.class, params, label);
+        let prompt = c.prompt.clone();
+        let mut cell = self.new_cell(c.class, params, label);
+        cell.prompt = prompt;
         self.start(vec![cell], 1, None, prefix);
     }
 
@@ -441,13 +526,15 @@ impl StudioApp {
         let id = self.next_job;
         self.next_job += 1;
         let cancel = Arc::new(AtomicBool::new(false));
-        self.sent_jobs.push(requests.clone());
-        self.worker.send(Command::Generate(Job {
+        let job = Job {
             id,
             requests,
             decode_every: self.settings.decode_every,
             cancel: cancel.clone(),
-        }));
+            prompts: cells.iter().map(|c| c.prompt.clone()).collect(),
+        };
+        self.sent_jobs.push(job.clone());
+        self.worker.send(Command::Generate(job));
         self.message.clear();
         self.view = Some(View {
             cells,
@@ -525,8 +612,26 @@ impl StudioApp {
                     self.settings.classes.push(0);
                 }
                 self.message = format!("loaded {} on {}", info.description, info.compute);
+                let t2i = info.model_type == ModelType::T2i;
                 self.model = ModelState::Ready(info);
+                self.text = TextState::None;
+                if t2i && !self.settings.t5_dir.trim().is_empty() {
+                    self.load_text();
+                }
             }
+            Event::TextLoaded { dir, params } => {
+                self.message = format!(
+                    "T5 encoder loaded from {} ({:.1} M parameters)",
+                    dir.display(),
+                    params as f64 / 1e6
+                );
+                self.text = TextState::Ready { dir, params };
+            }
+            Event::TextFailed(e) => {
+                self.message = format!("could not load the T5 encoder: {e}");
+                self.text = TextState::Failed(e);
+            }
+            Event::TextReleased => self.text = TextState::None,
             Event::Patches(p) => self.atlas.lock().expect("atlas lock").insert(&p),
             Event::Token {
                 job,

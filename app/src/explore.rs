@@ -14,10 +14,12 @@ pub enum Axis {
     CfgInterval,
     Seed,
     Class,
+    /// Prompts of a text-conditional model, separated by `|`.
+    Prompt,
 }
 
 impl Axis {
-    pub const ALL: [Axis; 7] = [
+    pub const ALL: [Axis; 8] = [
         Axis::CfgScale,
         Axis::Temperature,
         Axis::TopK,
@@ -25,6 +27,7 @@ impl Axis {
         Axis::CfgInterval,
         Axis::Seed,
         Axis::Class,
+        Axis::Prompt,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Axis {
             Axis::CfgInterval => "CFG interval",
             Axis::Seed => "seed",
             Axis::Class => "class",
+            Axis::Prompt => "prompt",
         }
     }
 }
@@ -45,6 +49,7 @@ impl Axis {
 pub enum AxisValue {
     Number(f64),
     Class(usize),
+    Prompt(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,17 +77,20 @@ impl Default for XyGrid {
 pub struct GridCell {
     pub params: SamplerParams,
     pub class: usize,
+    pub prompt: Option<String>,
     pub label: String,
 }
 
-/// Parses an axis' comma-separated values. Classes are ids or names (`resolve`).
+/// Parses an axis' comma-separated values (prompts: separated by `|`). Classes are ids or
+/// names (`resolve`).
 pub fn parse_values(
     axis: Axis,
     text: &str,
     resolve: &dyn Fn(&str) -> Result<usize, String>,
 ) -> Result<Vec<AxisValue>, String> {
+    let separator = if axis == Axis::Prompt { '|' } else { ',' };
     let values: Vec<&str> = text
-        .split(',')
+        .split(separator)
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
@@ -93,6 +101,7 @@ pub fn parse_values(
         .into_iter()
         .map(|v| match axis {
             Axis::Class => resolve(v).map(AxisValue::Class),
+            Axis::Prompt => Ok(AxisValue::Prompt(v.to_string())),
             _ => v
                 .parse::<f64>()
                 .ok()
@@ -103,7 +112,13 @@ pub fn parse_values(
         .collect()
 }
 
-fn apply(axis: Axis, value: &AxisValue, params: &mut SamplerParams, class: &mut usize) {
+fn apply(
+    axis: Axis,
+    value: &AxisValue,
+    params: &mut SamplerParams,
+    class: &mut usize,
+    prompt: &mut Option<String>,
+) {
     match (axis, value) {
         (Axis::CfgScale, AxisValue::Number(x)) => params.cfg_scale = *x as f32,
         (Axis::Temperature, AxisValue::Number(x)) => params.temperature = *x as f32,
@@ -112,6 +127,7 @@ fn apply(axis: Axis, value: &AxisValue, params: &mut SamplerParams, class: &mut 
         (Axis::CfgInterval, AxisValue::Number(x)) => params.cfg_interval = *x as i32,
         (Axis::Seed, AxisValue::Number(x)) => params.seed = x.max(0.0) as u64,
         (Axis::Class, AxisValue::Class(c)) => *class = *c,
+        (Axis::Prompt, AxisValue::Prompt(p)) => *prompt = Some(p.clone()),
         _ => {}
     }
 }
@@ -119,6 +135,7 @@ fn apply(axis: Axis, value: &AxisValue, params: &mut SamplerParams, class: &mut 
 pub fn label(axis: Axis, value: &AxisValue, class_name: &dyn Fn(usize) -> String) -> String {
     match value {
         AxisValue::Class(c) => class_name(*c),
+        AxisValue::Prompt(p) => p.clone(),
         AxisValue::Number(x) => match axis {
             Axis::TopK | Axis::Seed | Axis::CfgInterval => format!("{}", *x as i64),
             _ => format!("{x}"),
@@ -134,6 +151,7 @@ pub fn cells(
     ys: &[AxisValue],
     base: SamplerParams,
     class: usize,
+    prompt: Option<&str>,
     class_name: &dyn Fn(usize) -> String,
 ) -> Vec<GridCell> {
     let mut out = Vec::with_capacity(xs.len() * ys.len());
@@ -141,11 +159,13 @@ pub fn cells(
         for xv in xs {
             let mut params = base;
             let mut c = class;
-            apply(y, yv, &mut params, &mut c);
-            apply(x, xv, &mut params, &mut c);
+            let mut p = prompt.map(str::to_string);
+            apply(y, yv, &mut params, &mut c, &mut p);
+            apply(x, xv, &mut params, &mut c, &mut p);
             out.push(GridCell {
                 params,
                 class: c,
+                prompt: p,
                 label: format!(
                     "{} {}, {} {}",
                     x.name(),
@@ -172,7 +192,7 @@ mod tests {
             seed: 7,
             ..Default::default()
         };
-        let cells = cells(Axis::CfgScale, &xs, Axis::TopK, &ys, base, 3, &|c| {
+        let cells = cells(Axis::CfgScale, &xs, Axis::TopK, &ys, base, 3, None, &|c| {
             c.to_string()
         });
         assert_eq!(cells.len(), 6);
@@ -190,5 +210,9 @@ mod tests {
         assert!(parse_values(Axis::Temperature, "1.0, warm", &none).is_err());
         assert!(parse_values(Axis::Temperature, " , ", &none).is_err());
         assert!(parse_values(Axis::Class, "cat", &none).is_err());
+        // Prompts may hold commas: they are separated by '|'.
+        let prompts = parse_values(Axis::Prompt, "a red star, large | a blue ring", &none).unwrap();
+        assert_eq!(prompts[0], AxisValue::Prompt("a red star, large".into()));
+        assert_eq!(prompts.len(), 2);
     }
 }

@@ -38,7 +38,10 @@ pub struct Settings {
     pub decode_every: usize,
     pub classes: Vec<usize>,
     pub class_search: String,
+    /// Prompts, one a line (text-conditional models).
     pub prompt: String,
+    /// The FLAN-T5 folder of text-conditional models.
+    pub t5_dir: String,
     pub recent: Vec<RecentModel>,
     /// The model to open at start (none = the bundled demo).
     pub last_model: Option<RecentModel>,
@@ -56,6 +59,7 @@ impl Default for Settings {
             classes: Vec::new(),
             class_search: String::new(),
             prompt: String::new(),
+            t5_dir: String::new(),
             recent: Vec::new(),
             last_model: None,
             xy: XyGrid::default(),

@@ -4,7 +4,7 @@
 use egui::{Color32, Key, Modifiers, Rect, RichText, Sense, Slider, TextEdit, Vec2};
 use llamagen::config::ModelType;
 
-use crate::app::{ModelState, RunStatus, StudioApp};
+use crate::app::{ModelState, RunStatus, StudioApp, TextState};
 use crate::explore::Axis;
 use crate::preview::MosaicCallback;
 use crate::settings::Overlay;
@@ -226,6 +226,49 @@ fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
             }
         });
     }
+    if app.info().is_some_and(|i| i.model_type == ModelType::T2i) {
+        ui.separator();
+        ui.horizontal(|ui| {
+            let l = ui.label("T5 folder");
+            ui.add(
+                TextEdit::singleline(&mut app.settings.t5_dir)
+                    .hint_text("flan-t5-xl/")
+                    .desired_width(160.0),
+            )
+            .labelled_by(l.id)
+            .on_hover_text("Hugging Face folder: config.json, model.safetensors (or shards, or pytorch_model*.bin), tokenizer.json");
+            if ui.button("…").on_hover_text("choose the FLAN-T5 folder").clicked()
+                && let Some(p) = rfd::FileDialog::new().pick_folder()
+            {
+                app.settings.t5_dir = p.display().to_string();
+            }
+        });
+        ui.horizontal(|ui| {
+            let loading = app.text == TextState::Loading;
+            if ui
+                .add_enabled(!loading, egui::Button::new("Load T5"))
+                .clicked()
+            {
+                app.load_text();
+            }
+            let ready = matches!(app.text, TextState::Ready { .. });
+            if ui
+                .add_enabled(ready, egui::Button::new("Free T5"))
+                .on_hover_text("release the encoder's memory; prompts need it loaded again")
+                .clicked()
+            {
+                app.release_text();
+            }
+            match &app.text {
+                TextState::None => ui.weak("not loaded"),
+                TextState::Loading => ui.spinner(),
+                TextState::Ready { params, .. } => {
+                    ui.label(format!("ready, {:.1} M parameters", *params as f64 / 1e6))
+                }
+                TextState::Failed(e) => ui.colored_label(Color32::from_rgb(230, 90, 80), e),
+            };
+        });
+    }
     ui.weak("Drop checkpoints here to open them, or a PNG to restore its parameters.");
 }
 
@@ -292,20 +335,30 @@ fn condition_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
             });
     });
     ui.add_space(4.0);
-    let prompt_reason = if t2i {
-        "prompts need a T5 text encoder, which the studio does not load yet"
+    let text_ready = matches!(app.text, TextState::Ready { .. });
+    let prompt_reason = if !t2i {
+        Some("this model is class-conditional: open a text-to-image model to write a prompt")
+    } else if !text_ready {
+        Some("load the model's T5 encoder (Model panel) to write a prompt")
     } else {
-        "this model is class-conditional: open a text-to-image model to write a prompt"
+        None
     };
-    ui.add_enabled_ui(false, |ui| {
-        ui.add(
-            TextEdit::multiline(&mut app.settings.prompt)
-                .hint_text("prompt")
-                .desired_rows(2),
-        )
-        .on_disabled_hover_text(prompt_reason);
+    ui.add_enabled_ui(prompt_reason.is_none(), |ui| {
+        let l = ui.label("Prompt");
+        let r = ui
+            .add(
+                TextEdit::multiline(&mut app.settings.prompt)
+                    .hint_text("a red star on a blue background (one prompt a line)")
+                    .desired_rows(2),
+            )
+            .labelled_by(l.id);
+        if let Some(reason) = prompt_reason {
+            r.on_disabled_hover_text(reason);
+        }
     });
-    ui.weak(prompt_reason);
+    if let Some(reason) = prompt_reason {
+        ui.weak(reason);
+    }
 }
 
 fn sampler_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
@@ -388,7 +441,7 @@ fn axis_combo(ui: &mut egui::Ui, id: &str, axis: &mut Axis) {
 }
 
 fn grid_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
-    ui.weak("Two parameters, comma-separated values; all cells run as one batch.");
+    ui.weak("Two parameters, comma-separated values (prompts: separated by |); all cells run as one batch.");
     ui.horizontal(|ui| {
         ui.label("X");
         axis_combo(ui, "x axis", &mut app.settings.xy.x);

@@ -16,6 +16,7 @@ use llamagen::config::ModelType;
 use llamagen::generate::{EventDetail, Generator, Observer, Request, TokenEvent, decode_tokens};
 use llamagen::image_io::{ModelFile, tensor_to_images};
 use llamagen::sampling::SamplerParams;
+use llamagen::text::{T5Folder, TextEncoder, TextError};
 use llamagen::vq::VqModel;
 
 /// Which model to open.
@@ -81,10 +82,17 @@ pub struct Job {
     /// A true VQ decode of the partial grids every this many tokens (0 = only at the end).
     pub decode_every: usize,
     pub cancel: Arc<AtomicBool>,
+    /// The prompt of each request of a text-conditional model (encoded by the worker's T5,
+    /// once per distinct prompt); `None` for class requests.
+    pub prompts: Vec<Option<String>>,
 }
 
 pub enum Command {
     Load(ModelSpec),
+    /// Loads a FLAN-T5 folder for the loaded text-conditional model.
+    LoadText(PathBuf),
+    /// Frees the T5 encoder.
+    ReleaseText,
     Generate(Job),
 }
 
@@ -102,6 +110,12 @@ pub enum Event {
     Loading(String),
     Loaded(Box<ModelInfo>),
     LoadFailed(String),
+    TextLoaded {
+        dir: PathBuf,
+        params: usize,
+    },
+    TextFailed(String),
+    TextReleased,
     /// Atlas entries for the live preview.
     Patches(Patches),
     /// Tokens the generator made, for every sample of the batch.
@@ -196,6 +210,8 @@ struct Model<B: Backend> {
     bundle: ModelBundle<B>,
     /// Which atlas entries the UI has.
     sent: Vec<bool>,
+    /// The prompt encoder of a text-conditional model (with its per-prompt cache).
+    text: Option<TextEncoder<B>>,
 }
 
 /// Atlas entries decoded per background chunk.
@@ -238,6 +254,19 @@ impl Worker {
                     drop(model.take()); // free the old model first
                     model = self.load(spec);
                 }
+                Some(Command::LoadText(dir)) => match &mut model {
+                    Some(Loaded::Cpu(m)) => self.load_text(m, dir),
+                    Some(Loaded::Wgpu(m)) => self.load_text(m, dir),
+                    None => self.emit(Event::TextFailed("no model is loaded".into())),
+                },
+                Some(Command::ReleaseText) => {
+                    match &mut model {
+                        Some(Loaded::Cpu(m)) => m.text = None,
+                        Some(Loaded::Wgpu(m)) => m.text = None,
+                        None => {}
+                    }
+                    self.emit(Event::TextReleased);
+                }
                 Some(Command::Generate(job)) => match &mut model {
                     Some(Loaded::Cpu(m)) => self.generate(m, job),
                     Some(Loaded::Wgpu(m)) => self.generate(m, job),
@@ -274,6 +303,35 @@ impl Worker {
         }
     }
 
+    fn load_text<B: Backend>(&self, model: &mut Model<B>, dir: PathBuf) {
+        model.text = None;
+        let cfg = &model.bundle.gpt.config;
+        if cfg.model_type != ModelType::T2i {
+            self.emit(Event::TextFailed(
+                "the loaded model is class-conditional: it takes no prompts".into(),
+            ));
+            return;
+        }
+        let device = model.bundle.gpt.device();
+        let result = T5Folder::open(&dir).and_then(|folder| {
+            if folder.config.d_model != cfg.caption_dim {
+                return Err(TextError::CaptionDim {
+                    t5_dim: folder.config.d_model,
+                    caption_dim: cfg.caption_dim,
+                });
+            }
+            TextEncoder::<B>::from_folder(&folder, cfg.cls_token_num, &device)
+        });
+        match result {
+            Ok(encoder) => {
+                let params = encoder.config.num_params();
+                model.text = Some(encoder);
+                self.emit(Event::TextLoaded { dir, params });
+            }
+            Err(e) => self.emit(Event::TextFailed(format!("{}: {e}", dir.display()))),
+        }
+    }
+
     fn fill_atlas<B: Backend>(&self, model: &mut Model<B>) {
         let codes: Vec<u32> = (0..model.sent.len() as u32)
             .filter(|&c| !model.sent[c as usize])
@@ -284,9 +342,31 @@ impl Worker {
         }
     }
 
-    fn generate<B: Backend>(&self, model: &mut Model<B>, job: Job) {
+    fn generate<B: Backend>(&self, model: &mut Model<B>, mut job: Job) {
         let t0 = Instant::now();
-        let Model { bundle, sent } = model;
+        let Model { bundle, sent, text } = model;
+        // Prompts become caption features (each distinct prompt encoded once, then cached).
+        for (request, prompt) in job.requests.iter_mut().zip(&job.prompts) {
+            let Some(prompt) = prompt else { continue };
+            let Some(encoder) = text.as_mut() else {
+                self.emit(Event::Failed {
+                    job: job.id,
+                    error: "prompts need a T5 text encoder: load its folder in the Model panel"
+                        .into(),
+                });
+                return;
+            };
+            match encoder.encode(prompt) {
+                Ok(features) => request.condition = features.condition(),
+                Err(e) => {
+                    self.emit(Event::Failed {
+                        job: job.id,
+                        error: format!("prompt '{prompt}': {e}"),
+                    });
+                    return;
+                }
+            }
+        }
         let generator = Generator::new(&bundle.gpt);
         let grid = bundle.grid_size();
         let mut observer = JobObserver {
@@ -361,7 +441,14 @@ fn load_model<B: Backend>(
         patch: bundle.vq.config.downsample(),
     };
     let sent = vec![false; cfg.vocab_size];
-    Ok((Model { bundle, sent }, info))
+    Ok((
+        Model {
+            bundle,
+            sent,
+            text: None,
+        },
+        info,
+    ))
 }
 
 /// Decodes each code alone (a 1 × 1 token grid) into its patch.

@@ -12,7 +12,7 @@ use llamagen_studio::explore::Axis;
 use llamagen_studio::settings::Settings;
 use llamagen_studio::worker::Compute;
 
-const WAIT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_secs(60);
 
 fn studio(settings: Settings) -> Harness<'static, StudioApp> {
     let mut h = Harness::builder()
@@ -110,8 +110,8 @@ fn pick_a_class_move_a_slider_generate_and_see_the_gallery_grow() {
 
     let jobs = &h.state().sent_jobs;
     assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].len(), 2);
-    for r in &jobs[0] {
+    assert_eq!(jobs[0].requests.len(), 2);
+    for r in &jobs[0].requests {
         assert_eq!(
             r.condition,
             llamagen::generate::RequestCondition::Class(star)
@@ -252,11 +252,12 @@ fn a_two_by_two_grid_is_one_batch_of_four_with_the_right_parameters() {
     let jobs = &h.state().sent_jobs;
     assert_eq!(jobs.len(), 1, "the grid must be one batch");
     let got: Vec<(f32, f32)> = jobs[0]
+        .requests
         .iter()
         .map(|r| (r.params.cfg_scale, r.params.temperature))
         .collect();
     assert_eq!(got, vec![(1.5, 0.5), (3.0, 0.5), (1.5, 1.0), (3.0, 1.0)]);
-    let seeds: Vec<u64> = jobs[0].iter().map(|r| r.params.seed).collect();
+    let seeds: Vec<u64> = jobs[0].requests.iter().map(|r| r.params.seed).collect();
     assert!(
         seeds.iter().all(|&s| s == seeds[0]),
         "one seed across the grid"
@@ -333,8 +334,184 @@ fn clicking_a_token_keeps_the_prefix_and_rerolls_the_rest() {
     assert_eq!(h.state().sent_jobs.len(), 2, "the click started a re-roll");
     step_until(&mut h, finished);
     let job = h.state().sent_jobs.last().unwrap();
-    assert_eq!(job[0].prefix, first[..grid * grid / 2].to_vec());
+    assert_eq!(job.requests[0].prefix, first[..grid * grid / 2].to_vec());
     let second = &h.state().gallery[1].record.tokens;
     assert_eq!(second[..grid * grid / 2], first[..grid * grid / 2]);
     assert_eq!(second.len(), first.len());
+}
+
+mod text_to_image {
+    use super::*;
+    use llamagen::bundle::ModelCard;
+    use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice, state_dict, write_safetensors};
+    use llamagen::config::VqConfig;
+    use llamagen::vq::VqModel;
+    use llamagen_studio::app::TextState;
+    use std::path::{Path, PathBuf};
+
+    fn reference_dir() -> PathBuf {
+        std::env::var_os("LLAMAGEN_REFERENCE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/reference")
+            })
+    }
+
+    /// A text-conditional project model in `dir` (the reference tiny t2i generator, a random
+    /// tokenizer with its vocabulary as codebook, a card) and a T5 folder (the reference tiny
+    /// encoder with a small tokenizer.json). Returns (generator file, tokenizer file, T5 folder).
+    fn t2i_model(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let reference = reference_dir();
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(reference.join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let cfg = &manifest["cases"]["gpt_t2i_tiny"]["config"];
+        let get = |k: &str| cfg[k].as_u64().unwrap() as usize;
+        let grid = (get("block_size") as f64).sqrt() as usize;
+        let gpt = dir.join("gpt.safetensors");
+        std::fs::copy(reference.join("gpt_t2i_tiny.safetensors"), &gpt).unwrap();
+        let gpt_config = StateDict::open(&gpt, WeightsChoice::Model)
+            .unwrap()
+            .infer_gpt_config(&GptHints {
+                image_size: Some(grid * 4),
+                downsample: Some(4),
+                gpt_model: None,
+                n_head: Some(get("n_head")),
+                file_name: None,
+            })
+            .unwrap();
+        let vq_config = VqConfig {
+            ch: 32,
+            z_channels: 32,
+            codebook_size: get("vocab_size"),
+            encoder_ch_mult: vec![1, 1, 2],
+            decoder_ch_mult: vec![1, 1, 2],
+            ..VqConfig::default()
+        };
+        let device = Default::default();
+        let vq_model = VqModel::<llamagen::backend::Cpu>::init(&vq_config, &device).unwrap();
+        let vq = dir.join("vq.safetensors");
+        write_safetensors(
+            &vq,
+            &state_dict(&vq_model, &vq_config.state_dict_specs()).unwrap(),
+            None,
+        )
+        .unwrap();
+        ModelCard {
+            name: "tiny t2i".into(),
+            description: "reference tiny t2i generator, random tokenizer".into(),
+            gpt_file: "gpt.safetensors".into(),
+            gpt_config,
+            vq_file: "vq.safetensors".into(),
+            vq_config,
+            image_size: grid * 4,
+            class_names: Vec::new(),
+            sampler: Default::default(),
+            trained_with: Vec::new(),
+        }
+        .write(&dir.join("model.json"))
+        .unwrap();
+        ModelCard::read(&dir.join("model.json")).expect("the card reads back");
+        let t5 = dir.join("flan-t5-tiny");
+        std::fs::create_dir_all(&t5).unwrap();
+        for entry in std::fs::read_dir(reference.join("t5_tiny_hf")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), t5.join(entry.file_name())).unwrap();
+        }
+        llamagen::text::write_word_tokenizer(
+            &t5.join("tokenizer.json"),
+            &[
+                "a",
+                "red",
+                "blue",
+                "star",
+                "ring",
+                "on",
+                "the",
+                "background",
+            ],
+        )
+        .unwrap();
+        (gpt, vq, t5)
+    }
+
+    #[test]
+    fn the_prompt_box_comes_alive_with_a_t2i_model_and_its_t5_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gpt, vq, t5) = t2i_model(dir.path());
+        let mut h = studio(Settings {
+            num_images: 1,
+            ..Settings::default()
+        });
+        // The demo model is class-conditional: the prompt box is greyed out, with the reason.
+        assert!(
+            h.query_by_label_contains("open a text-to-image model")
+                .is_some()
+        );
+
+        type_into(&mut h, "GPT", &gpt.display().to_string());
+        type_into(&mut h, "VQ ", &vq.display().to_string());
+        h.get_by_label("Open").click();
+        h.step();
+        step_until(&mut h, |a| {
+            a.info()
+                .is_some_and(|i| i.model_type == llamagen::config::ModelType::T2i)
+        });
+        h.step();
+        // Without T5 the prompt box says what it needs, and Generate explains.
+        assert!(
+            h.query_by_label_contains("load the model's T5 encoder")
+                .is_some()
+        );
+
+        type_into(&mut h, "T5 folder", &t5.display().to_string());
+        h.get_by_label("Load T5").click();
+        h.step();
+        step_until(&mut h, |a| matches!(a.text, TextState::Ready { .. }));
+        h.step();
+        assert!(
+            h.query_by_label_contains("load the model's T5 encoder")
+                .is_none()
+        );
+
+        type_into(&mut h, "Prompt", "a red star\na blue ring");
+        assert_eq!(h.state().prompts(), vec!["a red star", "a blue ring"]);
+        h.get_by_label("Generate").click();
+        h.step();
+        step_until(&mut h, finished);
+
+        let job = &h.state().sent_jobs[0];
+        assert_eq!(
+            job.prompts,
+            vec![
+                Some("a red star".to_string()),
+                Some("a blue ring".to_string())
+            ]
+        );
+        // The worker turned each prompt into caption features before generating.
+        let gallery = &h.state().gallery;
+        assert_eq!(gallery.len(), 2);
+        assert_eq!(gallery[0].record.prompt.as_deref(), Some("a red star"));
+        assert_eq!(gallery[1].record.prompt.as_deref(), Some("a blue ring"));
+
+        // A grid over prompts ('|'-separated) is one batch too.
+        {
+            let s = &mut h.state_mut().settings;
+            s.xy.x = Axis::Prompt;
+            s.xy.x_values = "a red star | a blue ring, on the background".into();
+            s.xy.y = Axis::CfgScale;
+            s.xy.y_values = "1, 4".into();
+        }
+        h.state_mut().generate_grid();
+        h.step();
+        step_until(&mut h, finished);
+        let job = h.state().sent_jobs.last().unwrap();
+        assert_eq!(job.requests.len(), 4);
+        assert_eq!(
+            job.prompts[1].as_deref(),
+            Some("a blue ring, on the background")
+        );
+        assert_eq!(job.requests[3].params.cfg_scale, 4.0);
+    }
 }

@@ -67,7 +67,10 @@ impl ModelCard {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let card: ModelCard = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        if card.class_names.len() != card.gpt_config.num_classes {
+        // Text-conditional models have no classes to name.
+        if card.gpt_config.model_type == ModelType::C2i
+            && card.class_names.len() != card.gpt_config.num_classes
+        {
             return Err(err(format!(
                 "{} class names for a generator with {} classes",
                 card.class_names.len(),
@@ -271,11 +274,15 @@ impl<B: Backend> ModelBundle<B> {
         };
         if let Some(card_path) = gpt.parent().map(|d| d.join("model.json"))
             && card_path.is_file()
-            && let Ok(card) = ModelCard::read(&card_path)
-            && gpt.file_name().is_some_and(|f| f == card.gpt_file.as_str())
-            && vq.file_name().is_some_and(|f| f == card.vq_file.as_str())
         {
-            return Self::from_card(&card_path, device);
+            // A card that does not parse is not silently skipped: its configs are what the
+            // weights need, and inference would guess them differently.
+            let card = ModelCard::read(&card_path)?;
+            if gpt.file_name().is_some_and(|f| f == card.gpt_file.as_str())
+                && vq.file_name().is_some_and(|f| f == card.vq_file.as_str())
+            {
+                return Self::from_card(&card_path, device);
+            }
         }
         Self::load(gpt, vq, opts, device)
     }
