@@ -25,10 +25,13 @@ pub struct GptHints {
 /// Tensor name → shape: all that inference looks at.
 pub type Shapes = BTreeMap<String, Vec<usize>>;
 
-/// `c2i_L_384.pt` → 384; `t2i_XL_stage2_512.pt` → 512: the last `_<digits>` in the stem.
+/// `c2i_L_384.pt` → 384; `t2i_XL_stage2_512.pt` → 512: the last `_<digits>` in the stem, as
+/// the official release names its files. Step counters (`step-0000400`, `0050000`) are not
+/// image sizes: only `_`-separated parts without leading zeros count.
 pub fn image_size_from_file_name(path: &Path) -> Option<usize> {
     let stem = path.file_stem()?.to_str()?;
-    stem.split(['_', '-', '.'])
+    stem.split('_')
+        .filter(|p| !p.starts_with('0'))
         .filter_map(|p| p.parse::<usize>().ok())
         .filter(|n| (64..=2048).contains(n) && n % 8 == 0)
         .next_back()
@@ -229,5 +232,12 @@ mod tests {
             Some(512)
         );
         assert_eq!(image_size_from_file_name(Path::new("vq_ds16_c2i.pt")), None);
+        // Training checkpoints name steps, not sizes.
+        assert_eq!(
+            image_size_from_file_name(Path::new("step-0000400.safetensors")),
+            None
+        );
+        assert_eq!(image_size_from_file_name(Path::new("0050000.pt")), None);
+        assert_eq!(image_size_from_file_name(Path::new("run-400.pt")), None);
     }
 }
