@@ -74,6 +74,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Encode images to token grids with a tokenizer and decode them back: prints PSNR and the
+    /// codes used, writes input | reconstruction side by side. Default: the demo tokenizer.
+    #[command(
+        after_help = "Examples:\n  llamagen reconstruct photo.jpg --vq-ckpt vq_ds16_c2i.pt --image-size 256 --out-dir recon/\n  llamagen reconstruct data/shapes/star/0.png --json"
+    )]
+    Reconstruct(commands::ReconstructArgs),
     /// Convert a checkpoint (.pt or .safetensors) to a safetensors file with the official names.
     Convert {
         /// Input checkpoint.
@@ -173,6 +179,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => commands::generate(*args),
         Command::Info { png, json } => commands::info(&png, json),
+        Command::Reconstruct(args) => commands::reconstruct(args),
         Command::Convert { input, output, ema } => commands::convert(&input, &output, ema),
         Command::Bench(args) => commands::bench(args),
         Command::Dataset(DatasetCommand::Shapes {
