@@ -149,40 +149,20 @@ fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
         }
     }
     ui.separator();
-    ui.horizontal(|ui| {
-        let l = ui.label("GPT");
-        ui.add(
-            TextEdit::singleline(&mut app.gpt_path)
-                .hint_text("c2i_L_384.pt")
-                .desired_width(180.0),
-        )
-        .labelled_by(l.id);
-        if ui
-            .button("…")
-            .on_hover_text("choose the generator checkpoint")
-            .clicked()
-            && let Some(p) = pick_checkpoint("Generator (GPT) checkpoint")
-        {
-            app.gpt_path = p.display().to_string();
-        }
-    });
-    ui.horizontal(|ui| {
-        let l = ui.label("VQ ");
-        ui.add(
-            TextEdit::singleline(&mut app.vq_path)
-                .hint_text("vq_ds16_c2i.pt")
-                .desired_width(180.0),
-        )
-        .labelled_by(l.id);
-        if ui
-            .button("…")
-            .on_hover_text("choose the tokenizer checkpoint")
-            .clicked()
-            && let Some(p) = pick_checkpoint("Tokenizer (VQ) checkpoint")
-        {
-            app.vq_path = p.display().to_string();
-        }
-    });
+    checkpoint_row(
+        ui,
+        "GPT",
+        "c2i_L_384.pt",
+        "Generator (GPT) checkpoint",
+        &mut app.gpt_path,
+    );
+    checkpoint_row(
+        ui,
+        "VQ ",
+        "vq_ds16_c2i.pt",
+        "Tokenizer (VQ) checkpoint",
+        &mut app.vq_path,
+    );
     ui.horizontal(|ui| {
         let l = ui.label("Image size");
         ui.add(
@@ -270,6 +250,27 @@ fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
         });
     }
     ui.weak("Drop checkpoints here to open them, or a PNG to restore its parameters.");
+}
+
+/// A labelled path field with a "…" button that opens a file dialog.
+fn checkpoint_row(ui: &mut egui::Ui, label: &str, hint: &str, title: &str, path: &mut String) {
+    ui.horizontal(|ui| {
+        let l = ui.label(label);
+        ui.add(
+            TextEdit::singleline(path)
+                .hint_text(hint)
+                .desired_width(180.0),
+        )
+        .labelled_by(l.id);
+        if ui
+            .button("…")
+            .on_hover_text(format!("choose the {title}"))
+            .clicked()
+            && let Some(p) = pick_checkpoint(title)
+        {
+            *path = p.display().to_string();
+        }
+    });
 }
 
 fn pick_checkpoint(title: &str) -> Option<std::path::PathBuf> {

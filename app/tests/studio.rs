@@ -60,6 +60,15 @@ fn type_into(h: &mut Harness<'_, StudioApp>, label: &str, text: &str) {
     h.step();
 }
 
+/// Generates one image with the current settings; the gallery (empty before) then holds it.
+fn generate_one(h: &mut Harness<'_, StudioApp>) {
+    h.state_mut().settings.num_images = 1;
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(h, finished);
+    assert_eq!(h.state().gallery.len(), 1);
+}
+
 fn class_id(h: &Harness<'_, StudioApp>, name: &str) -> usize {
     h.state()
         .info()
@@ -171,11 +180,7 @@ fn cancel_stops_a_run_the_ui_keeps_answering_and_the_worker_is_reusable() {
 
     // The same worker runs the next job to the end.
     h.state_mut().settings.classes = vec![0];
-    h.state_mut().settings.num_images = 1;
-    h.get_by_label("Generate").click();
-    h.step();
-    step_until(&mut h, finished);
-    assert_eq!(h.state().gallery.len(), 1);
+    generate_one(&mut h);
 }
 
 #[test]
@@ -298,11 +303,7 @@ fn a_model_that_fails_to_load_shows_an_error_and_the_studio_goes_on() {
     h.get_by_label("Demo model").click();
     h.step();
     step_until(&mut h, |a| a.info().is_some());
-    h.state_mut().settings.num_images = 1;
-    h.get_by_label("Generate").click();
-    h.step();
-    step_until(&mut h, finished);
-    assert_eq!(h.state().gallery.len(), 1);
+    generate_one(&mut h);
 }
 
 #[test]
