@@ -352,6 +352,18 @@ impl Report {
         self.lines.push(line);
     }
 
+    /// Records a failure for every expected tensor of `case` that is not in `covered`.
+    pub fn require_covered(&mut self, case: &Case, covered: &[String]) {
+        for name in case.expected_names() {
+            if !covered.contains(&name) {
+                self.failures.push(format!(
+                    "{}: expected tensor {name} was not checked",
+                    case.name
+                ));
+            }
+        }
+    }
+
     /// Prints every line (visible with `--nocapture`) and fails with every failure.
     pub fn finish(self) {
         for l in &self.lines {

@@ -153,14 +153,7 @@ fn patchgan_matches_reference_on_cpu() {
         for file in files {
             check_file(case, &file, &mut report, &mut covered);
         }
-        for name in case.expected_names() {
-            if !covered.contains(&name) {
-                report.failures.push(format!(
-                    "{}: expected tensor {name} was not checked",
-                    case.name
-                ));
-            }
-        }
+        report.require_covered(case, &covered);
     }
     report.finish();
 }

@@ -116,14 +116,7 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
                 covered.push("last_hidden_state".into());
             }
         }
-        for name in case.expected_names() {
-            if !covered.contains(&name) {
-                report.failures.push(format!(
-                    "{}: expected tensor {name} was not checked",
-                    case.name
-                ));
-            }
-        }
+        report.require_covered(case, &covered);
     }
     report.finish();
 }

@@ -114,14 +114,7 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str, tol: f64) {
             );
             check_model(case, &model, &label, tol, &mut report, &mut covered);
         }
-        for name in case.expected_names() {
-            if !covered.contains(&name) {
-                report.failures.push(format!(
-                    "{}: expected tensor {name} was not checked",
-                    case.name
-                ));
-            }
-        }
+        report.require_covered(case, &covered);
     }
     report.finish();
 }
