@@ -30,6 +30,8 @@ pub struct Atlas {
     /// RGBA pixels, `cols·patch` wide.
     pub rgba: Vec<u8>,
     pub have: Vec<bool>,
+    /// Counts inserts, so a GPU copy scans for new patches only when there are some.
+    pub version: u64,
 }
 
 impl Atlas {
@@ -43,6 +45,7 @@ impl Atlas {
             cols,
             rgba: vec![0; cols * patch * rows * patch * 4],
             have: vec![false; codes],
+            version: 0,
         }
     }
 
@@ -89,6 +92,7 @@ impl Atlas {
             }
             self.have[code] = true;
         }
+        self.version += 1;
     }
 
     /// The mosaic of a token grid, composed on the CPU; positions without a token (or whose
@@ -148,6 +152,8 @@ struct MosaicResources {
     atlas_id: u64,
     texture: Option<wgpu::Texture>,
     uploaded: Vec<bool>,
+    /// The atlas version the texture holds (`u64::MAX`: none yet).
+    uploaded_version: u64,
     slots: HashMap<usize, Slot>,
     srgb: bool,
 }
@@ -245,6 +251,7 @@ impl MosaicResources {
             atlas_id: u64::MAX,
             texture: None,
             uploaded: Vec::new(),
+            uploaded_version: u64::MAX,
             slots: HashMap::new(),
             srgb: target.is_srgb(),
         }
@@ -294,15 +301,20 @@ impl egui_wgpu::CallbackTrait for MosaicCallback {
                 view_formats: &[],
             }));
             res.uploaded = vec![false; atlas.codes];
+            res.uploaded_version = u64::MAX;
             res.atlas_id = atlas.id;
             res.slots.clear();
         }
         let texture = res.texture.as_ref().expect("atlas texture");
-        // Upload the patches decoded since the last frame.
+        // Upload the patches decoded since the last frame (a scan only when the atlas changed:
+        // every mosaic of every frame passes here).
         let p = atlas.patch;
         let w = atlas.width();
         let mut staging = vec![0u8; p * p * 4];
-        for code in 0..atlas.codes {
+        let changed = res.uploaded_version != atlas.version;
+        res.uploaded_version = atlas.version;
+        let scan = if changed { 0..atlas.codes } else { 0..0 };
+        for code in scan {
             if atlas.have[code] && !res.uploaded[code] {
                 let (x0, y0) = ((code % atlas.cols) * p, (code / atlas.cols) * p);
                 for y in 0..p {
