@@ -140,6 +140,18 @@ pub struct ModelBundle<B: Backend> {
     pub sampler: SamplerParams,
 }
 
+/// A training run folder (`step-N/` checkpoints and a `latest` file naming the newest) stands
+/// for its newest `model.safetensors`; any other path is taken as it is.
+pub fn run_folder_weights(path: &Path) -> PathBuf {
+    let latest = path.join("latest");
+    match std::fs::read_to_string(&latest) {
+        Ok(step) if path.is_dir() && !step.trim().is_empty() => {
+            path.join(step.trim()).join("model.safetensors")
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 impl<B: Backend> ModelBundle<B> {
     /// Loads both checkpoints (config inferred), and checks that they fit: the codebook is the
     /// generator's vocabulary, and the image size divides by the tokenizer's downsampling.
@@ -266,12 +278,13 @@ impl<B: Backend> ModelBundle<B> {
         device: &B::Device,
     ) -> Result<Self, BundleError> {
         let (gpt, vq) = match (gpt, vq) {
-            (Some(g), Some(v)) => (g, v),
+            (Some(g), Some(v)) => (run_folder_weights(g), run_folder_weights(v)),
             _ => {
                 let card = demo_card_path().ok_or(BundleError::NoDemo)?;
                 return Self::from_card(&card, device);
             }
         };
+        let (gpt, vq) = (gpt.as_path(), vq.as_path());
         if let Some(card_path) = gpt.parent().map(|d| d.join("model.json"))
             && card_path.is_file()
         {
@@ -299,5 +312,26 @@ impl<B: Backend> ModelBundle<B> {
             .map(str::to_string)
             .unwrap_or_else(|| format!("GPT (dim {}, {} layers)", c.dim, c.n_layer));
         format!("{size} {}", c.model_type.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_folder_stands_for_its_latest_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(run.join("step-0000200")).unwrap();
+        // Not a run folder (no `latest`): the path is kept.
+        assert_eq!(run_folder_weights(&run), run);
+        std::fs::write(run.join("latest"), "step-0000200\n").unwrap();
+        assert_eq!(
+            run_folder_weights(&run),
+            run.join("step-0000200").join("model.safetensors")
+        );
+        let file = run.join("step-0000200").join("model.safetensors");
+        assert_eq!(run_folder_weights(&file), file);
     }
 }

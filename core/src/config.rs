@@ -341,6 +341,12 @@ pub struct VqConfig {
     pub num_res_blocks: usize,
     pub in_channels: usize,
     pub out_channels: usize,
+    /// Groups of every GroupNorm (official `Normalize`: 32). With narrow widths 32 groups
+    /// degenerate: at `ch = 32` each group is one channel, an instance norm that throws away
+    /// each feature's per-image mean and scale (the decoder's last norm then cannot carry the
+    /// image's colour to `conv_out`). Narrow tokenizers keep the official ratio of about four
+    /// channels per group instead. Not stored in checkpoints; model cards record it.
+    pub norm_groups: usize,
 }
 
 /// Entries of the FIFO codebook-usage buffer (hard-coded in the official quantizer).
@@ -363,6 +369,7 @@ impl Default for VqConfig {
             num_res_blocks: 2,
             in_channels: 3,
             out_channels: 3,
+            norm_groups: crate::vq::NORM_GROUPS,
         }
     }
 }
@@ -383,7 +390,7 @@ impl VqConfig {
     }
 
     pub fn size_name(&self) -> Option<&'static str> {
-        if self.ch != 128 || self.z_channels != 256 {
+        if self.ch != 128 || self.z_channels != 256 || self.norm_groups != crate::vq::NORM_GROUPS {
             return None;
         }
         ["VQ-16", "VQ-8"].into_iter().find(|n| {
@@ -403,11 +410,15 @@ impl VqConfig {
         if self.encoder_ch_mult.is_empty() || self.decoder_ch_mult.is_empty() {
             return bad("channel multipliers must not be empty".into());
         }
+        if self.norm_groups == 0 {
+            return bad("GroupNorm needs at least one group".into());
+        }
         for m in self.encoder_ch_mult.iter().chain(&self.decoder_ch_mult) {
-            if (self.ch * m) % 32 != 0 {
+            if (self.ch * m) % self.norm_groups != 0 {
                 return bad(format!(
-                    "channel width {} is not a multiple of 32 (GroupNorm uses 32 groups)",
-                    self.ch * m
+                    "channel width {} is not a multiple of the {} GroupNorm groups",
+                    self.ch * m,
+                    self.norm_groups
                 ));
             }
         }
@@ -599,5 +610,38 @@ mod tests {
         ));
         assert_eq!(VqConfig::named("vq-8").unwrap().downsample(), 8);
         assert_eq!(VqConfig::named("VQ-16").unwrap().downsample(), 16);
+    }
+
+    #[test]
+    fn norm_groups_default_to_the_official_32_and_must_divide_every_width() {
+        // Cards written before the field existed load with the official value.
+        let mut old = serde_json::to_value(VqConfig::named("VQ-8").unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("norm_groups");
+        let cfg: VqConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(cfg.norm_groups, 32);
+        assert_eq!(cfg.size_name(), Some("VQ-8"));
+        let narrow = VqConfig {
+            ch: 32,
+            norm_groups: 8,
+            ..VqConfig::named("VQ-8").unwrap()
+        };
+        narrow.validate().unwrap();
+        assert_eq!(narrow.size_name(), None);
+        let bad = VqConfig {
+            ch: 36,
+            norm_groups: 8,
+            ..narrow.clone()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("8 GroupNorm groups")
+        );
+        let none = VqConfig {
+            norm_groups: 0,
+            ..narrow
+        };
+        assert!(none.validate().is_err());
     }
 }

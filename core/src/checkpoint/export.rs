@@ -90,6 +90,17 @@ pub fn state_dict_renamed<B: Backend, M: Module<B>>(
     Ok(out)
 }
 
+/// Metadata that stores `config` as JSON under `key` (see [`super::VQ_CONFIG_KEY`] and
+/// [`super::GPT_CONFIG_KEY`]), so the file loads with exactly the configuration it was
+/// trained with.
+pub fn config_metadata<T: serde::Serialize>(
+    key: &str,
+    config: &T,
+) -> Option<std::collections::HashMap<String, String>> {
+    let json = serde_json::to_string(config).ok()?;
+    Some(std::iter::once((key.to_string(), json)).collect())
+}
+
 /// Writes f32 tensors as a safetensors file with optional string metadata; the file appears
 /// only once complete (written beside it, then renamed).
 pub fn write_safetensors(

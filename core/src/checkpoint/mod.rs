@@ -7,7 +7,7 @@ mod export;
 mod infer;
 mod weights;
 
-pub use export::{state_dict, state_dict_renamed, write_safetensors};
+pub use export::{config_metadata, state_dict, state_dict_renamed, write_safetensors};
 
 pub use infer::{GptHints, Shapes, image_size_from_file_name, infer_gpt_config, infer_vq_config};
 pub use weights::Weights;
@@ -38,6 +38,12 @@ pub enum WeightsChoice {
     PreferEma,
 }
 
+/// Safetensors metadata key under which this project's writers store the tokenizer's
+/// configuration as JSON (what tensor shapes cannot say, e.g. GroupNorm groups).
+pub const VQ_CONFIG_KEY: &str = "llamagen.vq_config";
+/// Likewise for the generator (attention heads, token grid).
+pub const GPT_CONFIG_KEY: &str = "llamagen.gpt_config";
+
 /// Wrappers the official scripts store a state dict under, in the order they are looked for.
 const WRAPPERS: &[&str] = &["model", "module", "state_dict"];
 
@@ -57,6 +63,8 @@ pub struct StateDict {
     /// Where the weights were found: `model`, `ema`, `module`, `state_dict` or `(bare)`.
     pub wrapper: String,
     tensors: BTreeMap<String, TensorSnapshot>,
+    /// The safetensors header's `__metadata__` strings (empty for PyTorch files).
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for StateDict {
@@ -94,12 +102,15 @@ impl StateDict {
         let is_safetensors = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-        let (format, raw) = if is_safetensors {
-            (Format::Safetensors, read_safetensors(&path)?)
+        let (format, raw, metadata) = if is_safetensors {
+            let metadata = read_safetensors_metadata(&path)?;
+            (Format::Safetensors, read_safetensors(&path)?, metadata)
         } else {
-            (Format::PyTorch, read_pytorch(&path)?)
+            (Format::PyTorch, read_pytorch(&path)?, BTreeMap::new())
         };
-        Self::from_raw(path, format, raw, choice)
+        let mut sd = Self::from_raw(path, format, raw, choice)?;
+        sd.metadata = metadata;
+        Ok(sd)
     }
 
     fn from_raw(
@@ -135,6 +146,7 @@ impl StateDict {
             format,
             wrapper: wrapper.unwrap_or("(bare)").to_string(),
             tensors,
+            metadata: BTreeMap::new(),
         })
     }
 
@@ -150,11 +162,13 @@ impl StateDict {
         let mut tensors = BTreeMap::new();
         let mut format = Format::Safetensors;
         let mut wrapper = String::from("(bare)");
+        let mut metadata = BTreeMap::new();
         for (i, file) in files.iter().enumerate() {
             let part = Self::open(file, choice)?;
             if i == 0 {
                 format = part.format;
                 wrapper = part.wrapper;
+                metadata = part.metadata;
             }
             for (k, v) in part.tensors {
                 tensors.entry(k).or_insert(v);
@@ -171,6 +185,7 @@ impl StateDict {
             format,
             wrapper,
             tensors,
+            metadata,
         })
     }
 
@@ -199,19 +214,58 @@ impl StateDict {
             .collect()
     }
 
-    /// Infers the GPT configuration; the file name is read for the image size unless the
-    /// hints give it.
+    /// The GPT configuration: the one this project's writers stored in the file (with the
+    /// hints' head count and image size applied), else inferred from the shapes, the hints and
+    /// the file name.
     pub fn infer_gpt_config(
         &self,
         hints: &GptHints,
     ) -> Result<crate::config::GptConfig, CheckpointError> {
+        if let Some(mut cfg) = self.stored_config::<crate::config::GptConfig>(GPT_CONFIG_KEY)? {
+            if let Some(n_head) = hints.n_head {
+                cfg.n_head = n_head;
+            }
+            if let Some(size) = hints.image_size {
+                let downsample = hints.downsample.unwrap_or(16);
+                if size % downsample != 0 {
+                    return Err(CheckpointError::Infer(format!(
+                        "image size {size} is not a multiple of the tokenizer's downsampling {downsample}"
+                    )));
+                }
+                cfg.block_size = (size / downsample).pow(2);
+            }
+            cfg.validate()?;
+            return Ok(cfg);
+        }
         let mut hints = hints.clone();
         hints.file_name.get_or_insert_with(|| self.path.clone());
         infer_gpt_config(&self.shapes(), &hints)
     }
 
+    /// The tokenizer configuration: the one stored in the file by this project's writers,
+    /// else inferred from the shapes (official checkpoints: GroupNorm groups are 32).
     pub fn infer_vq_config(&self) -> Result<crate::config::VqConfig, CheckpointError> {
+        if let Some(cfg) = self.stored_config::<crate::config::VqConfig>(VQ_CONFIG_KEY)? {
+            cfg.validate()?;
+            return Ok(cfg);
+        }
         infer_vq_config(&self.shapes())
+    }
+
+    /// A configuration stored as JSON under `key` in the file's metadata.
+    fn stored_config<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CheckpointError> {
+        let Some(json) = self.metadata.get(key) else {
+            return Ok(None);
+        };
+        serde_json::from_str(json).map(Some).map_err(|e| {
+            CheckpointError::Infer(format!(
+                "{}: the configuration stored under '{key}' does not parse: {e}",
+                self.path.display()
+            ))
+        })
     }
 
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
@@ -264,6 +318,43 @@ fn read_safetensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, Che
             reason: e.to_string(),
         })?;
     Ok(all.clone())
+}
+
+/// The `__metadata__` strings of a safetensors header (8-byte little-endian header length,
+/// then the JSON header), read without touching the tensor data.
+fn read_safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
+    use std::io::Read;
+    let bad = |reason: String| CheckpointError::Unreadable {
+        path: path.to_path_buf(),
+        format: "safetensors",
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|e| bad(format!("no header: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    if len > 100_000_000 || len + 8 > file_len {
+        return Err(bad(format!("header length {len} does not fit the file")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("truncated header: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 fn read_pytorch(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, CheckpointError> {

@@ -295,7 +295,11 @@ impl<B: AutodiffBackend> GptTrainer<B> {
             let inner = self.model.valid();
             let tensors =
                 crate::checkpoint::state_dict(&inner, &self.model.config.state_dict_specs())?;
-            crate::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors, None)?;
+            let meta = crate::checkpoint::config_metadata(
+                crate::checkpoint::GPT_CONFIG_KEY,
+                &self.model.config,
+            );
+            crate::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors, meta)?;
             let train = dir.join("train");
             std::fs::create_dir_all(&train).map_err(|e| TrainError::io(&train, e))?;
             checkpoint::save_record(self.model.clone().into_record(), &train.join("model"))?;

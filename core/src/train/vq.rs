@@ -251,7 +251,11 @@ impl<B: AutodiffBackend> VqTrainer<B> {
         checkpoint::save(out, self.step, |dir| {
             let specs = self.vq.config.state_dict_specs();
             let tensors = crate::checkpoint::state_dict(&self.export_model(), &specs)?;
-            crate::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors, None)?;
+            let meta = crate::checkpoint::config_metadata(
+                crate::checkpoint::VQ_CONFIG_KEY,
+                &self.vq.config,
+            );
+            crate::checkpoint::write_safetensors(&dir.join("model.safetensors"), &tensors, meta)?;
             let train = dir.join("train");
             std::fs::create_dir_all(&train).map_err(|e| TrainError::io(&train, e))?;
             checkpoint::save_record(self.vq.clone().into_record(), &train.join("vq"))?;

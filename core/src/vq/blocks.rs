@@ -4,12 +4,13 @@ use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::ops::PadMode;
 
-use super::{NORM_EPS, NORM_GROUPS};
+use super::NORM_EPS;
 use crate::checkpoint::Weights;
+use crate::config::VqConfig;
 use crate::error::CheckpointError;
 
-pub(crate) fn norm_init<B: Backend>(c: usize, device: &B::Device) -> GroupNorm<B> {
-    GroupNormConfig::new(NORM_GROUPS, c)
+pub(crate) fn norm_init<B: Backend>(c: usize, cfg: &VqConfig, device: &B::Device) -> GroupNorm<B> {
+    GroupNormConfig::new(cfg.norm_groups, c)
         .with_epsilon(NORM_EPS)
         .init(device)
 }
@@ -18,8 +19,32 @@ pub(crate) fn norm_load<B: Backend>(
     w: &Weights<B>,
     name: &str,
     c: usize,
+    cfg: &VqConfig,
 ) -> Result<GroupNorm<B>, CheckpointError> {
-    w.group_norm(name, NORM_GROUPS, c, NORM_EPS)
+    w.group_norm(name, cfg.norm_groups, c, NORM_EPS)
+}
+
+/// GroupNorm of `[batch, channels, h, w]` with the module's groups, ε and affine parameters:
+/// the same arithmetic as `burn::nn::GroupNorm::forward`, arranged so that every broadcast
+/// is one value per contiguous row (`[batch·channels, h·w]` against `[batch·channels, 1]`),
+/// which the CPU backend runs vectorised forward and backward; a `[1, channels, 1, 1]`
+/// scale broadcast over the batch takes its element-by-element path, several times slower.
+pub(crate) fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    let g = norm.num_groups;
+    let grouped = x.reshape([b, g, (c / g) * h * w]);
+    let centred = grouped.clone() - grouped.mean_dim(2);
+    let var = centred.clone().square().mean_dim(2);
+    let normed = (centred / (var + norm.epsilon).sqrt()).reshape([b, c, h * w]);
+    let per_row = |p: &Option<burn::module::Param<Tensor<B, 1>>>| {
+        p.as_ref()
+            .map(|p| p.val().reshape([1, c, 1]).repeat_dim(0, b))
+    };
+    let out = match (per_row(&norm.gamma), per_row(&norm.beta)) {
+        (Some(gamma), Some(beta)) => normed * gamma + beta,
+        _ => normed,
+    };
+    out.reshape([b, c, h, w])
 }
 
 pub(crate) fn conv_init<B: Backend>(
@@ -49,12 +74,12 @@ pub struct ResnetBlock<B: Backend> {
 }
 
 impl<B: Backend> ResnetBlock<B> {
-    pub fn init(cin: usize, cout: usize, dropout: f64, device: &B::Device) -> Self {
+    pub fn init(cin: usize, cout: usize, cfg: &VqConfig, device: &B::Device) -> Self {
         Self {
-            norm1: norm_init(cin, device),
+            norm1: norm_init(cin, cfg, device),
             conv1: conv_init(cin, cout, 3, 1, 1, device),
-            norm2: norm_init(cout, device),
-            dropout: DropoutConfig::new(dropout).init(),
+            norm2: norm_init(cout, cfg, device),
+            dropout: DropoutConfig::new(cfg.dropout_p).init(),
             conv2: conv_init(cout, cout, 3, 1, 1, device),
             nin_shortcut: (cin != cout).then(|| conv_init(cin, cout, 1, 1, 0, device)),
         }
@@ -65,13 +90,13 @@ impl<B: Backend> ResnetBlock<B> {
         p: &str,
         cin: usize,
         cout: usize,
-        dropout: f64,
+        cfg: &VqConfig,
     ) -> Result<Self, CheckpointError> {
         Ok(Self {
-            norm1: norm_load(w, &format!("{p}.norm1"), cin)?,
+            norm1: norm_load(w, &format!("{p}.norm1"), cin, cfg)?,
             conv1: w.conv2d(&format!("{p}.conv1"), cin, cout, 3, 1, 1)?,
-            norm2: norm_load(w, &format!("{p}.norm2"), cout)?,
-            dropout: DropoutConfig::new(dropout).init(),
+            norm2: norm_load(w, &format!("{p}.norm2"), cout, cfg)?,
+            dropout: DropoutConfig::new(cfg.dropout_p).init(),
             conv2: w.conv2d(&format!("{p}.conv2"), cout, cout, 3, 1, 1)?,
             nin_shortcut: if cin != cout {
                 Some(w.conv2d(&format!("{p}.nin_shortcut"), cin, cout, 1, 1, 0)?)
@@ -82,10 +107,10 @@ impl<B: Backend> ResnetBlock<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv1.forward(silu(group_norm(&self.norm1, x.clone())));
         let h = self
             .conv2
-            .forward(self.dropout.forward(silu(self.norm2.forward(h))));
+            .forward(self.dropout.forward(silu(group_norm(&self.norm2, h))));
         let x = match &self.nin_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -105,10 +130,10 @@ pub struct AttnBlock<B: Backend> {
 }
 
 impl<B: Backend> AttnBlock<B> {
-    pub fn init(c: usize, device: &B::Device) -> Self {
+    pub fn init(c: usize, cfg: &VqConfig, device: &B::Device) -> Self {
         let conv = || conv_init(c, c, 1, 1, 0, device);
         Self {
-            norm: norm_init(c, device),
+            norm: norm_init(c, cfg, device),
             q: conv(),
             k: conv(),
             v: conv(),
@@ -116,10 +141,15 @@ impl<B: Backend> AttnBlock<B> {
         }
     }
 
-    pub fn load(w: &Weights<B>, p: &str, c: usize) -> Result<Self, CheckpointError> {
+    pub fn load(
+        w: &Weights<B>,
+        p: &str,
+        c: usize,
+        cfg: &VqConfig,
+    ) -> Result<Self, CheckpointError> {
         let conv = |n: &str| w.conv2d(&format!("{p}.{n}"), c, c, 1, 1, 0);
         Ok(Self {
-            norm: norm_load(w, &format!("{p}.norm"), c)?,
+            norm: norm_load(w, &format!("{p}.norm"), c, cfg)?,
             q: conv("q")?,
             k: conv("k")?,
             v: conv("v")?,
@@ -130,7 +160,7 @@ impl<B: Backend> AttnBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         let n = h * w;
-        let hn = self.norm.forward(x.clone());
+        let hn = group_norm(&self.norm, x.clone());
         let q = self
             .q
             .forward(hn.clone())

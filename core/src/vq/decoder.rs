@@ -3,7 +3,9 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use super::blocks::{AttnBlock, ResnetBlock, Upsample, conv_init, norm_init, norm_load};
+use super::blocks::{
+    AttnBlock, ResnetBlock, Upsample, conv_init, group_norm, norm_init, norm_load,
+};
 use super::encoder::MidBlock;
 use crate::checkpoint::Weights;
 use crate::config::VqConfig;
@@ -59,10 +61,13 @@ impl<B: Backend> Decoder<B> {
                 DecoderLevel {
                     res: blocks
                         .iter()
-                        .map(|&(a, b)| ResnetBlock::init(a, b, cfg.dropout_p, device))
+                        .map(|&(a, b)| ResnetBlock::init(a, b, cfg, device))
                         .collect(),
                     attn: if i == 0 {
-                        blocks.iter().map(|_| AttnBlock::init(c, device)).collect()
+                        blocks
+                            .iter()
+                            .map(|_| AttnBlock::init(c, cfg, device))
+                            .collect()
                     } else {
                         Vec::new()
                     },
@@ -73,9 +78,9 @@ impl<B: Backend> Decoder<B> {
         let last = cfg.ch * cfg.decoder_ch_mult[0];
         Self {
             conv_in: conv_init(cfg.z_channels, top, 3, 1, 1, device),
-            mid: MidBlock::init(top, cfg.dropout_p, device),
+            mid: MidBlock::init(top, cfg, device),
             conv_blocks,
-            norm_out: norm_init(last, device),
+            norm_out: norm_init(last, cfg, device),
             conv_out: conv_init(last, cfg.out_channels, 3, 1, 1, device),
         }
     }
@@ -90,13 +95,11 @@ impl<B: Backend> Decoder<B> {
             let res = blocks
                 .iter()
                 .enumerate()
-                .map(|(r, &(a, b))| {
-                    ResnetBlock::load(w, &format!("{lp}.res.{r}"), a, b, cfg.dropout_p)
-                })
+                .map(|(r, &(a, b))| ResnetBlock::load(w, &format!("{lp}.res.{r}"), a, b, cfg))
                 .collect::<Result<_, _>>()?;
             let attn = if i == 0 {
                 (0..blocks.len())
-                    .map(|r| AttnBlock::load(w, &format!("{lp}.attn.{r}"), c))
+                    .map(|r| AttnBlock::load(w, &format!("{lp}.attn.{r}"), c, cfg))
                     .collect::<Result<_, _>>()?
             } else {
                 Vec::new()
@@ -115,9 +118,9 @@ impl<B: Backend> Decoder<B> {
         let last = cfg.ch * cfg.decoder_ch_mult[0];
         Ok(Self {
             conv_in: w.conv2d(&format!("{p}.conv_in"), cfg.z_channels, top, 3, 1, 1)?,
-            mid: MidBlock::load(w, &format!("{p}.mid"), top, cfg.dropout_p)?,
+            mid: MidBlock::load(w, &format!("{p}.mid"), top, cfg)?,
             conv_blocks,
-            norm_out: norm_load(w, &format!("{p}.norm_out"), last)?,
+            norm_out: norm_load(w, &format!("{p}.norm_out"), last, cfg)?,
             conv_out: w.conv2d(&format!("{p}.conv_out"), last, cfg.out_channels, 3, 1, 1)?,
         })
     }
@@ -135,6 +138,6 @@ impl<B: Backend> Decoder<B> {
                 h = up.forward(h);
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out.forward(silu(group_norm(&self.norm_out, h)))
     }
 }

@@ -3,7 +3,9 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use super::blocks::{AttnBlock, Downsample, ResnetBlock, conv_init, norm_init, norm_load};
+use super::blocks::{
+    AttnBlock, Downsample, ResnetBlock, conv_init, group_norm, norm_init, norm_load,
+};
 use crate::checkpoint::Weights;
 use crate::config::VqConfig;
 use crate::error::CheckpointError;
@@ -26,19 +28,24 @@ pub struct MidBlock<B: Backend> {
 }
 
 impl<B: Backend> MidBlock<B> {
-    pub fn init(c: usize, dropout: f64, device: &B::Device) -> Self {
+    pub fn init(c: usize, cfg: &VqConfig, device: &B::Device) -> Self {
         Self {
-            res_a: ResnetBlock::init(c, c, dropout, device),
-            attn: AttnBlock::init(c, device),
-            res_b: ResnetBlock::init(c, c, dropout, device),
+            res_a: ResnetBlock::init(c, c, cfg, device),
+            attn: AttnBlock::init(c, cfg, device),
+            res_b: ResnetBlock::init(c, c, cfg, device),
         }
     }
 
-    pub fn load(w: &Weights<B>, p: &str, c: usize, dropout: f64) -> Result<Self, CheckpointError> {
+    pub fn load(
+        w: &Weights<B>,
+        p: &str,
+        c: usize,
+        cfg: &VqConfig,
+    ) -> Result<Self, CheckpointError> {
         Ok(Self {
-            res_a: ResnetBlock::load(w, &format!("{p}.0"), c, c, dropout)?,
-            attn: AttnBlock::load(w, &format!("{p}.1"), c)?,
-            res_b: ResnetBlock::load(w, &format!("{p}.2"), c, c, dropout)?,
+            res_a: ResnetBlock::load(w, &format!("{p}.0"), c, c, cfg)?,
+            attn: AttnBlock::load(w, &format!("{p}.1"), c, cfg)?,
+            res_b: ResnetBlock::load(w, &format!("{p}.2"), c, c, cfg)?,
         })
     }
 
@@ -86,10 +93,13 @@ impl<B: Backend> Encoder<B> {
                 EncoderLevel {
                     res: blocks
                         .iter()
-                        .map(|&(a, b)| ResnetBlock::init(a, b, cfg.dropout_p, device))
+                        .map(|&(a, b)| ResnetBlock::init(a, b, cfg, device))
                         .collect(),
                     attn: if i == levels - 1 {
-                        blocks.iter().map(|_| AttnBlock::init(c, device)).collect()
+                        blocks
+                            .iter()
+                            .map(|_| AttnBlock::init(c, cfg, device))
+                            .collect()
                     } else {
                         Vec::new()
                     },
@@ -101,8 +111,8 @@ impl<B: Backend> Encoder<B> {
         Self {
             conv_in: conv_init(cfg.in_channels, cfg.ch, 3, 1, 1, device),
             conv_blocks,
-            mid: MidBlock::init(c, cfg.dropout_p, device),
-            norm_out: norm_init(c, device),
+            mid: MidBlock::init(c, cfg, device),
+            norm_out: norm_init(c, cfg, device),
             conv_out: conv_init(c, cfg.z_channels, 3, 1, 1, device),
         }
     }
@@ -117,13 +127,11 @@ impl<B: Backend> Encoder<B> {
             let res = blocks
                 .iter()
                 .enumerate()
-                .map(|(r, &(a, b))| {
-                    ResnetBlock::load(w, &format!("{lp}.res.{r}"), a, b, cfg.dropout_p)
-                })
+                .map(|(r, &(a, b))| ResnetBlock::load(w, &format!("{lp}.res.{r}"), a, b, cfg))
                 .collect::<Result<_, _>>()?;
             let attn = if i == levels - 1 {
                 (0..blocks.len())
-                    .map(|r| AttnBlock::load(w, &format!("{lp}.attn.{r}"), c))
+                    .map(|r| AttnBlock::load(w, &format!("{lp}.attn.{r}"), c, cfg))
                     .collect::<Result<_, _>>()?
             } else {
                 Vec::new()
@@ -143,8 +151,8 @@ impl<B: Backend> Encoder<B> {
         Ok(Self {
             conv_in: w.conv2d(&format!("{p}.conv_in"), cfg.in_channels, cfg.ch, 3, 1, 1)?,
             conv_blocks,
-            mid: MidBlock::load(w, &format!("{p}.mid"), c, cfg.dropout_p)?,
-            norm_out: norm_load(w, &format!("{p}.norm_out"), c)?,
+            mid: MidBlock::load(w, &format!("{p}.mid"), c, cfg)?,
+            norm_out: norm_load(w, &format!("{p}.norm_out"), c, cfg)?,
             conv_out: w.conv2d(&format!("{p}.conv_out"), c, cfg.z_channels, 3, 1, 1)?,
         })
     }
@@ -163,6 +171,6 @@ impl<B: Backend> Encoder<B> {
             }
         }
         let h = self.mid.forward(h);
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out.forward(silu(group_norm(&self.norm_out, h)))
     }
 }

@@ -123,3 +123,68 @@ impl<B: Backend> VqModel<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    #[test]
+    fn every_group_norm_takes_the_configured_group_count() {
+        let cfg = VqConfig {
+            ch: 32,
+            encoder_ch_mult: vec![1, 2],
+            decoder_ch_mult: vec![1, 2],
+            z_channels: 16,
+            num_res_blocks: 1,
+            codebook_size: 16,
+            norm_groups: 8,
+            ..VqConfig::default()
+        };
+        let m = VqModel::<Cpu>::init(&cfg, &Default::default()).unwrap();
+        let mut groups = vec![m.encoder.norm_out.num_groups, m.decoder.norm_out.num_groups];
+        groups.push(m.encoder.mid.attn.norm.num_groups);
+        for level in m.encoder.conv_blocks.iter() {
+            groups.extend(
+                level
+                    .res
+                    .iter()
+                    .flat_map(|r| [r.norm1.num_groups, r.norm2.num_groups]),
+            );
+        }
+        for level in m.decoder.conv_blocks.iter() {
+            groups.extend(
+                level
+                    .res
+                    .iter()
+                    .flat_map(|r| [r.norm1.num_groups, r.norm2.num_groups]),
+            );
+        }
+        assert!(groups.len() > 6);
+        assert!(groups.iter().all(|&g| g == 8), "{groups:?}");
+    }
+
+    #[test]
+    fn group_norm_matches_burns_group_norm() {
+        use burn::module::Param;
+        use burn::tensor::{Distribution, Tolerance};
+        let device = Default::default();
+        let mut norm = burn::nn::GroupNormConfig::new(4, 16)
+            .with_epsilon(1e-6)
+            .init::<Cpu>(&device);
+        norm.gamma = Some(Param::from_tensor(Tensor::random(
+            [16],
+            Distribution::Normal(1.0, 0.5),
+            &device,
+        )));
+        norm.beta = Some(Param::from_tensor(Tensor::random(
+            [16],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        )));
+        let x = Tensor::<Cpu, 4>::random([3, 16, 5, 7], Distribution::Normal(0.3, 2.0), &device);
+        let ours = super::super::blocks::group_norm(&norm, x.clone());
+        ours.into_data()
+            .assert_approx_eq::<f32>(&norm.forward(x).into_data(), Tolerance::absolute(1e-4));
+    }
+}

@@ -107,6 +107,66 @@ fn vq_overfits_a_tiny_batch() {
     assert_eq!(t.step, 41);
 }
 
+#[test]
+fn vq_checkpoint_carries_the_configuration_shapes_cannot_tell() {
+    // The checkpoint's model.safetensors stores the GroupNorm groups (not in any tensor
+    // shape): it loads as it is and reconstructs exactly as the trainer's model.
+    let device = Default::default();
+    let cfg = VqConfig {
+        ch: 32,
+        encoder_ch_mult: vec![1, 2],
+        decoder_ch_mult: vec![1, 2],
+        z_channels: 32,
+        num_res_blocks: 1,
+        codebook_size: 32,
+        norm_groups: 8,
+        ..VqConfig::default()
+    };
+    let o = VqTrainOptions {
+        batch_size: 2,
+        image_size: 16,
+        ..VqTrainOptions::default()
+    };
+    let mut t = VqTrainer::<AB>::new(&cfg, o, None, &device).unwrap();
+    let x = Tensor::<AB, 4>::random(
+        [2, 3, 16, 16],
+        burn::tensor::Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
+    t.train_step(x.clone()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    t.save(dir.path(), serde_json::json!({})).unwrap();
+    let latest = llamagen::train::checkpoint::latest(dir.path())
+        .unwrap()
+        .unwrap();
+    let sd = llamagen::checkpoint::StateDict::open(
+        latest.join("model.safetensors"),
+        llamagen::checkpoint::WeightsChoice::PreferEma,
+    )
+    .unwrap();
+    assert_eq!(sd.infer_vq_config().unwrap(), cfg);
+    let loaded = llamagen::vq::VqModel::<B>::load(&sd, &cfg, &device).unwrap();
+    let x = x.inner();
+    loaded
+        .forward(x.clone())
+        .into_data()
+        .assert_approx_eq::<f32>(
+            &t.export_model().forward(x.clone()).into_data(),
+            burn::tensor::Tolerance::absolute(1e-5),
+        );
+    // Read with the official groups instead, the same weights give another image.
+    let official = VqConfig {
+        norm_groups: 32,
+        ..cfg
+    };
+    let wrong = llamagen::vq::VqModel::<B>::load(&sd, &official, &device).unwrap();
+    let diff = (wrong.forward(x.clone()) - loaded.forward(x))
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(diff > 1e-3, "GroupNorm groups made no difference ({diff})");
+}
+
 fn codes_set() -> CodeSet {
     let n = 12;
     CodeSet {
@@ -183,6 +243,9 @@ fn gpt_resume_continues_exactly() {
         llamagen::checkpoint::WeightsChoice::Model,
     )
     .unwrap();
+    // … with its own configuration (heads and grid are not in the shapes).
+    let hints = llamagen::checkpoint::GptHints::default();
+    assert_eq!(sd.infer_gpt_config(&hints).unwrap(), cfg);
     llamagen::gpt::Transformer::<B>::load(&sd, &cfg, &device).unwrap();
 }
 

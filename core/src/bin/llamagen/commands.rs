@@ -653,7 +653,9 @@ pub fn convert(input: &Path, output: &Path, ema: bool) -> Result<()> {
         .filter(|k| !llamagen::checkpoint::is_ignored_key(k))
         .map(|k| Ok((k.to_string(), w.data(k)?)))
         .collect::<Result<Vec<_>, llamagen::error::CheckpointError>>()?;
-    llamagen::checkpoint::write_safetensors(output, &tensors, None)?;
+    // A stored configuration (this project's own files) travels with the weights.
+    let metadata = (!sd.metadata.is_empty()).then(|| sd.metadata.clone().into_iter().collect());
+    llamagen::checkpoint::write_safetensors(output, &tensors, metadata)?;
     eprintln!(
         "wrote {} tensors ({} weights) to {}",
         tensors.len(),

@@ -125,6 +125,10 @@ pub struct TrainVqArgs {
     /// Residual blocks per level (official 2).
     #[arg(long)]
     pub num_res_blocks: Option<usize>,
+    /// GroupNorm groups (official 32). Keep about four channels per group: at --ch 32,
+    /// 32 groups are one channel each (an instance norm that loses the image's colours).
+    #[arg(long)]
+    pub norm_groups: Option<usize>,
     #[arg(long, default_value_t = 16384)]
     pub codebook_size: usize,
     #[arg(long, default_value_t = 8)]
@@ -209,6 +213,9 @@ fn vq_config(args: &TrainVqArgs) -> Result<VqConfig> {
     }
     if let Some(n) = args.num_res_blocks {
         cfg.num_res_blocks = n;
+    }
+    if let Some(g) = args.norm_groups {
+        cfg.norm_groups = g;
     }
     cfg.codebook_size = args.codebook_size;
     cfg.codebook_embed_dim = args.codebook_dim;
