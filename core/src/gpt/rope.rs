@@ -56,16 +56,73 @@ pub fn freqs_cis_2d<B: Backend>(
 }
 
 /// Rotates `x` `[batch, seq, heads, head_dim]` by `freqs` `[seq, head_dim/2, 2]`; pairs are
-/// interleaved (`x[2i]`, `x[2i+1]`).
+/// interleaved (`x[2i]`, `x[2i+1]`): `(x0·cos − x1·sin, x1·cos + x0·sin)`, as the official
+/// `apply_rotary_emb`.
+///
+/// Computed as `x·cos + (x·P)·sin` on `[batch·heads, seq·head_dim]` rows, where `P` turns each
+/// pair `(x0, x1)` into `(−x1, x0)` and the cos / sin tables repeat each value for both halves
+/// of its pair. Every product is then a whole-tensor or one-row-shared broadcast, which the CPU
+/// backend runs vectorised; the textbook split into even and odd elements makes every
+/// operation walk stride-2 views element by element, several times slower forward and back.
+/// The arithmetic is the same (`a − b·s` = `a + (−b)·s` exactly).
 pub fn apply_rotary_emb<B: Backend>(x: Tensor<B, 4>, freqs: Tensor<B, 3>) -> Tensor<B, 4> {
     let [b, s, h, hd] = x.dims();
-    let pairs = x.reshape([b, s, h, hd / 2, 2]);
-    let x0 = pairs.clone().narrow(4, 0, 1);
-    let x1 = pairs.narrow(4, 1, 1);
-    let f = freqs.reshape([1, s, 1, hd / 2, 2]);
-    let cos = f.clone().narrow(4, 0, 1);
-    let sin = f.narrow(4, 1, 1);
-    let o0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
-    let o1 = x1 * cos + x0 * sin;
-    Tensor::cat(vec![o0, o1], 4).reshape([b, s, h, hd])
+    let device = x.device();
+    let table = |i: usize| {
+        let half = freqs.clone().narrow(2, i, 1);
+        Tensor::cat(vec![half.clone(), half], 2).reshape([1, s * hd])
+    };
+    let (cos, sin) = (table(0), table(1));
+    let mut pairs = vec![0f32; hd * hd];
+    for i in 0..hd / 2 {
+        // column 2i takes −x[2i+1], column 2i+1 takes x[2i]
+        pairs[(2 * i + 1) * hd + 2 * i] = -1.0;
+        pairs[(2 * i) * hd + 2 * i + 1] = 1.0;
+    }
+    let pairs = Tensor::<B, 2>::from_data(TensorData::new(pairs, [hd, hd]), &device);
+    // [batch·heads, seq·head_dim], contiguous.
+    let rows = x.swap_dims(1, 2).reshape([b * h, s * hd]);
+    let turned = rows
+        .clone()
+        .reshape([b * h * s, hd])
+        .matmul(pairs)
+        .reshape([b * h, s * hd]);
+    (rows * cos + turned * sin)
+        .reshape([b, h, s, hd])
+        .swap_dims(1, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    #[test]
+    fn rotation_matches_the_pairwise_formula() {
+        let device = Default::default();
+        let (b, s, h, hd) = (2, 5, 3, 8);
+        let x =
+            Tensor::<Cpu, 4>::random([b, s, h, hd], burn::tensor::Distribution::Default, &device);
+        let f = freqs_cis_2d_data(2, hd, 10000.0, 1);
+        let freqs = Tensor::<Cpu, 3>::from_data(f.clone(), &device);
+        let got = apply_rotary_emb(x.clone(), freqs)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let xs = x.into_data().to_vec::<f32>().unwrap();
+        let fs = f.to_vec::<f32>().unwrap();
+        for bi in 0..b {
+            for si in 0..s {
+                for hi in 0..h {
+                    for i in 0..hd / 2 {
+                        let at = ((bi * s + si) * h + hi) * hd + 2 * i;
+                        let (c, sn) = (fs[(si * hd / 2 + i) * 2], fs[(si * hd / 2 + i) * 2 + 1]);
+                        let (x0, x1) = (xs[at], xs[at + 1]);
+                        assert_eq!(got[at], x0 * c - x1 * sn);
+                        assert_eq!(got[at + 1], x1 * c + x0 * sn);
+                    }
+                }
+            }
+        }
+    }
 }
