@@ -140,14 +140,28 @@ pub struct ModelBundle<B: Backend> {
     pub sampler: SamplerParams,
 }
 
-/// A training run folder (`step-N/` checkpoints and a `latest` file naming the newest) stands
-/// for its newest `model.safetensors`; any other path is taken as it is.
+/// The newest checkpoint directory of a training run folder (`step-N/` checkpoints and a
+/// `latest` file naming the newest); `Ok(None)` for a path that is not a directory, an error
+/// for a directory without a readable `latest`.
+pub fn run_folder_checkpoint(path: &Path) -> std::io::Result<Option<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(path.join("latest"))?;
+    if name.trim().is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "`latest` is empty",
+        ));
+    }
+    Ok(Some(path.join(name.trim())))
+}
+
+/// A training run folder stands for its newest `model.safetensors`; any other path is taken
+/// as it is (and reported by the loader if it is not a checkpoint).
 pub fn run_folder_weights(path: &Path) -> PathBuf {
-    let latest = path.join("latest");
-    match std::fs::read_to_string(&latest) {
-        Ok(step) if path.is_dir() && !step.trim().is_empty() => {
-            path.join(step.trim()).join("model.safetensors")
-        }
+    match run_folder_checkpoint(path) {
+        Ok(Some(dir)) => dir.join("model.safetensors"),
         _ => path.to_path_buf(),
     }
 }
@@ -324,8 +338,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         std::fs::create_dir_all(run.join("step-0000200")).unwrap();
-        // Not a run folder (no `latest`): the path is kept.
+        // Not a run folder (no `latest`): the path is kept, and asking for its checkpoint
+        // is an error.
         assert_eq!(run_folder_weights(&run), run);
+        assert!(run_folder_checkpoint(&run).is_err());
         std::fs::write(run.join("latest"), "step-0000200\n").unwrap();
         assert_eq!(
             run_folder_weights(&run),

@@ -63,10 +63,8 @@ fn gpt_overfits_a_tiny_batch() {
     assert!(last < first / 10.0, "loss {first} → {last}");
 }
 
-#[test]
-fn vq_overfits_a_tiny_batch() {
-    let device = Default::default();
-    let cfg = VqConfig {
+fn tiny_vq() -> VqConfig {
+    VqConfig {
         ch: 32,
         encoder_ch_mult: vec![1, 2],
         decoder_ch_mult: vec![1, 2],
@@ -74,7 +72,13 @@ fn vq_overfits_a_tiny_batch() {
         num_res_blocks: 1,
         codebook_size: 32,
         ..VqConfig::default()
-    };
+    }
+}
+
+#[test]
+fn vq_overfits_a_tiny_batch() {
+    let device = Default::default();
+    let cfg = tiny_vq();
     let o = VqTrainOptions {
         lr: 2e-3,
         batch_size: 2,
@@ -113,14 +117,8 @@ fn vq_checkpoint_carries_the_configuration_shapes_cannot_tell() {
     // shape): it loads as it is and reconstructs exactly as the trainer's model.
     let device = Default::default();
     let cfg = VqConfig {
-        ch: 32,
-        encoder_ch_mult: vec![1, 2],
-        decoder_ch_mult: vec![1, 2],
-        z_channels: 32,
-        num_res_blocks: 1,
-        codebook_size: 32,
         norm_groups: 8,
-        ..VqConfig::default()
+        ..tiny_vq()
     };
     let o = VqTrainOptions {
         batch_size: 2,

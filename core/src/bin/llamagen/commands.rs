@@ -827,13 +827,8 @@ pub struct CardArgs {
 
 /// A run folder's latest checkpoint directory, or `None` for a plain file.
 fn run_checkpoint(path: &Path) -> Result<Option<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(None);
-    }
-    let pointer = path.join("latest");
-    let name = std::fs::read_to_string(&pointer)
-        .map_err(|e| anyhow!("{}: not a training run folder ({e})", path.display()))?;
-    Ok(Some(path.join(name.trim())))
+    llamagen::bundle::run_folder_checkpoint(path)
+        .map_err(|e| anyhow!("{}: not a training run folder ({e})", path.display()))
 }
 
 pub fn write_card(args: CardArgs) -> Result<()> {

@@ -405,12 +405,10 @@ pub struct ExtractCodesArgs {
 
 /// A file, or a run folder's latest `model.safetensors`.
 pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
-    if path.is_dir() {
-        let dir = llamagen::train::checkpoint::latest(path)?
-            .ok_or_else(|| anyhow!("{} holds no checkpoint (no `latest`)", path.display()))?;
-        Ok(dir.join("model.safetensors"))
-    } else {
-        Ok(path.to_path_buf())
+    match llamagen::bundle::run_folder_checkpoint(path) {
+        Ok(Some(dir)) => Ok(dir.join("model.safetensors")),
+        Ok(None) => Ok(path.to_path_buf()),
+        Err(e) => bail!("{} holds no checkpoint (`latest`: {e})", path.display()),
     }
 }
 
