@@ -3,7 +3,7 @@ use burn::prelude::*;
 use burn::tensor::Bool;
 use burn::tensor::activation::softmax;
 
-use super::cache::LayerKv;
+use super::cache::{KvPart, LayerKv};
 use super::rope::apply_rotary_emb;
 use crate::checkpoint::Weights;
 use crate::config::GptConfig;
@@ -89,29 +89,34 @@ impl<B: Backend> Attention<B> {
         let k = apply_rotary_emb(k, freqs).swap_dims(1, 2);
         let v = v.swap_dims(1, 2);
 
-        let (keys, values, start) = match cache {
+        // Keys and values to attend over, in position order: the cache's parts, or this
+        // call's own.
+        let rep = nh / nkv;
+        let (parts, start) = match cache {
             Some((kv, start)) => {
-                let end = start + s;
-                // Move the cache tensors out so the write can happen in place (a shared tensor
-                // would be copied whole at every step).
-                let device = k.device();
-                let k_cache = std::mem::replace(&mut kv.k, Tensor::empty([0, 0, 0, 0], &device));
-                let v_cache = std::mem::replace(&mut kv.v, Tensor::empty([0, 0, 0, 0], &device));
-                kv.k = k_cache.slice_assign([0..b, 0..nkv, start..end, 0..hd], k);
-                kv.v = v_cache.slice_assign([0..b, 0..nkv, start..end, 0..hd], v);
-                let keys = kv.k.clone().slice([0..b, 0..nkv, 0..end, 0..hd]);
-                let values = kv.v.clone().slice([0..b, 0..nkv, 0..end, 0..hd]);
-                (keys, values, start)
+                debug_assert_eq!(kv.len(), start, "the cache is written in position order");
+                kv.append(k, v);
+                (kv.parts().cloned().collect::<Vec<_>>(), start)
             }
-            None => (k, v, 0),
+            None => (vec![KvPart { k, v }], 0),
         };
-        // Grouped-query attention: query head h uses kv head h / (n_head / n_kv_head), as the
-        // official repeat_interleave along the head axis.
-        let keys = repeat_kv(keys, nh / nkv);
-        let values = repeat_kv(values, nh / nkv);
-        let len = keys.dims()[2];
+        let lens: Vec<usize> = parts.iter().map(KvPart::len).collect();
+        let len: usize = lens.iter().sum();
 
-        let scores = q.matmul(keys.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut scores: Vec<Tensor<B, 4>> = parts
+            .iter()
+            .map(|p| {
+                q.clone()
+                    .matmul(repeat_kv(p.k.clone(), rep).swap_dims(2, 3))
+                    * scale
+            })
+            .collect();
+        let scores = if scores.len() == 1 {
+            scores.remove(0)
+        } else {
+            Tensor::cat(scores, 3)
+        };
         let blocked = match mask {
             AttnMask::Causal => {
                 Tensor::<B, 2, Bool>::tril_mask([s, len], start as i64, &scores.device())
@@ -126,7 +131,25 @@ impl<B: Backend> Attention<B> {
             blocked.expand([b, nh, s, len])
         };
         let weights = softmax(scores.mask_fill(blocked, f32::NEG_INFINITY), 3);
-        let out = weights.matmul(values).swap_dims(1, 2).reshape([b, s, dim]);
+        let mut at = 0;
+        let mut out: Option<Tensor<B, 4>> = None;
+        for (p, l) in parts.into_iter().zip(lens) {
+            let w = if l == len {
+                weights.clone()
+            } else {
+                weights.clone().narrow(3, at, l)
+            };
+            let o = w.matmul(repeat_kv(p.v, rep));
+            out = Some(match out {
+                Some(acc) => acc + o,
+                None => o,
+            });
+            at += l;
+        }
+        let out = out
+            .expect("at least one key")
+            .swap_dims(1, 2)
+            .reshape([b, s, dim]);
         self.resid_dropout.forward(super::linear3(&self.wo, out))
     }
 }

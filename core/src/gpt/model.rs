@@ -222,8 +222,6 @@ impl<B: Backend> Transformer<B> {
         KvCache::new(
             cfg.n_layer,
             batch,
-            cfg.kv_heads(),
-            cfg.head_dim(),
             cfg.cls_token_num + cfg.block_size,
             &self.device(),
         )
