@@ -144,22 +144,12 @@ mod tests {
         let m = VqModel::<Cpu>::init(&cfg, &Default::default()).unwrap();
         let mut groups = vec![m.encoder.norm_out.num_groups, m.decoder.norm_out.num_groups];
         groups.push(m.encoder.mid.attn.norm.num_groups);
-        for level in m.encoder.conv_blocks.iter() {
-            groups.extend(
-                level
-                    .res
-                    .iter()
-                    .flat_map(|r| [r.norm1.num_groups, r.norm2.num_groups]),
-            );
-        }
-        for level in m.decoder.conv_blocks.iter() {
-            groups.extend(
-                level
-                    .res
-                    .iter()
-                    .flat_map(|r| [r.norm1.num_groups, r.norm2.num_groups]),
-            );
-        }
+        let res = m.encoder.conv_blocks.iter().map(|l| &l.res);
+        let res = res.chain(m.decoder.conv_blocks.iter().map(|l| &l.res));
+        groups.extend(
+            res.flatten()
+                .flat_map(|r| [r.norm1.num_groups, r.norm2.num_groups]),
+        );
         assert!(groups.len() > 6);
         assert!(groups.iter().all(|&g| g == 8), "{groups:?}");
     }

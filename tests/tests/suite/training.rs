@@ -75,22 +75,27 @@ fn tiny_vq() -> VqConfig {
     }
 }
 
-#[test]
-fn vq_overfits_a_tiny_batch() {
-    let device = Default::default();
-    let cfg = tiny_vq();
+/// A trainer for `cfg` on batches of two 16×16 images, and one random batch.
+fn tiny_vq_trainer(cfg: VqConfig, lr: f64) -> (VqTrainer<AB>, Tensor<AB, 4>) {
     let o = VqTrainOptions {
-        lr: 2e-3,
+        lr,
         batch_size: 2,
         image_size: 16,
         ..VqTrainOptions::default()
     };
-    let mut t = VqTrainer::<AB>::new(&cfg, o, None, &device).unwrap();
+    let device = Default::default();
+    let t = VqTrainer::<AB>::new(&cfg, o, None, &device).unwrap();
     let x = Tensor::<AB, 4>::random(
         [2, 3, 16, 16],
         burn::tensor::Distribution::Uniform(-1.0, 1.0),
         &device,
     );
+    (t, x)
+}
+
+#[test]
+fn vq_overfits_a_tiny_batch() {
+    let (mut t, x) = tiny_vq_trainer(tiny_vq(), 2e-3);
     // Smooth images (a 4×4 pattern blown up) so that 2× downsampling can hold them.
     let x = burn::tensor::module::interpolate(
         x.slice([0..2, 0..3, 0..4, 0..4]),
@@ -120,17 +125,7 @@ fn vq_checkpoint_carries_the_configuration_shapes_cannot_tell() {
         norm_groups: 8,
         ..tiny_vq()
     };
-    let o = VqTrainOptions {
-        batch_size: 2,
-        image_size: 16,
-        ..VqTrainOptions::default()
-    };
-    let mut t = VqTrainer::<AB>::new(&cfg, o, None, &device).unwrap();
-    let x = Tensor::<AB, 4>::random(
-        [2, 3, 16, 16],
-        burn::tensor::Distribution::Uniform(-1.0, 1.0),
-        &device,
-    );
+    let (mut t, x) = tiny_vq_trainer(cfg.clone(), 1e-4);
     t.train_step(x.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     t.save(dir.path(), serde_json::json!({})).unwrap();
