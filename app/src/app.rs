@@ -613,6 +613,13 @@ impl StudioApp {
                 }
                 self.message = format!("loaded {} on {}", info.description, info.compute);
                 let t2i = info.model_type == ModelType::T2i;
+                if t2i && let Some(dir) = &info.t5_dir {
+                    // The model's own text encoder (the card names it).
+                    self.settings.t5_dir = dir.display().to_string();
+                }
+                if info.spec == ModelSpec::TextDemo && self.settings.prompt.trim().is_empty() {
+                    self.settings.prompt = "a red star on a blue background".into();
+                }
                 self.model = ModelState::Ready(info);
                 self.text = TextState::None;
                 if t2i && !self.settings.t5_dir.trim().is_empty() {

@@ -177,8 +177,22 @@ fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
         if ui.button("Open").clicked() {
             app.open_typed_model();
         }
-        if ui.button("Demo model").clicked() {
+        if ui
+            .button("Demo model")
+            .on_hover_text("the bundled class-conditional model: ten procedural shapes")
+            .clicked()
+        {
             app.open_model(ModelSpec::Demo);
+        }
+        if ui
+            .button("Text demo")
+            .on_hover_text(
+                "the bundled text-conditional model and its small text encoder: \
+                 prompts such as \"a red star on a blue background\"",
+            )
+            .clicked()
+        {
+            app.open_model(ModelSpec::TextDemo);
         }
     });
     if !app.settings.recent.is_empty() {

@@ -11,19 +11,21 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use image::RgbImage;
-use llamagen::bundle::{LoadOptions, ModelBundle};
+use llamagen::bundle::{Demo, LoadOptions, ModelBundle};
 use llamagen::config::ModelType;
 use llamagen::generate::{EventDetail, Generator, Observer, Request, TokenEvent, decode_tokens};
 use llamagen::image_io::{ModelFile, tensor_to_images};
 use llamagen::sampling::SamplerParams;
-use llamagen::text::{T5Folder, TextEncoder, TextError};
+use llamagen::text::{T5Folder, T5Precision, TextEncoder, TextError};
 use llamagen::vq::VqModel;
 
 /// Which model to open.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelSpec {
-    /// The bundled demo model.
+    /// The bundled class-conditional demo model.
     Demo,
+    /// The bundled text-conditional demo model (with its own small text encoder).
+    TextDemo,
     /// A generator and a tokenizer checkpoint (official `.pt` or `.safetensors`, or a project
     /// model with its card beside it).
     Files {
@@ -72,6 +74,8 @@ pub struct ModelInfo {
     pub compute: String,
     /// Pixels per token side (the tokenizer's downsampling factor).
     pub patch: usize,
+    /// The text encoder the model's card names (the bundled text demo has one).
+    pub t5_dir: Option<PathBuf>,
 }
 
 /// A batch to generate.
@@ -282,6 +286,7 @@ impl Worker {
     fn load(&self, spec: ModelSpec) -> Option<Loaded> {
         self.emit(Event::Loading(match &spec {
             ModelSpec::Demo => "the bundled demo model".to_string(),
+            ModelSpec::TextDemo => "the bundled text demo model".to_string(),
             ModelSpec::Files { gpt, .. } => gpt.display().to_string(),
         }));
         let result = match &self.compute {
@@ -320,7 +325,7 @@ impl Worker {
                     caption_dim: cfg.caption_dim,
                 });
             }
-            TextEncoder::<B>::from_folder(&folder, cfg.cls_token_num, &device)
+            TextEncoder::<B>::from_folder_as(&folder, cfg.cls_token_num, T5Precision::Auto, &device)
         });
         match result {
             Ok(encoder) => {
@@ -408,6 +413,9 @@ fn load_model<B: Backend>(
 ) -> Result<(Model<B>, ModelInfo), String> {
     let bundle = match spec {
         ModelSpec::Demo => ModelBundle::<B>::open(None, None, &LoadOptions::default(), device),
+        ModelSpec::TextDemo => {
+            ModelBundle::<B>::open_or_demo(None, None, Demo::Text, &LoadOptions::default(), device)
+        }
         ModelSpec::Files {
             gpt,
             vq,
@@ -439,6 +447,7 @@ fn load_model<B: Backend>(
         vq_file: bundle.vq_file.clone(),
         compute: String::new(),
         patch: bundle.vq.config.downsample(),
+        t5_dir: bundle.t5_dir.clone(),
     };
     let sent = vec![false; cfg.vocab_size];
     Ok((

@@ -410,6 +410,7 @@ mod text_to_image {
             class_names: Vec::new(),
             sampler: Default::default(),
             trained_with: Vec::new(),
+            t5_dir: None,
         }
         .write(&dir.join("model.json"))
         .unwrap();
@@ -514,5 +515,32 @@ mod text_to_image {
             Some("a blue ring, on the background")
         );
         assert_eq!(job.requests[3].params.cfg_scale, 4.0);
+    }
+
+    /// A project model whose card names its text encoder (as the bundled text demo's does)
+    /// comes with the encoder loaded: the prompt box is live at once.
+    #[test]
+    fn a_card_naming_its_text_encoder_loads_it_with_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gpt, vq, t5) = t2i_model(dir.path());
+        let card_path = dir.path().join("model.json");
+        let mut card = ModelCard::read(&card_path).unwrap();
+        card.t5_dir = Some(t5.file_name().unwrap().to_string_lossy().into_owned());
+        card.write(&card_path).unwrap();
+        let mut h = studio(Settings::default());
+        type_into(&mut h, "GPT", &gpt.display().to_string());
+        type_into(&mut h, "VQ ", &vq.display().to_string());
+        h.get_by_label("Open").click();
+        h.step();
+        step_until(&mut h, |a| matches!(a.text, TextState::Ready { .. }));
+        h.step();
+        assert_eq!(
+            std::path::Path::new(h.state().settings.t5_dir.trim()),
+            t5.as_path()
+        );
+        assert!(
+            h.query_by_label_contains("load the model's T5 encoder")
+                .is_none()
+        );
     }
 }

@@ -37,6 +37,12 @@ pub enum BundleError {
          tokenizer checkpoint, or set LLAMAGEN_ASSETS to the assets folder"
     )]
     NoDemo,
+    #[error(
+        "the bundled text-conditional demo model (assets/demo-text/model.json) was not found; \
+         give a text-conditional generator, its tokenizer and --t5, or set LLAMAGEN_ASSETS to \
+         the assets folder"
+    )]
+    NoTextDemo,
 }
 
 /// The small file beside a project model's weights: what the weights cannot say.
@@ -57,6 +63,9 @@ pub struct ModelCard {
     /// How the weights were made (commands), for reproduction.
     #[serde(default)]
     pub trained_with: Vec<String>,
+    /// The text encoder's model folder (text-conditional models), relative to the card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t5_dir: Option<String>,
 }
 
 impl ModelCard {
@@ -67,6 +76,11 @@ impl ModelCard {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let card: ModelCard = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if card.gpt_config.model_type == ModelType::C2i && card.t5_dir.is_some() {
+            return Err(err(
+                "a class-conditional generator has no use for a text encoder (t5_dir)".into(),
+            ));
+        }
         // Text-conditional models have no classes to name.
         if card.gpt_config.model_type == ModelType::C2i
             && card.class_names.len() != card.gpt_config.num_classes
@@ -86,11 +100,34 @@ impl ModelCard {
     }
 }
 
-/// Where the bundled demo model's card is: `$LLAMAGEN_ASSETS/demo/model.json`, else
-/// `assets/demo/model.json` beside the executable or up to three folders above it (a cargo
-/// build puts the binary in `target/<profile>/`), else the source tree's `assets/`.
+/// The bundled demo models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demo {
+    /// Class-conditional: `assets/demo/`.
+    Classes,
+    /// Text-conditional, with its own small text encoder: `assets/demo-text/`.
+    Text,
+}
+
+impl Demo {
+    fn folder(self) -> &'static str {
+        match self {
+            Demo::Classes => "demo",
+            Demo::Text => "demo-text",
+        }
+    }
+}
+
+/// Where the bundled class-conditional demo model's card is (see [`demo_card_path_of`]).
 pub fn demo_card_path() -> Option<PathBuf> {
-    let rel = Path::new("demo").join("model.json");
+    demo_card_path_of(Demo::Classes)
+}
+
+/// Where a bundled demo model's card is: `$LLAMAGEN_ASSETS/<demo>/model.json`, else
+/// `assets/<demo>/model.json` beside the executable or up to three folders above it (a cargo
+/// build puts the binary in `target/<profile>/`), else the source tree's `assets/`.
+pub fn demo_card_path_of(demo: Demo) -> Option<PathBuf> {
+    let rel = Path::new(demo.folder()).join("model.json");
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("LLAMAGEN_ASSETS") {
         roots.push(PathBuf::from(dir));
@@ -138,6 +175,8 @@ pub struct ModelBundle<B: Backend> {
     pub image_size: usize,
     /// Default sampler settings (the model card's; the official defaults otherwise).
     pub sampler: SamplerParams,
+    /// The text encoder folder the model's card names (text-conditional project models).
+    pub t5_dir: Option<PathBuf>,
 }
 
 /// The newest checkpoint directory of a training run folder (`step-N/` checkpoints and a
@@ -229,6 +268,7 @@ impl<B: Backend> ModelBundle<B> {
             class_names,
             image_size,
             sampler: SamplerParams::default(),
+            t5_dir: None,
         })
     }
 
@@ -279,22 +319,38 @@ impl<B: Backend> ModelBundle<B> {
             },
             image_size: card.image_size,
             sampler: card.sampler,
+            t5_dir: card.t5_dir.as_ref().map(|d| dir.join(d)),
         })
     }
 
-    /// The one way to open a model: the bundled demo model when no checkpoints are given; a
-    /// project model through its card when a `model.json` naming both files sits beside the
-    /// generator; otherwise an official pair, config inferred.
+    /// The one way to open a model: the bundled class demo model when no checkpoints are
+    /// given; a project model through its card when a `model.json` naming both files sits
+    /// beside the generator; otherwise an official pair, config inferred.
     pub fn open(
         gpt: Option<&Path>,
         vq: Option<&Path>,
         opts: &LoadOptions,
         device: &B::Device,
     ) -> Result<Self, BundleError> {
+        Self::open_or_demo(gpt, vq, Demo::Classes, opts, device)
+    }
+
+    /// [`ModelBundle::open`], with `demo` the bundled model to use when no checkpoints are
+    /// given.
+    pub fn open_or_demo(
+        gpt: Option<&Path>,
+        vq: Option<&Path>,
+        demo: Demo,
+        opts: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self, BundleError> {
         let (gpt, vq) = match (gpt, vq) {
             (Some(g), Some(v)) => (run_folder_weights(g), run_folder_weights(v)),
             _ => {
-                let card = demo_card_path().ok_or(BundleError::NoDemo)?;
+                let card = demo_card_path_of(demo).ok_or(match demo {
+                    Demo::Classes => BundleError::NoDemo,
+                    Demo::Text => BundleError::NoTextDemo,
+                })?;
                 return Self::from_card(&card, device);
             }
         };
@@ -305,9 +361,12 @@ impl<B: Backend> ModelBundle<B> {
             // A card that does not parse is not silently skipped: its configs are what the
             // weights need, and inference would guess them differently.
             let card = ModelCard::read(&card_path)?;
-            if gpt.file_name().is_some_and(|f| f == card.gpt_file.as_str())
-                && vq.file_name().is_some_and(|f| f == card.vq_file.as_str())
-            {
+            let dir = card_path.parent().unwrap_or(Path::new("."));
+            let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            if same(gpt, &dir.join(&card.gpt_file)) && same(vq, &dir.join(&card.vq_file)) {
                 return Self::from_card(&card_path, device);
             }
         }

@@ -39,6 +39,14 @@ pub const PALETTE: [(&str, [u8; 3]); 11] = [
     ("gray", [128, 128, 128]),
 ];
 
+/// The caption of a sample: "a red star on a blue background", "red stripes on blue".
+pub fn caption(shape: &str, foreground: &str, background: &str) -> String {
+    match shape {
+        "stripes" | "checkerboard" => format!("{foreground} {shape} on {background}"),
+        _ => format!("a {foreground} {shape} on a {background} background"),
+    }
+}
+
 /// One drawn sample.
 #[derive(Debug, Clone)]
 pub struct ShapeSample {
@@ -57,16 +65,7 @@ impl ShapeSample {
 
     /// "a red star on a blue background".
     pub fn caption(&self) -> String {
-        let shape = self.class_name();
-        match shape {
-            "stripes" | "checkerboard" => {
-                format!("{} {} on {}", self.foreground, shape, self.background)
-            }
-            _ => format!(
-                "a {} {} on a {} background",
-                self.foreground, shape, self.background
-            ),
-        }
+        caption(self.class_name(), self.foreground, self.background)
     }
 
     pub fn to_image(&self) -> image::RgbImage {

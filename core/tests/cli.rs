@@ -582,6 +582,115 @@ mod training {
             .arg(&png));
         let info = ok(llamagen().arg("info").arg(&png));
         assert!(info.contains("star"), "{info}");
+
+        // Text-conditional: the codes kept the data set's captions; a small T5 made by the
+        // project encodes them; the card carries the encoder, so prompts need no --t5.
+        let codes = llamagen::train::data::CodeSet::read(&d.join("codes")).unwrap();
+        assert_eq!(codes.meta.captions.len(), 20);
+        assert!(codes.meta.captions.iter().any(|c| c.contains(" star on ")));
+        ok(llamagen()
+            .args([
+                "init-t5",
+                "--d-model",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--captions",
+            ])
+            .arg(d.join("data/captions.tsv"))
+            .arg("--out")
+            .arg(d.join("t5")));
+        ok(llamagen()
+            .args(["train-gpt", "--codes"])
+            .arg(d.join("codes"))
+            .arg("--t5")
+            .arg(d.join("t5"))
+            .arg("--out")
+            .arg(d.join("gpt-text"))
+            .arg("--vq-ckpt")
+            .arg(d.join("vq"))
+            .args([
+                "--caption-tokens",
+                "10",
+                "--dim",
+                "32",
+                "--n-layer",
+                "2",
+                "--n-head",
+                "4",
+                "--batch-size",
+                "4",
+                "--steps",
+                "3",
+                "--sample-every",
+                "3",
+                "--backend",
+                "cpu",
+            ]));
+        assert!(d.join("gpt-text/samples/step-0000003.png").is_file());
+        let assets = d.join("assets");
+        ok(llamagen()
+            .args(["card", "--name", "toy", "--gpt"])
+            .arg(d.join("gpt"))
+            .arg("--vq")
+            .arg(d.join("vq"))
+            .arg("--out")
+            .arg(assets.join("demo")));
+        ok(llamagen()
+            .args([
+                "card",
+                "--name",
+                "toy text",
+                "--share-vq",
+                "../demo/vq.safetensors",
+                "--gpt",
+            ])
+            .arg(d.join("gpt-text"))
+            .arg("--vq")
+            .arg(d.join("vq"))
+            .arg("--t5")
+            .arg(d.join("t5"))
+            .arg("--out")
+            .arg(assets.join("demo-text")));
+        assert!(!assets.join("demo-text/vq.safetensors").exists());
+        assert!(assets.join("demo-text/t5/tokenizer.json").is_file());
+        // With no checkpoints, a prompt goes to the text demo and a class to the class demo.
+        let png = d.join("prompt.png");
+        ok(llamagen()
+            .env("LLAMAGEN_ASSETS", &assets)
+            .args([
+                "generate",
+                "--prompt",
+                "a red star on a blue background",
+                "--seed",
+                "1",
+            ])
+            .args(["--backend", "cpu", "--out"])
+            .arg(&png));
+        let info = ok(llamagen().arg("info").arg(&png));
+        assert!(info.contains("a red star on a blue background"), "{info}");
+        ok(llamagen()
+            .env("LLAMAGEN_ASSETS", &assets)
+            .args(["generate", "--class", "star", "--backend", "cpu", "--out"])
+            .arg(d.join("class.png")));
+        // A --share-vq file that is not the tokenizer is refused.
+        let wrong = llamagen()
+            .args(["card", "--share-vq", "../demo/gpt.safetensors", "--gpt"])
+            .arg(d.join("gpt-text"))
+            .arg("--vq")
+            .arg(d.join("vq"))
+            .arg("--out")
+            .arg(assets.join("demo-text"))
+            .output()
+            .unwrap();
+        assert!(!wrong.status.success());
+        assert!(
+            String::from_utf8_lossy(&wrong.stderr).contains("does not hold the weights"),
+            "{}",
+            String::from_utf8_lossy(&wrong.stderr)
+        );
     }
 
     #[test]
@@ -598,6 +707,7 @@ mod training {
                 image_size: 64,
                 class_names: vec!["a".into(), "b".into()],
                 tokenizer: "test".into(),
+                captions: Vec::new(),
             },
             labels: (0..8).map(|i| i % 2).collect(),
             codes: (0..8 * 2 * 16).map(|i| (i % 16) as u16).collect(),

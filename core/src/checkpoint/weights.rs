@@ -14,11 +14,24 @@ use crate::error::{CheckpointError, ShapeMismatch};
 pub struct Weights<'a, B: Backend> {
     state: &'a StateDict,
     device: &'a B::Device,
+    /// Float type of the tensors made (the backend's default when `None`).
+    dtype: Option<burn::tensor::FloatDType>,
 }
 
 impl<'a, B: Backend> Weights<'a, B> {
     pub fn new(state: &'a StateDict, device: &'a B::Device) -> Self {
-        Self { state, device }
+        Self {
+            state,
+            device,
+            dtype: None,
+        }
+    }
+
+    /// Makes every tensor in `dtype` (each converted right after it is read, so a model never
+    /// exists in f32 as a whole).
+    pub fn with_dtype(mut self, dtype: burn::tensor::FloatDType) -> Self {
+        self.dtype = Some(dtype);
+        self
     }
 
     pub fn device(&self) -> &B::Device {
@@ -61,7 +74,11 @@ impl<'a, B: Backend> Weights<'a, B> {
                 found: data.shape.to_vec(),
             }]));
         }
-        Ok(Tensor::from_data(data, self.device))
+        let t: Tensor<B, D> = Tensor::from_data(data, self.device);
+        Ok(match self.dtype {
+            Some(d) => t.cast(d),
+            None => t,
+        })
     }
 
     /// `nn.Linear(d_in, d_out)` stored `[out, in]` by PyTorch; burn keeps `[in, out]`.

@@ -86,10 +86,21 @@ impl T5Folder {
 
     /// Loads the encoder (in f32, whatever the stored dtype).
     pub fn load_encoder<B: Backend>(&self, device: &B::Device) -> Result<T5Encoder<B>, TextError> {
+        self.load_encoder_as(burn::tensor::FloatDType::F32, device)
+    }
+
+    /// Loads the encoder with its weights in `dtype` (see [`T5Encoder::load_as`]).
+    pub fn load_encoder_as<B: Backend>(
+        &self,
+        dtype: burn::tensor::FloatDType,
+        device: &B::Device,
+    ) -> Result<T5Encoder<B>, TextError> {
         let state = self.state_dict()?;
-        T5Encoder::load(&state, &self.config, device).map_err(|source| TextError::Weights {
-            dir: self.dir.clone(),
-            source,
+        T5Encoder::load_as(&state, &self.config, dtype, device).map_err(|source| {
+            TextError::Weights {
+                dir: self.dir.clone(),
+                source,
+            }
         })
     }
 }

@@ -32,6 +32,7 @@
 
 pub mod clean;
 pub mod folder;
+pub mod init;
 pub mod t5;
 pub mod tokenizer;
 
@@ -43,7 +44,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::{Bool, TensorData};
+use burn::tensor::{Bool, DType, FloatDType, TensorData};
 
 use crate::error::CheckpointError;
 use crate::generate::RequestCondition;
@@ -78,6 +79,8 @@ pub enum TextError {
     CaptionDim { t5_dim: usize, caption_dim: usize },
     #[error("the T5 model was released; prompt {0:?} is not in the cache")]
     Released(String),
+    #[error("this backend cannot hold T5 in {0} (try another --t5-precision)")]
+    Precision(&'static str),
 }
 
 /// The features of one prompt, left-padded: `[max_length, dim]` row-major, padding rows first
@@ -143,6 +146,36 @@ impl Cleaning {
     }
 }
 
+/// The float type T5's weights are held in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum T5Precision {
+    /// bf16 where the backend supports it, else f16, else f32: half the memory of f32
+    /// (FLAN-T5 was trained in bf16, and the official sampler runs it so).
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl T5Precision {
+    /// The float type this choice means on `device`; an error for a half type the backend
+    /// cannot compute in.
+    pub fn resolve<B: Backend>(self, device: &B::Device) -> Result<FloatDType, TextError> {
+        let ok = |d: DType| B::supports_dtype(device, d);
+        match self {
+            T5Precision::F32 => Ok(FloatDType::F32),
+            T5Precision::Bf16 if ok(DType::BF16) => Ok(FloatDType::BF16),
+            T5Precision::Bf16 => Err(TextError::Precision("bf16")),
+            T5Precision::F16 if ok(DType::F16) => Ok(FloatDType::F16),
+            T5Precision::F16 => Err(TextError::Precision("f16")),
+            T5Precision::Auto if ok(DType::BF16) => Ok(FloatDType::BF16),
+            T5Precision::Auto if ok(DType::F16) => Ok(FloatDType::F16),
+            T5Precision::Auto => Ok(FloatDType::F32),
+        }
+    }
+}
+
 /// FLAN-T5 + tokenizer + cleaning, with a per-prompt cache of the finished caption features.
 pub struct TextEncoder<B: Backend> {
     model: Option<T5Encoder<B>>,
@@ -184,12 +217,23 @@ impl<B: Backend> TextEncoder<B> {
         max_length: usize,
         device: &B::Device,
     ) -> Result<Self, TextError> {
+        Self::from_folder_as(folder, max_length, T5Precision::F32, device)
+    }
+
+    /// [`TextEncoder::from_folder`] with the weights in `precision`.
+    pub fn from_folder_as(
+        folder: &T5Folder,
+        max_length: usize,
+        precision: T5Precision,
+        device: &B::Device,
+    ) -> Result<Self, TextError> {
+        let dtype = precision.resolve::<B>(device)?;
         let tokenizer = PromptTokenizer::open(
             folder.tokenizer_path()?,
             folder.config.eos_token_id,
             folder.config.pad_token_id,
         )?;
-        let model = folder.load_encoder::<B>(device)?;
+        let model = folder.load_encoder_as::<B>(dtype, device)?;
         Ok(Self::new(model, tokenizer, folder.dir.clone(), max_length))
     }
 
@@ -231,6 +275,11 @@ impl<B: Backend> TextEncoder<B> {
 
     pub fn is_loaded(&self) -> bool {
         self.model.is_some()
+    }
+
+    /// The float type of the loaded weights and the bytes they take (`None` once released).
+    pub fn weights(&self) -> Option<(DType, usize)> {
+        self.model.as_ref().map(|m| (m.dtype(), m.weight_bytes()))
     }
 
     /// Frees the T5 weights; cached prompts stay available.

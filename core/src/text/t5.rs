@@ -14,7 +14,7 @@
 use burn::nn::Embedding;
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu, softmax};
-use burn::tensor::{Bool, TensorData};
+use burn::tensor::{Bool, DType, FloatDType, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{StateDict, Weights};
@@ -265,8 +265,11 @@ impl<B: Backend> T5Attention<B> {
         let q = split(linear3(&self.q, x.clone()));
         let k = split(linear3(&self.k, x.clone()));
         let v = split(linear3(&self.v, x));
-        let scores = q.matmul(k.swap_dims(2, 3)) + bias;
-        let weights = softmax(scores, 3);
+        let dtype = q.dtype();
+        // Scores, bias and softmax in f32 whatever the weights' type (as `transformers` does
+        // for half-precision T5); `bias` is f32.
+        let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32) + bias;
+        let weights = softmax(scores, 3).cast(dtype);
         let out = weights.matmul(v).swap_dims(1, 2).reshape([b, l, h * dk]);
         linear3(&self.o, out)
     }
@@ -343,10 +346,23 @@ pub struct T5Encoder<B: Backend> {
 
 impl<B: Backend> T5Encoder<B> {
     /// Checks the state dict against the config (every missing or mis-shaped tensor listed at
-    /// once; decoder and LM-head tensors of full T5 checkpoints are ignored) and loads it.
+    /// once; decoder and LM-head tensors of full T5 checkpoints are ignored) and loads it in
+    /// f32.
     pub fn load(
         state: &StateDict,
         cfg: &T5Config,
+        device: &B::Device,
+    ) -> Result<Self, CheckpointError> {
+        Self::load_as(state, cfg, FloatDType::F32, device)
+    }
+
+    /// [`T5Encoder::load`] with the weights in `dtype` (bf16 or f16 halve the memory; each
+    /// tensor is converted as it is read). Norm statistics, attention scores and softmax are
+    /// computed in f32 whatever `dtype` is, as `transformers` does.
+    pub fn load_as(
+        state: &StateDict,
+        cfg: &T5Config,
+        dtype: FloatDType,
         device: &B::Device,
     ) -> Result<Self, CheckpointError> {
         cfg.validate()?;
@@ -369,7 +385,7 @@ impl<B: Backend> T5Encoder<B> {
         report.unexpected.clear();
         CheckReport::into_result(report)?;
 
-        let w = Weights::<B>::new(state, device);
+        let w = Weights::<B>::new(state, device).with_dtype(dtype);
         let (d, eps) = (cfg.d_model, cfg.layer_norm_epsilon);
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -398,6 +414,16 @@ impl<B: Backend> T5Encoder<B> {
         self.embed_tokens.weight.device()
     }
 
+    /// The float type the weights are held in.
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.weight.val().dtype()
+    }
+
+    /// Bytes the weights take (their element count × the element size).
+    pub fn weight_bytes(&self) -> usize {
+        self.config.num_params() * self.dtype().size()
+    }
+
     /// The relative position bias `[1, heads, len, len]` shared by every layer (before the
     /// padding mask is added).
     pub fn position_bias(&self, len: usize) -> Tensor<B, 4> {
@@ -415,11 +441,12 @@ impl<B: Backend> T5Encoder<B> {
             .collect();
         let ids =
             Tensor::<B, 2, Int>::from_data(TensorData::new(buckets, [len, len]), &self.device());
-        // [len, len, heads] → [heads, len, len]
+        // [len, len, heads] → [heads, len, len], in f32 (it is added to f32 scores).
         self.relative_attention_bias
             .forward(ids)
             .permute([2, 0, 1])
             .unsqueeze::<4>()
+            .cast(DType::F32)
     }
 
     /// `last_hidden_state` `[batch, len, d_model]` of `input_ids` `[batch, len]`;
@@ -441,13 +468,38 @@ impl<B: Backend> T5Encoder<B> {
             None => bias,
         };
         let mut x = self.embed_tokens.forward(input_ids);
+        let f16 = x.dtype() == DType::F16;
         for block in &self.blocks {
-            let normed = block.attention_norm.forward(x.clone());
-            x = x + block.attention.forward(normed, bias.clone());
-            let normed = block.ff_norm.forward(x.clone());
-            x = x + block.feed_forward.forward(normed);
+            let normed = t5_norm(&block.attention_norm, x.clone());
+            x = clamp_f16(x + block.attention.forward(normed, bias.clone()), f16);
+            let normed = t5_norm(&block.ff_norm, x.clone());
+            x = clamp_f16(x + block.feed_forward.forward(normed), f16);
         }
-        self.final_layer_norm.forward(x)
+        t5_norm(&self.final_layer_norm, x).cast(DType::F32)
+    }
+}
+
+/// T5's layer norm (`T5LayerNorm`): the mean square taken in f32, the normalised values
+/// brought back to the weights' type, then scaled.
+fn t5_norm<B: Backend>(norm: &RmsNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return norm.forward(x);
+    }
+    let x = x.cast(DType::F32);
+    let mean_sq = x.clone().powi_scalar(2).mean_dim(2);
+    let normed = (x / (mean_sq + norm.eps).sqrt()).cast(dtype);
+    normed * norm.weight.val().unsqueeze()
+}
+
+/// f16 hidden states are kept inside the finite range, as `transformers` clamps them (T5's
+/// activations outgrow f16; bf16 has f32's range and needs no clamp).
+fn clamp_f16<B: Backend>(x: Tensor<B, 3>, f16: bool) -> Tensor<B, 3> {
+    if f16 {
+        let limit = 65504.0 - 1000.0;
+        x.clamp(-limit, limit)
+    } else {
+        x
     }
 }
 

@@ -197,6 +197,10 @@ pub struct CodesMeta {
     pub class_names: Vec<String>,
     /// The tokenizer the codes came from.
     pub tokenizer: String,
+    /// One caption per image (from the folder's `captions.tsv`), for text-conditional
+    /// training; empty when the data set has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captions: Vec<String>,
 }
 
 /// Extracted codes: `codes[(image · num_aug + aug) · seq_len ..]`, with a label per image.
@@ -273,6 +277,13 @@ impl CodeSet {
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes(c.try_into().expect("2 bytes")))
             .collect();
+        if !meta.captions.is_empty() && meta.captions.len() != meta.num_images {
+            return Err(err(format!(
+                "{} captions for {} images",
+                meta.captions.len(),
+                meta.num_images
+            )));
+        }
         if let Some(bad) = codes.iter().find(|&&c| c as usize >= meta.codebook_size) {
             return Err(err(format!(
                 "code {bad} is outside the codebook ({})",
@@ -285,6 +296,58 @@ impl CodeSet {
             codes,
         })
     }
+}
+
+/// The file of captions `llamagen dataset` writes beside the class folders.
+pub const CAPTIONS_FILE: &str = "captions.tsv";
+
+/// Reads a captions file (`class/file<TAB>caption`, one image a line) and returns the captions
+/// in [`ImageFolder`] order (classes sorted by name, then files sorted), checking that it names
+/// exactly `labels.len()` images and that each line's class folder is the image's class.
+pub fn captions_in_folder_order(
+    path: &Path,
+    class_names: &[String],
+    labels: &[u32],
+) -> Result<Vec<String>, TrainError> {
+    let err = |reason: String| TrainError::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let mut rows: Vec<(&str, &str, &str)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (file, caption) = line
+            .split_once('\t')
+            .ok_or_else(|| err(format!("line {}: expected `class/file<TAB>caption`", n + 1)))?;
+        let (class, name) = file
+            .split_once('/')
+            .ok_or_else(|| err(format!("line {}: `{file}` is not `class/file`", n + 1)))?;
+        rows.push((class, name, caption.trim()));
+    }
+    if rows.len() != labels.len() {
+        return Err(err(format!(
+            "{} captions for {} images: the file does not describe this data set",
+            rows.len(),
+            labels.len()
+        )));
+    }
+    rows.sort_by(|a, b| (a.0, Path::new(a.1)).cmp(&(b.0, Path::new(b.1))));
+    rows.iter()
+        .zip(labels)
+        .enumerate()
+        .map(
+            |(i, (&(class, name, caption), &label))| match class_names.get(label as usize) {
+                Some(c) if c == class => Ok(caption.to_string()),
+                _ => Err(err(format!(
+                    "image {i} is of class `{}` but its caption line is `{class}/{name}`",
+                    class_names.get(label as usize).map_or("?", String::as_str)
+                ))),
+            },
+        )
+        .collect()
 }
 
 #[cfg(test)]
@@ -320,6 +383,7 @@ mod tests {
                 image_size: 12,
                 class_names: vec!["a".into(), "b".into()],
                 tokenizer: "t".into(),
+                captions: vec!["an a".into(), "a b".into()],
             },
             labels: vec![0, 1],
             codes: (0..12).collect(),
@@ -334,5 +398,27 @@ mod tests {
         assert!(CodeSet::read(&path).is_err());
         std::fs::write(&path, b"hello").unwrap();
         assert!(CodeSet::read(&path).is_err());
+    }
+
+    #[test]
+    fn captions_follow_the_folder_order_and_must_match_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CAPTIONS_FILE);
+        // Written in another order than the folder's (classes sorted, then files).
+        std::fs::write(
+            &path,
+            "star/1.png\ta red star\nstar/0.png\ta blue star\nring/0.png\ta green ring\n",
+        )
+        .unwrap();
+        let classes = vec!["ring".to_string(), "star".to_string()];
+        let got = captions_in_folder_order(&path, &classes, &[0, 1, 1]).unwrap();
+        assert_eq!(got, ["a green ring", "a blue star", "a red star"]);
+        // Wrong count, or a class that does not match the image's label.
+        let e = captions_in_folder_order(&path, &classes, &[0, 1]).unwrap_err();
+        assert!(e.to_string().contains("3 captions for 2 images"), "{e}");
+        let e = captions_in_folder_order(&path, &classes, &[0, 0, 1]).unwrap_err();
+        assert!(e.to_string().contains("class `ring`"), "{e}");
+        std::fs::write(&path, "no tab here\n").unwrap();
+        assert!(captions_in_folder_order(&path, &classes, &[0]).is_err());
     }
 }

@@ -56,13 +56,122 @@ impl Default for GptTrainOptions {
     }
 }
 
-/// A batch: class labels (the null class `num_classes` where dropped) and code grids.
+/// A batch: class labels (the null class `num_classes` where dropped) and code grids, and for
+/// text-conditional training the rows' caption features.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CodeBatch {
     pub labels: Vec<i64>,
     /// `[batch, seq_len]`, row-major.
     pub codes: Vec<i64>,
     pub seq_len: usize,
+    pub captions: Option<CaptionBatch>,
+}
+
+/// Left-padded caption features of a batch's rows, and which rows drop their caption for the
+/// learned null caption (classifier-free guidance; the official `CaptionEmbedder.token_drop`
+/// keeps the caption's attention mask).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionBatch {
+    /// `[batch, tokens, dim]`, row-major.
+    pub features: Vec<f32>,
+    /// `[batch, tokens]`, true at valid (non-padding) positions.
+    pub masks: Vec<bool>,
+    pub dropped: Vec<bool>,
+    pub tokens: usize,
+    pub dim: usize,
+}
+
+impl CaptionBatch {
+    fn slice(&self, from: usize, to: usize) -> CaptionBatch {
+        let (t, d) = (self.tokens, self.dim);
+        CaptionBatch {
+            features: self.features[from * t * d..to * t * d].to_vec(),
+            masks: self.masks[from * t..to * t].to_vec(),
+            dropped: self.dropped[from..to].to_vec(),
+            tokens: t,
+            dim: d,
+        }
+    }
+
+    /// The official t2i training mask `[batch, 1, L, L]` (true = may attend) for sequences of
+    /// `len` positions whose first `tokens` are the caption: causal, padding columns of the
+    /// caption switched off, and every position may always see itself.
+    pub fn attention_allowed(&self, len: usize) -> Vec<bool> {
+        let b = self.dropped.len();
+        let t = self.tokens;
+        let mut out = Vec::with_capacity(b * len * len);
+        for r in 0..b {
+            let mask = &self.masks[r * t..(r + 1) * t];
+            for i in 0..len {
+                for j in 0..len {
+                    let visible = j >= t || mask[j];
+                    out.push(i == j || (j < i && visible));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The caption features of a code set, computed once: each distinct caption's left-padded
+/// features, and which one each image has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaptionTable {
+    /// Index into the distinct captions, per image.
+    pub per_image: Vec<u32>,
+    /// `[distinct, tokens, dim]`.
+    pub features: Vec<f32>,
+    /// `[distinct, tokens]`.
+    pub masks: Vec<bool>,
+    pub tokens: usize,
+    pub dim: usize,
+}
+
+impl CaptionTable {
+    /// Builds the table from per-image captions with `encode`, which maps a list of distinct
+    /// captions to their left-padded `(features [tokens · dim], mask [tokens])`.
+    pub fn build<E>(
+        captions: &[String],
+        tokens: usize,
+        dim: usize,
+        mut encode: impl FnMut(&[String]) -> Result<Vec<(Vec<f32>, Vec<bool>)>, E>,
+    ) -> Result<Self, E> {
+        let mut distinct: Vec<String> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        let per_image = captions
+            .iter()
+            .map(|c| {
+                *index.entry(c.clone()).or_insert_with(|| {
+                    distinct.push(c.clone());
+                    (distinct.len() - 1) as u32
+                })
+            })
+            .collect();
+        let mut features = Vec::with_capacity(distinct.len() * tokens * dim);
+        let mut masks = Vec::with_capacity(distinct.len() * tokens);
+        for chunk in distinct.chunks(64) {
+            for (f, m) in encode(chunk)? {
+                assert_eq!(
+                    (f.len(), m.len()),
+                    (tokens * dim, tokens),
+                    "encoder output shape"
+                );
+                features.extend(f);
+                masks.extend(m);
+            }
+        }
+        Ok(Self {
+            per_image,
+            features,
+            masks,
+            tokens,
+            dim,
+        })
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.masks.len() / self.tokens.max(1)
+    }
 }
 
 impl CodeBatch {
@@ -80,19 +189,22 @@ impl CodeBatch {
             labels: self.labels[from..to].to_vec(),
             codes: self.codes[from * self.seq_len..to * self.seq_len].to_vec(),
             seq_len: self.seq_len,
+            captions: self.captions.as_ref().map(|c| c.slice(from, to)),
         }
     }
 }
 
 /// Draws batches from a code set deterministically from `(seed, step)`: each epoch is a fresh
 /// permutation of the images, each image takes one of its augmented grids at random, and labels
-/// are replaced by the null class with probability `class_dropout`.
+/// are replaced by the null class with probability `class_dropout` (with `captions`, the same
+/// draw drops the caption for the null caption).
 pub struct CodeBatcher<'a> {
     pub set: &'a CodeSet,
     pub batch_size: usize,
     pub seed: u64,
     pub class_dropout: f64,
     pub num_classes: usize,
+    pub captions: Option<&'a CaptionTable>,
 }
 
 impl CodeBatcher<'_> {
@@ -114,6 +226,13 @@ impl CodeBatcher<'_> {
         let seq = self.set.meta.seq_len;
         let mut labels = Vec::with_capacity(self.batch_size);
         let mut codes = Vec::with_capacity(self.batch_size * seq);
+        let mut captions = self.captions.map(|t| CaptionBatch {
+            features: Vec::with_capacity(self.batch_size * t.tokens * t.dim),
+            masks: Vec::with_capacity(self.batch_size * t.tokens),
+            dropped: Vec::with_capacity(self.batch_size),
+            tokens: t.tokens,
+            dim: t.dim,
+        });
         for k in 0..self.batch_size {
             let image = order[(within * self.batch_size + k) % n];
             let aug = batch_rng.random_range(0..self.set.meta.num_aug);
@@ -124,11 +243,21 @@ impl CodeBatcher<'_> {
                 self.set.labels[image] as i64
             });
             codes.extend(self.set.grid(image, aug).iter().map(|&c| c as i64));
+            if let (Some(out), Some(table)) = (captions.as_mut(), self.captions) {
+                let id = table.per_image[image] as usize;
+                let (t, d) = (table.tokens, table.dim);
+                out.features
+                    .extend_from_slice(&table.features[id * t * d..(id + 1) * t * d]);
+                out.masks
+                    .extend_from_slice(&table.masks[id * t..(id + 1) * t]);
+                out.dropped.push(drop);
+            }
         }
         CodeBatch {
             labels,
             codes,
             seq_len: seq,
+            captions,
         }
     }
 }
@@ -213,7 +342,11 @@ impl<B: AutodiffBackend> GptTrainer<B> {
             device,
         );
         let input = codes.clone().narrow(1, 0, batch.seq_len - 1);
-        let logits = model.forward_train(&Condition::Class(labels), input, None);
+        let (cond, allowed) = match &batch.captions {
+            None => (Condition::Class(labels), None),
+            Some(c) => caption_condition(model, c, batch.seq_len, device),
+        };
+        let logits = model.forward_train(&cond, input, allowed);
         let loss = model.loss(logits, codes, None);
         let value = loss.clone().into_scalar().elem::<f32>();
         let grads = GradientsParams::from_grads((loss * weight).backward(), model);
@@ -319,6 +452,37 @@ impl<B: AutodiffBackend> GptTrainer<B> {
     }
 }
 
+/// The caption condition of a batch (dropped rows take the model's null caption) and its
+/// attention mask.
+fn caption_condition<B: AutodiffBackend>(
+    model: &Transformer<B>,
+    c: &CaptionBatch,
+    seq_len: usize,
+    device: &B::Device,
+) -> (Condition<B>, Option<Tensor<B, 4, Bool>>) {
+    let (b, t, d) = (c.dropped.len(), c.tokens, c.dim);
+    let mut features =
+        Tensor::<B, 3>::from_data(TensorData::new(c.features.clone(), [b, t, d]), device);
+    if c.dropped.iter().any(|&x| x) {
+        let null = model.null_condition(&Condition::Caption(features.clone()));
+        let Condition::Caption(null) = null else {
+            unreachable!("the null of a caption is a caption")
+        };
+        let dropped =
+            Tensor::<B, 1, Bool>::from_data(TensorData::new(c.dropped.clone(), [b]), device)
+                .reshape([b, 1, 1])
+                .expand([b, t, d]);
+        features = features.mask_where(dropped, null);
+    }
+    // The image part is one shorter than the codes: the last code is only a target.
+    let len = t + seq_len - 1;
+    let allowed = Tensor::<B, 4, Bool>::from_data(
+        TensorData::new(c.attention_allowed(len), [b, 1, len, len]),
+        device,
+    );
+    (Condition::Caption(features), Some(allowed))
+}
+
 /// Sums the shards' gradients parameter by parameter with burn's `MultiGradientsParams`.
 fn combine<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
@@ -343,4 +507,32 @@ fn combine<B: AutodiffBackend, M: AutodiffModule<B>>(
     };
     module.visit(&mut v);
     v.out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caption_mask_is_causal_hides_padding_and_keeps_the_diagonal() {
+        // One row, 3 caption tokens of which the first is padding, then 2 image positions.
+        let c = CaptionBatch {
+            features: vec![0.0; 3],
+            masks: vec![false, true, true],
+            dropped: vec![false],
+            tokens: 3,
+            dim: 1,
+        };
+        let a = c.attention_allowed(5);
+        let row = |i: usize| -> String {
+            (0..5)
+                .map(|j| if a[i * 5 + j] { '1' } else { '0' })
+                .collect()
+        };
+        assert_eq!(row(0), "10000"); // padding sees only itself
+        assert_eq!(row(1), "01000");
+        assert_eq!(row(2), "01100");
+        assert_eq!(row(3), "01110");
+        assert_eq!(row(4), "01111");
+    }
 }

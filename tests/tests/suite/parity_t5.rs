@@ -166,3 +166,45 @@ fn t5_memory_of_the_tiny_model() {
         );
     }
 }
+
+/// Loaded in bf16 (and f16), the encoder holds half the bytes and still gives the reference
+/// `last_hidden_state` to within the precision of a 16-bit float (relative to the features'
+/// scale); the output comes back in f32.
+#[test]
+fn t5_in_half_precision_halves_the_weights_and_stays_close() {
+    use burn::tensor::{DType, FloatDType};
+    type B = llamagen::backend::Cpu;
+    let device = Default::default();
+    let manifest = Manifest::load();
+    for case in manifest.t5_cases() {
+        if !case.has("last_hidden_state") {
+            continue;
+        }
+        let cfg = case.t5_config();
+        let sd = case.state_dict();
+        let expected = case.values_f32("last_hidden_state");
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (dtype, tol) in [(FloatDType::BF16, 2e-2), (FloatDType::F16, 4e-3)] {
+            let model = T5Encoder::<B>::load_as(&sd, &cfg, dtype, &device).unwrap();
+            assert_eq!(model.dtype(), DType::from(dtype));
+            assert_eq!(model.weight_bytes(), cfg.num_params() * 2);
+            let ids = case.int::<B, 2>("input_ids", &device);
+            let mask = case
+                .has("attention_mask")
+                .then(|| case.int::<B, 2>("attention_mask", &device).equal_elem(1));
+            let hidden = model.forward(ids, mask);
+            assert_eq!(hidden.dtype(), DType::F32);
+            let got = to_f32(hidden);
+            let err = got
+                .iter()
+                .zip(&expected)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+                / scale;
+            println!(
+                "{} {dtype:?}: max error {err:.2e} of the features' scale {scale:.3}",
+                case.name
+            );
+            assert!(err < tol, "{} {dtype:?}: relative error {err}", case.name);
+        }
+    }
+}

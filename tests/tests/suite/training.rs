@@ -6,7 +6,7 @@ use burn::prelude::*;
 use llamagen::config::{GptConfig, VqConfig};
 use llamagen::train::Autodiff;
 use llamagen::train::data::{CodeSet, CodesMeta};
-use llamagen::train::gpt::{CodeBatch, CodeBatcher, GptTrainOptions, GptTrainer};
+use llamagen::train::gpt::{CaptionTable, CodeBatch, CodeBatcher, GptTrainOptions, GptTrainer};
 use llamagen::train::vq::{VqTrainOptions, VqTrainer};
 
 type B = llamagen::backend::Cpu;
@@ -37,6 +37,7 @@ fn fixed_batch() -> CodeBatch {
         labels,
         codes,
         seq_len: 16,
+        captions: None,
     }
 }
 
@@ -61,6 +62,80 @@ fn gpt_overfits_a_tiny_batch() {
         last = t.train_step(&batch, &[]).unwrap().loss;
     }
     assert!(last < first / 10.0, "loss {first} → {last}");
+}
+
+/// A text-conditional generator learns which caption asks for which token sequence: two
+/// captions (features left-padded, of different lengths) stand for two fixed sequences.
+#[test]
+fn gpt_learns_to_follow_captions() {
+    let device = Default::default();
+    let (tokens, dim) = (4, 8);
+    let mut cfg = tiny_gpt();
+    cfg.model_type = llamagen::config::ModelType::T2i;
+    cfg.cls_token_num = tokens;
+    cfg.caption_dim = dim;
+    let mut set = codes_set();
+    set.meta.captions = set
+        .labels
+        .iter()
+        .map(|&l| if l == 0 { "ascending" } else { "descending" }.to_string())
+        .collect();
+    for image in 0..set.meta.num_images {
+        for aug in 0..2 {
+            let at = (image * 2 + aug) * 16;
+            for j in 0..16 {
+                set.codes[at + j] = if set.labels[image] == 0 { j } else { 15 - j } as u16;
+            }
+        }
+    }
+    let table = CaptionTable::build(&set.meta.captions, tokens, dim, |chunk| {
+        Ok::<_, ()>(
+            chunk
+                .iter()
+                .map(|c| {
+                    let n = c.len() % 3 + 1; // valid tokens, at the end (left padding)
+                    let mask: Vec<bool> = (0..tokens).map(|t| t >= tokens - n).collect();
+                    let features = (0..tokens * dim)
+                        .map(|i| {
+                            if mask[i / dim] {
+                                ((i * c.len()) as f32 * 0.37).sin()
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    (features, mask)
+                })
+                .collect(),
+        )
+    })
+    .unwrap();
+    assert_eq!(table.distinct(), 2);
+    let batcher = CodeBatcher {
+        set: &set,
+        batch_size: 4,
+        seed: 1,
+        class_dropout: 0.0,
+        num_classes: 2,
+        captions: Some(&table),
+    };
+    let mut t = GptTrainer::<AB>::new(&cfg, opts(1e-2), &device).unwrap();
+    let first = t.train_step(&batcher.batch(0), &[]).unwrap().loss;
+    let mut last = first;
+    for s in 1..60 {
+        last = t.train_step(&batcher.batch(s), &[]).unwrap().loss;
+    }
+    assert!(last < first / 10.0, "loss {first} → {last}");
+    // Caption dropout marks rows for the null caption; the caption's mask stays.
+    let dropping = CodeBatcher {
+        class_dropout: 1.0,
+        ..batcher
+    };
+    let b = dropping.batch(0);
+    let c = b.captions.as_ref().unwrap();
+    assert!(c.dropped.iter().all(|&d| d));
+    assert_eq!(c.masks.len(), 4 * tokens);
+    assert!(t.train_step(&b, &[]).unwrap().loss.is_finite());
 }
 
 fn tiny_vq() -> VqConfig {
@@ -171,6 +246,7 @@ fn codes_set() -> CodeSet {
             image_size: 64,
             class_names: vec!["a".into(), "b".into()],
             tokenizer: "test".into(),
+            captions: Vec::new(),
         },
         labels: (0..n as u32).map(|i| i % 2).collect(),
         codes: (0..n * 2 * 16).map(|i| ((i * 7) % 16) as u16).collect(),
@@ -196,6 +272,7 @@ fn gpt_resume_continues_exactly() {
         seed: 3,
         class_dropout: 0.1,
         num_classes: 2,
+        captions: None,
     };
     let dir = tempfile::tempdir().unwrap();
     // Straight through: 6 steps.

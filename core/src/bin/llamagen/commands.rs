@@ -9,7 +9,7 @@ use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use llamagen::backend::{BackendKind, wgpu_available};
-use llamagen::bundle::{BundleError, LoadOptions, ModelBundle, ModelCard};
+use llamagen::bundle::{BundleError, Demo, LoadOptions, ModelBundle, ModelCard};
 use llamagen::checkpoint::{StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use llamagen::generate::{Generator, Observer, Request, TokenEvent, decode_tokens};
@@ -19,7 +19,7 @@ use llamagen::image_io::{
     tensor_to_images,
 };
 use llamagen::sampling::SamplerParams;
-use llamagen::text::{CaptionFeatures, T5Folder, TextEncoder, TextError};
+use llamagen::text::{CaptionFeatures, T5Folder, T5Precision, TextEncoder, TextError};
 use llamagen::vq::VqModel;
 use serde_json::json;
 
@@ -40,6 +40,25 @@ pub enum Precision {
     F32,
     F16,
     Bf16,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum T5PrecisionArg {
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl From<T5PrecisionArg> for T5Precision {
+    fn from(p: T5PrecisionArg) -> Self {
+        match p {
+            T5PrecisionArg::Auto => T5Precision::Auto,
+            T5PrecisionArg::F32 => T5Precision::F32,
+            T5PrecisionArg::Bf16 => T5Precision::Bf16,
+            T5PrecisionArg::F16 => T5Precision::F16,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -66,7 +85,9 @@ pub struct GenerateArgs {
     /// repeat for several classes.
     #[arg(long = "class", short = 'c')]
     pub classes: Vec<String>,
-    /// Text prompt for a text-conditional (t2i) model; repeat for several prompts. Needs --t5.
+    /// Text prompt for a text-conditional (t2i) model; repeat for several prompts. With no
+    /// checkpoints, the bundled text demo model ("a red star on a blue background"); official
+    /// t2i models need --t5.
     #[arg(long = "prompt", short = 'p')]
     pub prompts: Vec<String>,
     /// A file of prompts, one a line (blank lines and lines starting with '#' are skipped).
@@ -74,7 +95,8 @@ pub struct GenerateArgs {
     pub prompt_file: Option<PathBuf>,
     /// The FLAN-T5 model folder of text-conditional models (Hugging Face layout: config.json,
     /// model.safetensors or its shards or pytorch_model*.bin, tokenizer.json), e.g. a download
-    /// of google/flan-t5-xl. Loaded in f32, freed once the prompts are encoded.
+    /// of google/flan-t5-xl. Freed once the prompts are encoded. Default: the folder the
+    /// model's card names (the bundled text demo model has its own small encoder).
     #[arg(long)]
     pub t5: Option<PathBuf>,
     /// Classifier-free guidance scale (1 = off).
@@ -104,6 +126,11 @@ pub struct GenerateArgs {
     /// Weight precision.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// Precision of the T5 text encoder's weights: auto = bf16 where the backend computes in
+    /// it, else f16, else f32 (half the memory of f32: FLAN-T5-XL's encoder takes 2.45 GB
+    /// instead of 4.89 GB).
+    #[arg(long, value_enum, default_value_t = T5PrecisionArg::Auto)]
+    pub t5_precision: T5PrecisionArg,
     /// Where to run.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
@@ -294,16 +321,6 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                 index: s.index,
             });
         }
-        if args.t5.is_none()
-            && plans
-                .iter()
-                .any(|p| matches!(p.condition, PlanCondition::Prompt(_)))
-        {
-            bail!(
-                "{} was made from a text prompt: pass --t5 DIR (the FLAN-T5 model folder it was encoded with) alongside --from",
-                png.display()
-            );
-        }
         eprintln!(
             "reproducing {} image(s) from {}",
             plans.len(),
@@ -340,33 +357,24 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     ))
 }
 
-/// The bundled demo model when no checkpoints are given; a project model through its card
-/// when one sits beside the generator file; otherwise an official pair, config inferred.
-pub fn load_bundle_with<B: Backend>(
+/// The bundled demo model `demo` when no checkpoints are given; a project model through its
+/// card when one sits beside the generator file; otherwise an official pair, config inferred.
+pub fn load_bundle_or_demo<B: Backend>(
     gpt: Option<&Path>,
     vq: Option<&Path>,
+    demo: Demo,
     opts: &LoadOptions,
     device: &B::Device,
 ) -> Result<ModelBundle<B>> {
-    ModelBundle::<B>::open(gpt, vq, opts, device).map_err(|e| match e {
+    ModelBundle::<B>::open_or_demo(gpt, vq, demo, opts, device).map_err(|e| match e {
         BundleError::Gpt { .. } | BundleError::Vq { .. } | BundleError::Mismatch(_) => anyhow!(
             "{e}\nhint: --gpt-model, --n-head and --image-size override what cannot be inferred"
         ),
-        BundleError::NoDemo => {
+        BundleError::NoDemo | BundleError::NoTextDemo => {
             anyhow!("no checkpoints given and {e}\nhint: pass --gpt-ckpt and --vq-ckpt")
         }
         other => anyhow!("{other}"),
     })
-}
-
-/// [`load_bundle_with`] with default options.
-#[cfg_attr(not(feature = "train"), allow(dead_code))]
-pub fn load_bundle<B: Backend>(
-    gpt: Option<&Path>,
-    vq: Option<&Path>,
-    device: &B::Device,
-) -> Result<ModelBundle<B>> {
-    load_bundle_with(gpt, vq, &LoadOptions::default(), device)
 }
 
 fn run_generate<B: Backend>(
@@ -382,9 +390,19 @@ fn run_generate<B: Backend>(
         ema: args.ema,
     };
     let t0 = Instant::now();
-    let bundle = load_bundle_with::<B>(
+    let wants_text = !args.prompts.is_empty()
+        || plans
+            .iter()
+            .any(|p| matches!(p.condition, PlanCondition::Prompt(_)));
+    let demo = if wants_text {
+        Demo::Text
+    } else {
+        Demo::Classes
+    };
+    let bundle = load_bundle_or_demo::<B>(
         args.gpt_ckpt.as_deref(),
         args.vq_ckpt.as_deref(),
+        demo,
         &opts,
         device,
     )?;
@@ -485,7 +503,8 @@ fn run_generate<B: Backend>(
                 PlanCondition::Class(_) => None,
             })
             .collect();
-        encode_prompts::<B>(args, &prompts, cfg, device)?
+        let t5 = args.t5.as_deref().or(bundle.t5_dir.as_deref());
+        encode_prompts::<B>(args, t5, &prompts, cfg, device)?
     } else {
         std::collections::HashMap::new()
     };
@@ -575,11 +594,12 @@ fn run_generate<B: Backend>(
 /// the weights are read), encodes every distinct prompt once, and frees the encoder.
 fn encode_prompts<B: Backend>(
     args: &GenerateArgs,
+    t5: Option<&Path>,
     prompts: &[String],
     cfg: &GptConfig,
     device: &B::Device,
 ) -> Result<std::collections::HashMap<String, CaptionFeatures>> {
-    let dir = args.t5.as_deref().ok_or_else(|| {
+    let dir = t5.ok_or_else(|| {
         anyhow!(
             "this text-conditional model needs the FLAN-T5 text encoder: pass --t5 DIR, a Hugging Face \
              model folder (config.json, model.safetensors or shards, tokenizer.json) such as google/flan-t5-xl"
@@ -594,7 +614,20 @@ fn encode_prompts<B: Backend>(
         .with_context(|| format!("T5 folder {}", dir.display()));
     }
     let t0 = Instant::now();
-    let mut encoder = TextEncoder::<B>::from_folder(&folder, cfg.cls_token_num, device)?;
+    let mut encoder = TextEncoder::<B>::from_folder_as(
+        &folder,
+        cfg.cls_token_num,
+        args.t5_precision.into(),
+        device,
+    )?;
+    if let Some((dtype, bytes)) = encoder.weights() {
+        eprintln!(
+            "text encoder {}: {:?} weights, {:.1} MB",
+            dir.display(),
+            dtype,
+            bytes as f64 / 1e6
+        );
+    }
     let mut distinct: Vec<String> = Vec::new();
     for p in prompts {
         if !distinct.contains(p) {
@@ -823,6 +856,14 @@ pub struct CardArgs {
     /// A command that made the weights (repeatable), recorded for reproduction.
     #[arg(long = "trained-with")]
     pub trained_with: Vec<String>,
+    /// Text encoder of a text-conditional generator: its T5 folder is copied to OUT/t5 and
+    /// named in the card, so prompts work without --t5.
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
+    /// Name a tokenizer file already in place, relative to OUT (e.g. ../demo/vq.safetensors),
+    /// instead of copying --vq; it must hold the same weights.
+    #[arg(long)]
+    pub share_vq: Option<String>,
 }
 
 /// A run folder's latest checkpoint directory, or `None` for a plain file.
@@ -870,14 +911,60 @@ pub fn write_card(args: CardArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     std::fs::copy(&gpt_file, args.out.join("gpt.safetensors"))
         .with_context(|| format!("copying {}", gpt_file.display()))?;
-    std::fs::copy(&vq_file, args.out.join("vq.safetensors"))
-        .with_context(|| format!("copying {}", vq_file.display()))?;
+    let vq_name = match &args.share_vq {
+        Some(rel) => {
+            let shared = args.out.join(rel);
+            let same = std::fs::read(&shared)
+                .with_context(|| format!("--share-vq: cannot read {}", shared.display()))?
+                == std::fs::read(&vq_file)
+                    .with_context(|| format!("cannot read {}", vq_file.display()))?;
+            if !same {
+                bail!(
+                    "--share-vq {rel}: {} does not hold the weights of {}",
+                    shared.display(),
+                    vq_file.display()
+                );
+            }
+            rel.clone()
+        }
+        None => {
+            std::fs::copy(&vq_file, args.out.join("vq.safetensors"))
+                .with_context(|| format!("copying {}", vq_file.display()))?;
+            "vq.safetensors".to_string()
+        }
+    };
+    let t5_dir = match &args.t5 {
+        Some(dir) => {
+            let folder = T5Folder::open(dir)?;
+            if folder.config.d_model != gpt_config.caption_dim
+                || gpt_config.model_type != ModelType::T2i
+            {
+                bail!(
+                    "--t5 {}: the generator is not a text-conditional model with {}-dimensional captions",
+                    dir.display(),
+                    folder.config.d_model
+                );
+            }
+            let target = args.out.join("t5");
+            std::fs::create_dir_all(&target)?;
+            for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+                std::fs::copy(dir.join(file), target.join(file)).with_context(|| {
+                    format!(
+                        "copying {} (the card takes single-file T5 folders)",
+                        dir.join(file).display()
+                    )
+                })?;
+            }
+            Some("t5".to_string())
+        }
+        None => None,
+    };
     let card = ModelCard {
         name: args.name.clone(),
         description: args.description.clone(),
         gpt_file: "gpt.safetensors".into(),
         gpt_config,
-        vq_file: "vq.safetensors".into(),
+        vq_file: vq_name,
         vq_config,
         image_size,
         class_names,
@@ -889,6 +976,7 @@ pub fn write_card(args: CardArgs) -> Result<()> {
             ..SamplerParams::default()
         },
         trained_with: args.trained_with.clone(),
+        t5_dir,
     };
     let path = args.out.join("model.json");
     card.write(&path)?;

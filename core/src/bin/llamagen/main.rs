@@ -109,6 +109,13 @@ enum Command {
     /// Train the generator on extracted codes (AdamW, class dropout for guidance).
     #[cfg(feature = "train")]
     TrainGpt(Box<train::TrainGptArgs>),
+    /// Make a small T5-style text encoder for a caption set (word vocabulary, weights from a
+    /// seed), for text-conditional models trained with no download.
+    #[cfg(feature = "train")]
+    #[command(
+        after_help = "Example (the bundled text demo's encoder):\n  llamagen init-t5 --captions data/shapes/captions.tsv --out runs/t5 --d-model 64 --layers 2 --heads 4"
+    )]
+    InitT5(train::InitT5Args),
     /// Train the small classifier of the procedural shapes (for eval-classes).
     #[cfg(feature = "train")]
     TrainClassifier(train::TrainClassifierArgs),
@@ -196,6 +203,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainGpt(args) => train::train_gpt(*args),
         #[cfg(feature = "train")]
         Command::TrainClassifier(args) => train::train_classifier(args),
+        #[cfg(feature = "train")]
+        Command::InitT5(args) => train::init_t5(args),
         #[cfg(feature = "train")]
         Command::EvalClasses(args) => train::eval_classes(args),
         Command::Card(args) => commands::write_card(args),

@@ -11,18 +11,19 @@ use burn::prelude::*;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llamagen::backend::BackendKind;
-use llamagen::config::{GptConfig, VqConfig};
+use llamagen::config::{GptConfig, ModelType, VqConfig};
 use llamagen::dataset::SHAPE_CLASSES;
-use llamagen::generate::{Generator, Request, decode_tokens};
+use llamagen::generate::{Generator, Request, RequestCondition, decode_tokens};
 use llamagen::image_io::{make_grid, tensor_to_images};
 use llamagen::sampling::SamplerParams;
 use llamagen::train::Autodiff;
 use llamagen::train::classifier::{self, ShapeClassifier};
 use llamagen::train::data::{
-    CodeSet, CodesMeta, ImageFolder, images_to_tensor, random_crop, ten_crop,
+    CAPTIONS_FILE, CodeSet, CodesMeta, ImageFolder, captions_in_folder_order, images_to_tensor,
+    random_crop, ten_crop,
 };
 use llamagen::train::discriminator::{GanLoss, PatchGanConfig};
-use llamagen::train::gpt::{CodeBatcher, GptTrainOptions, GptTrainer};
+use llamagen::train::gpt::{CaptionTable, CodeBatcher, GptTrainOptions, GptTrainer};
 use llamagen::train::lpips::Lpips;
 use llamagen::train::vq::{VqTrainOptions, VqTrainer};
 use llamagen::vq::VqModel;
@@ -475,6 +476,17 @@ fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Resul
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    let captions_path = args.data.join(CAPTIONS_FILE);
+    let captions = if captions_path.is_file() {
+        let c = captions_in_folder_order(&captions_path, &data.classes, &labels)?;
+        eprintln!(
+            "captions from {} kept with the codes",
+            captions_path.display()
+        );
+        c
+    } else {
+        Vec::new()
+    };
     let set = CodeSet {
         meta: CodesMeta {
             num_images: data.len(),
@@ -484,6 +496,7 @@ fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Resul
             image_size: size as usize,
             class_names: data.classes.clone(),
             tokenizer: vq_path.display().to_string(),
+            captions,
         },
         labels,
         codes,
@@ -558,8 +571,60 @@ pub struct TrainGptArgs {
     pub resume: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Train a text-conditional generator: the T5 model folder that encodes the captions (a
+    /// download of google/flan-t5-xl, or a small one from `llamagen init-t5`). The captions come
+    /// with the codes (extract-codes keeps the data set's captions.tsv) or from --captions.
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
+    /// Captions file (`class/file<TAB>caption` a line, as `llamagen dataset shapes` writes),
+    /// for codes extracted from a folder that had none.
+    #[arg(long, requires = "t5")]
+    pub captions: Option<PathBuf>,
+    /// Caption tokens of a text-conditional generator (its cls_token_num; official 120).
+    #[arg(long, default_value_t = llamagen::text::MAX_PROMPT_TOKENS)]
+    pub caption_tokens: usize,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+}
+
+/// Encodes every distinct caption of the codes once with the T5 folder `dir`.
+fn caption_table<B: Backend>(
+    dir: &Path,
+    captions: &[String],
+    cfg: &GptConfig,
+    device: &B::Device,
+) -> Result<CaptionTable> {
+    let folder = llamagen::text::T5Folder::open(dir)?;
+    if folder.config.d_model != cfg.caption_dim {
+        bail!(
+            "the T5 folder {} has d_model {}, the generator takes captions of {}",
+            dir.display(),
+            folder.config.d_model,
+            cfg.caption_dim
+        );
+    }
+    // The precision `generate` uses by default, so that training sees the features sampling
+    // will give.
+    let mut encoder = llamagen::text::TextEncoder::<B>::from_folder_as(
+        &folder,
+        cfg.cls_token_num,
+        llamagen::text::T5Precision::Auto,
+        device,
+    )?;
+    let t0 = Instant::now();
+    let table = CaptionTable::build(captions, cfg.cls_token_num, cfg.caption_dim, |chunk| {
+        encoder
+            .encode_batch(chunk)
+            .map(|v| v.into_iter().map(|f| (f.features, f.mask)).collect())
+    })?;
+    eprintln!(
+        "{} captions ({} distinct) encoded with {} in {:.1}s",
+        captions.len(),
+        table.distinct(),
+        dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(table)
 }
 
 pub fn train_gpt(args: TrainGptArgs) -> Result<()> {
@@ -569,7 +634,11 @@ pub fn train_gpt(args: TrainGptArgs) -> Result<()> {
 
 fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<()> {
     type AB<B> = Autodiff<B>;
-    let set = CodeSet::read(&args.codes)?;
+    let mut set = CodeSet::read(&args.codes)?;
+    if let Some(path) = &args.captions {
+        set.meta.captions = captions_in_folder_order(path, &set.meta.class_names, &set.labels)?;
+    }
+    let set = set;
     let meta = &set.meta;
     let grid = (meta.seq_len as f64).sqrt() as usize;
     let resumed = if args.resume {
@@ -606,6 +675,14 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
             cfg.token_dropout_p = args.dropout;
             cfg.resid_dropout_p = args.dropout;
             cfg.ffn_dropout_p = args.dropout;
+            if let Some(dir) = &args.t5 {
+                let t5 = llamagen::text::T5Folder::open(dir)?;
+                cfg = cfg.into_t2i();
+                cfg.num_classes = meta.class_names.len();
+                cfg.caption_dim = t5.config.d_model;
+                cfg.cls_token_num = args.caption_tokens.max(1);
+                cfg.class_dropout_prob = args.class_dropout;
+            }
             let opts = GptTrainOptions {
                 lr: args.lr.unwrap_or(1e-4 * args.batch_size as f64 / 256.0),
                 weight_decay: args.weight_decay,
@@ -622,14 +699,44 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
     if cfg.vocab_size != meta.codebook_size || cfg.block_size != meta.seq_len {
         bail!("the codes file does not fit the run being resumed (vocabulary or grid size)");
     }
+    let text = cfg.model_type == ModelType::T2i;
+    let captions = match (&args.t5, text) {
+        (Some(dir), true) => {
+            if meta.captions.is_empty() {
+                bail!(
+                    "{} has no captions: extract the codes from a folder with {CAPTIONS_FILE}, or pass --captions FILE",
+                    args.codes.display()
+                );
+            }
+            Some(caption_table::<B>(dir, &meta.captions, &cfg, device)?)
+        }
+        (None, true) => bail!(
+            "the run in {} is text-conditional: pass --t5 DIR (its text encoder) to continue it",
+            args.out.display()
+        ),
+        (Some(_), false) => bail!(
+            "the run in {} is class-conditional: --t5 does not apply to it",
+            args.out.display()
+        ),
+        (None, false) => None,
+    };
     let opts = trainer.opts.clone();
     eprintln!(
-        "generator: dim {}, {} layers, {} heads, {:.2}M parameters; {} classes, {}×{} tokens, vocab {}; batch {}, lr {:.2e}, {} replica(s)",
+        "generator: dim {}, {} layers, {} heads, {:.2}M parameters; {} {}, {}×{} tokens, vocab {}; batch {}, lr {:.2e}, {} replica(s)",
         cfg.dim,
         cfg.n_layer,
         cfg.n_head,
         cfg.num_params() as f64 / 1e6,
-        cfg.num_classes,
+        if text {
+            cfg.cls_token_num
+        } else {
+            cfg.num_classes
+        },
+        if text {
+            format!("caption tokens of {}", cfg.caption_dim)
+        } else {
+            "classes".to_string()
+        },
         grid,
         grid,
         cfg.vocab_size,
@@ -647,6 +754,7 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
         seed: opts.seed,
         class_dropout: cfg.class_dropout_prob,
         num_classes: cfg.num_classes,
+        captions: captions.as_ref(),
     };
     let devices = vec![device.clone(); args.replicas.max(1)];
     let first = trainer.step;
@@ -672,7 +780,8 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
                 .out
                 .join("samples")
                 .join(format!("step-{:07}.png", trainer.step));
-            sample_grid(&model, vq, grid, &path)?;
+            let conditions = sample_conditions(&set, captions.as_ref(), model.config.num_classes);
+            sample_grid(&model, vq, &conditions, grid, &path)?;
         }
         if trainer.step % args.save_every == 0 || done {
             let dir = trainer.save(
@@ -682,6 +791,7 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
                     "class_names": meta.class_names,
                     "image_size": meta.image_size,
                     "tokenizer": meta.tokenizer,
+                    "t5": args.t5,
                 }),
             )?;
             progress.println(format!("saved {}", dir.display()));
@@ -692,24 +802,50 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
     Ok(())
 }
 
-/// One image per class (up to 16 classes), CFG 4, fixed seeds.
+/// The conditions of the training sample sheets: one per class (up to 16), or with captions
+/// the caption of each class's first image.
+fn sample_conditions(
+    set: &CodeSet,
+    captions: Option<&CaptionTable>,
+    num_classes: usize,
+) -> Vec<RequestCondition> {
+    let n = num_classes.min(16);
+    match captions {
+        None => (0..n).map(RequestCondition::Class).collect(),
+        Some(t) => (0..n)
+            .filter_map(|c| set.labels.iter().position(|&l| l as usize == c))
+            .map(|image| {
+                let id = t.per_image[image] as usize;
+                let (k, d) = (t.tokens, t.dim);
+                RequestCondition::Caption {
+                    features: t.features[id * k * d..(id + 1) * k * d].to_vec(),
+                    mask: t.masks[id * k..(id + 1) * k].to_vec(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// One image per condition, CFG 4, fixed seeds.
 fn sample_grid<B: Backend>(
     model: &llamagen::gpt::Transformer<B>,
     vq: &VqModel<B>,
+    conditions: &[RequestCondition],
     grid: usize,
     path: &Path,
 ) -> Result<()> {
-    let n = model.config.num_classes.min(16);
-    let requests: Vec<Request> = (0..n)
-        .map(|c| {
-            Request::class(
-                c,
-                SamplerParams {
-                    seed: c as u64,
-                    top_k: 0,
-                    ..SamplerParams::default()
-                },
-            )
+    let n = conditions.len();
+    let requests: Vec<Request> = conditions
+        .iter()
+        .enumerate()
+        .map(|(c, condition)| Request {
+            condition: condition.clone(),
+            params: SamplerParams {
+                seed: c as u64,
+                top_k: 0,
+                ..SamplerParams::default()
+            },
+            prefix: Vec::new(),
         })
         .collect();
     let g = Generator::new(model).generate(&requests, &mut (), None)?;
@@ -783,18 +919,73 @@ pub struct EvalClassesArgs {
     pub batch_size: usize,
     #[arg(long)]
     pub json: bool,
+    /// Measure the bundled text-conditional demo model (when no checkpoints are given). A
+    /// text-conditional model is asked with captions "a <colour> <shape> on a <colour>
+    /// background" (colours drawn from the seed) and scored on the shape.
+    #[arg(long)]
+    pub text: bool,
+    /// T5 folder of a text-conditional model (default: the one its card names).
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
+}
+
+/// The prompt eval-classes asks a text-conditional model for sample `i` of `class`: the data
+/// set's caption with two distinct colours drawn from `seed`.
+fn eval_prompt(class: &str, seed: u64) -> String {
+    use llamagen::dataset::{PALETTE, caption};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let fg = rng.random_range(0..PALETTE.len());
+    let bg = (fg + rng.random_range(1..PALETTE.len())) % PALETTE.len();
+    caption(class, PALETTE[fg].0, PALETTE[bg].0)
 }
 
 pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
     type B = llamagen::backend::Cpu;
     let device = Default::default();
     let clf = ShapeClassifier::<B>::load(&args.classifier, &device)?;
-    let bundle = crate::commands::load_bundle::<B>(
+    let demo = if args.text {
+        llamagen::bundle::Demo::Text
+    } else {
+        llamagen::bundle::Demo::Classes
+    };
+    let bundle = crate::commands::load_bundle_or_demo::<B>(
         args.gpt_ckpt.as_deref(),
         args.vq_ckpt.as_deref(),
+        demo,
+        &Default::default(),
         &device,
     )?;
-    let names = bundle.class_names.names.clone();
+    let text = bundle.gpt.config.model_type == ModelType::T2i;
+    let names = if text {
+        SHAPE_CLASSES.iter().map(|s| s.to_string()).collect()
+    } else {
+        bundle.class_names.names.clone()
+    };
+    // Text-conditional: every prompt encoded up front, then the encoder is freed.
+    let mut prompts = std::collections::HashMap::new();
+    if text {
+        let dir = args
+            .t5
+            .clone()
+            .or(bundle.t5_dir.clone())
+            .ok_or_else(|| anyhow!("a text-conditional model needs --t5 DIR"))?;
+        let mut encoder = llamagen::text::TextEncoder::<B>::from_folder_as(
+            &llamagen::text::T5Folder::open(&dir)?,
+            bundle.gpt.config.cls_token_num,
+            llamagen::text::T5Precision::Auto,
+            &device,
+        )?;
+        encoder.check_caption_dim(bundle.gpt.config.caption_dim)?;
+        let all: Vec<String> = (0..names.len())
+            .flat_map(|c| (0..args.num as u64).map(move |i| (c, i)))
+            .map(|(c, i)| eval_prompt(&names[c], args.seed + (c as u64) * 100_003 + i))
+            .collect();
+        for chunk in all.chunks(64) {
+            for (p, f) in chunk.iter().zip(encoder.encode_batch(chunk)?) {
+                prompts.insert(p.clone(), f.condition());
+            }
+        }
+    }
     let model_to_clf: Vec<usize> = names
         .iter()
         .map(|n| {
@@ -821,14 +1012,21 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
             let requests: Vec<Request> = chunk
                 .iter()
                 .map(|&(c, i)| {
-                    Request::class(
-                        c,
-                        SamplerParams {
+                    let seed = args.seed + (c as u64) * 100_003 + i;
+                    let condition = if text {
+                        prompts[&eval_prompt(&names[c], seed)].clone()
+                    } else {
+                        RequestCondition::Class(c)
+                    };
+                    Request {
+                        condition,
+                        params: SamplerParams {
                             cfg_scale,
-                            seed: args.seed + (c as u64) * 100_003 + i,
+                            seed,
                             ..defaults
                         },
-                    )
+                        prefix: Vec::new(),
+                    }
                 })
                 .collect();
             let g = Generator::new(&bundle.gpt).generate(&requests, &mut (), None)?;
@@ -863,5 +1061,61 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InitT5Args {
+    /// Captions file (`class/file<TAB>caption` a line, as `llamagen dataset shapes` writes):
+    /// its words make the vocabulary.
+    #[arg(long)]
+    pub captions: PathBuf,
+    /// Output model folder (config.json, tokenizer.json, model.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Width of the features (the generator's caption dimension).
+    #[arg(long, default_value_t = 64)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn init_t5(args: InitT5Args) -> Result<()> {
+    let text = std::fs::read_to_string(&args.captions)
+        .with_context(|| format!("cannot read {}", args.captions.display()))?;
+    let captions: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t').map(|(_, c)| c))
+        .collect();
+    if captions.is_empty() {
+        bail!(
+            "{} holds no `file<TAB>caption` lines",
+            args.captions.display()
+        );
+    }
+    let words = llamagen::text::init::caption_words(captions.iter().copied());
+    let cfg = llamagen::text::init::write_t5_folder(
+        &args.out,
+        &words,
+        args.d_model,
+        args.layers,
+        args.heads,
+        args.seed,
+    )?;
+    eprintln!(
+        "{} words from {} captions; T5 encoder d_model {}, {} layers, {} heads, {} parameters (seed {}); wrote {}",
+        words.len(),
+        captions.len(),
+        cfg.d_model,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.num_params(),
+        args.seed,
+        args.out.display()
+    );
     Ok(())
 }
