@@ -22,13 +22,16 @@
 //! encoder's tensors are read into the model (each converted to f32 one at a time, so a
 //! tensor's stored and converted copies coexist only briefly). Activations are small
 //! by comparison: one 120-token prompt needs `32 × 120 × 120` attention scores per layer
-//! (1.8 MB in f32) and `120 × 5120` FFN activations (2.5 MB). This project loads T5 in f32 (as
-//! `--precision none` does officially); since a prompt is encoded once and its features
+//! (1.8 MB in f32) and `120 × 5120` FFN activations (2.5 MB). [`T5Precision::Auto`] holds the
+//! weights in bf16 where the backend computes in it (else f16, else f32), each tensor converted
+//! as it is read, with norm statistics, attention scores and softmax in f32 as `transformers`
+//! does (the official sampler runs FLAN-T5 in bf16); since a prompt is encoded once and its features
 //! (`120 × 2048` f32 = 983 KB) are cached, the encoder can be freed
 //! ([`TextEncoder::release_model`]) before generation starts, so T5 and the GPT never need to
 //! be resident together. The tiny test model of the reference fixtures (`t5_tiny`: d_model 32,
-//! 2 layers) has 23,968 parameters = 95,872 bytes in f32 (measured by
-//! `t5_memory_of_the_tiny_model` in the test suite).
+//! 2 layers) has 23,968 parameters = 95,872 bytes in f32 and 47,936 in bf16 or f16 (measured
+//! by `t5_memory_of_the_tiny_model` and `t5_in_half_precision_halves_the_weights_and_stays_close`
+//! in the test suite).
 
 pub mod clean;
 pub mod folder;

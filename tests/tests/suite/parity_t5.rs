@@ -184,7 +184,7 @@ fn t5_in_half_precision_halves_the_weights_and_stays_close() {
         let sd = case.state_dict();
         let expected = case.values_f32("last_hidden_state");
         let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (dtype, tol) in [(FloatDType::BF16, 2e-2), (FloatDType::F16, 4e-3)] {
+        for (dtype, tol) in [(FloatDType::BF16, 3e-2), (FloatDType::F16, 4e-3)] {
             let model = T5Encoder::<B>::load_as(&sd, &cfg, dtype, &device).unwrap();
             assert_eq!(model.dtype(), DType::from(dtype));
             assert_eq!(model.weight_bytes(), cfg.num_params() * 2);

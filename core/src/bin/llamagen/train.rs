@@ -927,6 +927,84 @@ pub struct EvalClassesArgs {
     /// T5 folder of a text-conditional model (default: the one its card names).
     #[arg(long)]
     pub t5: Option<PathBuf>,
+    /// Sampling temperature (default: the model card's).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Top-k (0 = all tokens; default: the model card's).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Top-p (default: the model card's).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Score the tokenizer instead of the generator: fresh procedural images (not the training
+    /// set), encoded and decoded by the model's tokenizer, then classified; the originals are
+    /// classified too. What the tokenizer loses bounds what the generator can show.
+    #[arg(long)]
+    pub reconstructions: bool,
+}
+
+/// The tokenizer's part of eval-classes: how often the classifier still recognises fresh
+/// procedural images after a round trip through the tokenizer.
+fn eval_reconstructions<B: Backend>(
+    clf: &ShapeClassifier<B>,
+    vq: &VqModel<B>,
+    image_size: usize,
+    args: &EvalClassesArgs,
+    device: &B::Device,
+) -> Result<()> {
+    // Another seed than the data set's (0) and the classifier's held-out images.
+    let seed = 5_000_003 + args.seed;
+    let n = SHAPE_CLASSES.len();
+    let (mut orig_ok, mut rec_ok) = (vec![0usize; n], vec![0usize; n]);
+    for (c, (o, r)) in orig_ok.iter_mut().zip(rec_ok.iter_mut()).enumerate() {
+        let items: Vec<u64> = (0..args.num as u64).collect();
+        for chunk in items.chunks(args.batch_size.max(1)) {
+            let images: Vec<image::RgbImage> = chunk
+                .iter()
+                .map(|&i| llamagen::dataset::render(seed, c, i, image_size as u32).to_image())
+                .collect();
+            let rec = tensor_to_images(vq.forward(images_to_tensor::<B>(&images, device)));
+            *o += clf.classify(&images).iter().filter(|&&p| p == c).count();
+            *r += clf.classify(&rec).iter().filter(|&&p| p == c).count();
+        }
+    }
+    let pct = |k: usize| k as f64 * 100.0 / args.num as f64;
+    let all = |v: &[usize]| v.iter().sum::<usize>() as f64 * 100.0 / (args.num * n) as f64;
+    if args.json {
+        let per: serde_json::Map<_, _> = SHAPE_CLASSES
+            .iter()
+            .enumerate()
+            .map(|(c, name)| {
+                (
+                    name.to_string(),
+                    serde_json::json!({"original": pct(orig_ok[c]) / 100.0, "reconstruction": pct(rec_ok[c]) / 100.0}),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "original": all(&orig_ok) / 100.0,
+                "reconstruction": all(&rec_ok) / 100.0,
+                "per_class": per,
+            }))?
+        );
+    } else {
+        println!(
+            "originals {:.1}%, tokenizer reconstructions {:.1}% ({} fresh images per class, seed {seed})",
+            all(&orig_ok),
+            all(&rec_ok),
+            args.num
+        );
+        for (c, name) in SHAPE_CLASSES.iter().enumerate() {
+            println!(
+                "  {name:<14} {:5.1}% → {:5.1}%",
+                pct(orig_ok[c]),
+                pct(rec_ok[c])
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The prompt eval-classes asks a text-conditional model for sample `i` of `class`: the data
@@ -955,6 +1033,9 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
         &Default::default(),
         &device,
     )?;
+    if args.reconstructions {
+        return eval_reconstructions(&clf, &bundle.vq, bundle.image_size, &args, &device);
+    }
     let text = bundle.gpt.config.model_type == ModelType::T2i;
     let names = if text {
         SHAPE_CLASSES.iter().map(|s| s.to_string()).collect()
@@ -996,7 +1077,17 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let grid = bundle.gpt.config.grid_size();
-    let defaults = bundle.sampler;
+    let mut defaults = bundle.sampler;
+    if let Some(t) = args.temperature {
+        defaults.temperature = t;
+    }
+    if let Some(k) = args.top_k {
+        defaults.top_k = k;
+    }
+    if let Some(p) = args.top_p {
+        defaults.top_p = p;
+    }
+    defaults.validate()?;
     let mut report = Vec::new();
     for &cfg_scale in &args.cfg_scales {
         let mut per_class = vec![0usize; names.len()];
@@ -1049,9 +1140,12 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
         }));
         if !args.json {
             println!(
-                "cfg {cfg_scale}: {:.1}% overall ({} samples per class)",
+                "cfg {cfg_scale}: {:.1}% overall ({} samples per class; temperature {}, top-k {}, top-p {})",
                 overall * 100.0,
-                args.num
+                args.num,
+                defaults.temperature,
+                defaults.top_k,
+                defaults.top_p
             );
             for (n, k) in names.iter().zip(&per_class) {
                 println!("  {n:<14} {:5.1}%", *k as f64 * 100.0 / args.num as f64);
