@@ -30,7 +30,12 @@ pub enum ModelState {
 pub enum TextState {
     None,
     Loading,
-    Ready { dir: PathBuf, params: usize },
+    Ready {
+        dir: PathBuf,
+        params: usize,
+        /// `bf16`, `f16` or `f32`.
+        precision: String,
+    },
     Failed(String),
 }
 
@@ -626,13 +631,23 @@ impl StudioApp {
                     self.load_text();
                 }
             }
-            Event::TextLoaded { dir, params } => {
+            Event::TextLoaded {
+                dir,
+                params,
+                precision,
+                bytes,
+            } => {
                 self.message = format!(
-                    "T5 encoder loaded from {} ({:.1} M parameters)",
+                    "T5 encoder loaded from {} ({:.1} M parameters, {precision}, {:.1} MB)",
                     dir.display(),
-                    params as f64 / 1e6
+                    params as f64 / 1e6,
+                    bytes as f64 / 1e6
                 );
-                self.text = TextState::Ready { dir, params };
+                self.text = TextState::Ready {
+                    dir,
+                    params,
+                    precision,
+                };
             }
             Event::TextFailed(e) => {
                 self.message = format!("could not load the T5 encoder: {e}");

@@ -256,9 +256,12 @@ fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
             match &app.text {
                 TextState::None => ui.weak("not loaded"),
                 TextState::Loading => ui.spinner(),
-                TextState::Ready { params, .. } => {
-                    ui.label(format!("ready, {:.1} M parameters", *params as f64 / 1e6))
-                }
+                TextState::Ready {
+                    params, precision, ..
+                } => ui.label(format!(
+                    "ready, {:.1} M parameters in {precision}",
+                    *params as f64 / 1e6
+                )),
                 TextState::Failed(e) => ui.colored_label(Color32::from_rgb(230, 90, 80), e),
             };
         });
@@ -484,7 +487,12 @@ fn grid_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
 fn run_view(app: &mut StudioApp, ui: &mut egui::Ui) {
     let Some(view) = &app.view else {
         ui.centered_and_justified(|ui| {
-            ui.weak("Pick a class and press Generate (Ctrl+Enter).");
+            let text = app.info().is_some_and(|i| i.model_type == ModelType::T2i);
+            ui.weak(if text {
+                "Write a prompt and press Generate (Ctrl+Enter)."
+            } else {
+                "Pick a class and press Generate (Ctrl+Enter)."
+            });
         });
         return;
     };

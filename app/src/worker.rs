@@ -117,6 +117,9 @@ pub enum Event {
     TextLoaded {
         dir: PathBuf,
         params: usize,
+        /// The weights' float type and their size in bytes.
+        precision: String,
+        bytes: usize,
     },
     TextFailed(String),
     TextReleased,
@@ -330,8 +333,15 @@ impl Worker {
         match result {
             Ok(encoder) => {
                 let params = encoder.config.num_params();
+                let (dtype, bytes) = encoder.weights().unwrap_or((burn::tensor::DType::F32, 0));
+                let precision = format!("{dtype:?}").to_lowercase();
                 model.text = Some(encoder);
-                self.emit(Event::TextLoaded { dir, params });
+                self.emit(Event::TextLoaded {
+                    dir,
+                    params,
+                    precision,
+                    bytes,
+                });
             }
             Err(e) => self.emit(Event::TextFailed(format!("{}: {e}", dir.display()))),
         }

@@ -1011,10 +1011,39 @@ fn eval_reconstructions<B: Backend>(
 /// set's caption with two distinct colours drawn from `seed`.
 fn eval_prompt(class: &str, seed: u64) -> String {
     use llamagen::dataset::{PALETTE, caption};
+    let bg = eval_background(seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let fg = rng.random_range(0..PALETTE.len());
-    let bg = (fg + rng.random_range(1..PALETTE.len())) % PALETTE.len();
+    let fg = (bg + rng.random_range(1..PALETTE.len())) % PALETTE.len();
     caption(class, PALETTE[fg].0, PALETTE[bg].0)
+}
+
+/// The background colour (a `PALETTE` index) of [`eval_prompt`]'s prompt for `seed`.
+fn eval_background(seed: u64) -> usize {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6267);
+    rng.random_range(0..llamagen::dataset::PALETTE.len())
+}
+
+/// The palette colour nearest to the mean of an image's outer 4-pixel frame (where the shapes
+/// classes show their background).
+fn frame_colour(img: &image::RgbImage) -> usize {
+    let (w, h) = img.dimensions();
+    let mut sum = [0f64; 3];
+    let mut n = 0.0;
+    for (x, y, p) in img.enumerate_pixels() {
+        if x < 4 || y < 4 || x + 4 >= w || y + 4 >= h {
+            for k in 0..3 {
+                sum[k] += p[k] as f64;
+            }
+            n += 1.0;
+        }
+    }
+    let mean = sum.map(|v| v / n);
+    let dist = |c: [u8; 3]| (0..3).map(|k| (c[k] as f64 - mean[k]).powi(2)).sum::<f64>();
+    (0..llamagen::dataset::PALETTE.len())
+        .min_by(|&a, &b| {
+            dist(llamagen::dataset::PALETTE[a].1).total_cmp(&dist(llamagen::dataset::PALETTE[b].1))
+        })
+        .expect("a palette")
 }
 
 pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
@@ -1091,6 +1120,9 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
     let mut report = Vec::new();
     for &cfg_scale in &args.cfg_scales {
         let mut per_class = vec![0usize; names.len()];
+        // Text models: how often the frame shows the prompt's background colour (shape
+        // classes; stripes and checkerboards split the frame between both colours).
+        let (mut bg_ok, mut bg_n) = (0usize, 0usize);
         let plans: Vec<(usize, u64)> = (0..names.len())
             .flat_map(|c| (0..args.num as u64).map(move |i| (c, i)))
             .collect();
@@ -1123,9 +1155,14 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
             let g = Generator::new(&bundle.gpt).generate(&requests, &mut (), None)?;
             let images = tensor_to_images(decode_tokens(&bundle.vq, &g.tokens, grid));
             let pred = clf.classify(&images);
-            for (&(c, _), p) in chunk.iter().zip(pred) {
+            for ((&(c, i), p), img) in chunk.iter().zip(pred).zip(&images) {
                 if p == model_to_clf[c] {
                     per_class[c] += 1;
+                }
+                if text && !matches!(names[c].as_str(), "stripes" | "checkerboard") {
+                    let seed = args.seed + (c as u64) * 100_003 + i;
+                    bg_n += 1;
+                    bg_ok += usize::from(frame_colour(img) == eval_background(seed));
                 }
             }
             bar.inc(chunk.len() as u64);
@@ -1133,9 +1170,11 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
         bar.finish_and_clear();
         let total: usize = per_class.iter().sum();
         let overall = total as f64 / (args.num * names.len()) as f64;
+        let background = (bg_n > 0).then(|| bg_ok as f64 / bg_n as f64);
         report.push(serde_json::json!({
             "cfg_scale": cfg_scale,
             "overall": overall,
+            "background_colour": background,
             "per_class": names.iter().zip(&per_class).map(|(n, k)| (n.clone(), serde_json::json!(*k as f64 / args.num as f64))).collect::<serde_json::Map<_, _>>(),
         }));
         if !args.json {
@@ -1149,6 +1188,13 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
             );
             for (n, k) in names.iter().zip(&per_class) {
                 println!("  {n:<14} {:5.1}%", *k as f64 * 100.0 / args.num as f64);
+            }
+            if let Some(b) = background {
+                println!(
+                    "  background colour as asked: {:.1}% (shape classes; chance {:.1}%)",
+                    b * 100.0,
+                    100.0 / llamagen::dataset::PALETTE.len() as f64
+                );
             }
         }
     }
