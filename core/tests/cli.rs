@@ -789,6 +789,39 @@ mod training {
     }
 }
 
+/// With no checkpoint options, a prompt goes to the bundled text demo (assets/demo-text) and
+/// its own encoder; `--from` remakes the image without --t5, the card naming the encoder.
+#[test]
+fn a_prompt_uses_the_bundled_text_demo_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("star.png");
+    let prompt = "a yellow star on a blue background";
+    let out = llamagen()
+        .args(["generate", "--prompt", prompt, "--seed", "2", "--backend", "cpu"])
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("demo-text"), "{err}");
+    let info = llamagen().arg("info").arg(&png).output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains(prompt));
+    let again = dir.path().join("again.png");
+    let out = llamagen()
+        .args(["generate", "--backend", "cpu", "--from"])
+        .arg(&png)
+        .arg("--out")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        image::open(&png).unwrap().to_rgb8(),
+        image::open(&again).unwrap().to_rgb8()
+    );
+}
+
 /// With no checkpoint options, `generate` uses the bundled demo model in assets/demo.
 #[test]
 fn generate_uses_the_bundled_demo_model_by_default() {
