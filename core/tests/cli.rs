@@ -491,6 +491,9 @@ mod training {
                 "--ema",
                 "--sample-every",
                 "1",
+                // Two data-parallel replicas, with the adversarial terms on.
+                "--replicas",
+                "2",
                 "--backend",
                 "cpu",
             ]));
@@ -797,7 +800,15 @@ fn a_prompt_uses_the_bundled_text_demo_by_default() {
     let png = dir.path().join("star.png");
     let prompt = "a yellow star on a blue background";
     let out = llamagen()
-        .args(["generate", "--prompt", prompt, "--seed", "2", "--backend", "cpu"])
+        .args([
+            "generate",
+            "--prompt",
+            prompt,
+            "--seed",
+            "2",
+            "--backend",
+            "cpu",
+        ])
         .arg("--out")
         .arg(&png)
         .output()
@@ -815,7 +826,11 @@ fn a_prompt_uses_the_bundled_text_demo_by_default() {
         .arg(&again)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         image::open(&png).unwrap().to_rgb8(),
         image::open(&again).unwrap().to_rgb8()

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, MultiGradientsParams, Optimizer};
 use burn::prelude::*;
@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use super::checkpoint;
 use super::data::CodeSet;
-use super::optim::{clip_factor, grad_norm, scale_and_split};
+use super::optim::{clip_factor, combine_grads, grad_norm, scale_and_split};
 use crate::config::GptConfig;
 use crate::gpt::{Condition, Transformer};
 
@@ -398,7 +398,7 @@ impl<B: AutodiffBackend> GptTrainer<B> {
             for (_, _, g, dev) in results {
                 multi.grads.push((g, dev.id()));
             }
-            (loss, combine(&self.model, multi))
+            (loss, combine_grads(&self.model, multi))
         };
         if !loss.is_finite() {
             return Err(TrainError::Diverged {
@@ -481,32 +481,6 @@ fn caption_condition<B: AutodiffBackend>(
         device,
     );
     (Condition::Caption(features), Some(allowed))
-}
-
-/// Sums the shards' gradients parameter by parameter with burn's `MultiGradientsParams`.
-fn combine<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    multi: MultiGradientsParams,
-) -> GradientsParams {
-    struct Combine<B: AutodiffBackend> {
-        multi: MultiGradientsParams,
-        out: GradientsParams,
-        _b: std::marker::PhantomData<B>,
-    }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Combine<B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some((g, _device)) = self.multi.remove::<B::InnerBackend, D>(param.id) {
-                self.out.register(param.id, g);
-            }
-        }
-    }
-    let mut v = Combine::<B> {
-        multi,
-        out: GradientsParams::new(),
-        _b: std::marker::PhantomData,
-    };
-    module.visit(&mut v);
-    v.out
 }
 
 #[cfg(test)]

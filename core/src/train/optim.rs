@@ -3,7 +3,7 @@
 //! decay only on tensors of two or more dimensions (`creat_optimizer`), and an EMA copy.
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, MultiGradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -210,4 +210,30 @@ mod tests {
             p.map(|t| t.zeros_like())
         }
     }
+}
+
+/// Sums the shards' gradients parameter by parameter with burn's `MultiGradientsParams`.
+pub fn combine_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    multi: MultiGradientsParams,
+) -> GradientsParams {
+    struct Combine<B: AutodiffBackend> {
+        multi: MultiGradientsParams,
+        out: GradientsParams,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Combine<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some((g, _device)) = self.multi.remove::<B::InnerBackend, D>(param.id) {
+                self.out.register(param.id, g);
+            }
+        }
+    }
+    let mut v = Combine::<B> {
+        multi,
+        out: GradientsParams::new(),
+        _b: std::marker::PhantomData,
+    };
+    module.visit(&mut v);
+    v.out
 }

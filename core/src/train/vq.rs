@@ -14,16 +14,17 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{Adam, AdamConfig, GradientsParams, MultiGradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::DeviceOps;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use super::checkpoint;
 use super::discriminator::{GanLoss, PatchGan, PatchGanConfig, discriminator_loss, generator_loss};
 use super::lpips::Lpips;
-use super::optim::{clip_factor, grad_norm, scale_grads, update_ema};
+use super::optim::{clip_factor, combine_grads, grad_norm, scale_grads, update_ema};
 use crate::config::VqConfig;
 use crate::vq::VqModel;
 
@@ -92,6 +93,16 @@ impl VqStepStats {
     /// The generator-side total.
     pub fn total(&self) -> f32 {
         self.reconstruction + self.perceptual + self.vq + self.commit + self.entropy + self.gen_adv
+    }
+
+    /// Adds a shard's loss figures, weighted by its share of the batch.
+    fn accumulate(&mut self, shard: &VqStepStats, weight: f32) {
+        self.reconstruction += shard.reconstruction * weight;
+        self.perceptual += shard.perceptual * weight;
+        self.vq += shard.vq * weight;
+        self.commit += shard.commit * weight;
+        self.entropy += shard.entropy * weight;
+        self.gen_adv += shard.gen_adv * weight;
     }
 }
 
@@ -175,9 +186,136 @@ impl<B: AutodiffBackend> VqTrainer<B> {
 
     /// One step of both players on a batch of images in [−1, 1] `[batch, 3, H, W]`.
     pub fn train_step(&mut self, images: Tensor<B, 4>) -> Result<VqStepStats, TrainError> {
+        self.train_step_on(images, &[])
+    }
+
+    /// [`VqTrainer::train_step`] with the tokenizer's forward and backward split into
+    /// `devices.len()` shards that run in parallel (on one device or several); their gradients
+    /// are summed by burn's `MultiGradientsParams` before the one optimizer step. Each shard's
+    /// losses are weighted by its share of the batch, so the mean-squared, LPIPS, VQ, commitment
+    /// and adversarial terms equal the whole batch's; the entropy term is each shard's own (its
+    /// average code distribution is taken over the shard). The discriminator's step sees the
+    /// whole batch.
+    pub fn train_step_on(
+        &mut self,
+        images: Tensor<B, 4>,
+        devices: &[B::Device],
+    ) -> Result<VqStepStats, TrainError> {
         let o = self.opts.clone();
         let adversarial = self.adversarial_on();
-        let out = self.vq.forward_train(images.clone());
+        let n = images.dims()[0];
+        let k = devices.len().min(n);
+        let (mut stats, grads, reconstruction) = if k <= 1 {
+            let (stats, grads, rec, _) = Self::generator_grads(
+                &mut self.vq,
+                self.lpips.as_ref(),
+                &self.disc,
+                images.clone(),
+                &o,
+                adversarial,
+                1.0,
+            );
+            (stats, grads, rec)
+        } else {
+            let bounds: Vec<(usize, usize)> =
+                (0..k).map(|i| (i * n / k, (i + 1) * n / k)).collect();
+            type Shard<B> = (
+                VqStepStats,
+                GradientsParams,
+                Tensor<B, 4>,
+                Tensor<B, 1, Int>,
+                f32,
+            );
+            let results: Vec<(Shard<B>, B::Device)> = std::thread::scope(|s| {
+                let handles: Vec<_> = bounds
+                    .iter()
+                    .zip(devices)
+                    .map(|(&(a, z), dev)| {
+                        let mut vq = self.vq.clone().fork(dev);
+                        let lpips = self.lpips.clone().map(|l| l.fork(dev));
+                        let disc = self.disc.clone().fork(dev);
+                        let shard = images.clone().narrow(0, a, z - a).to_device(dev);
+                        let w = (z - a) as f32 / n as f32;
+                        let (o, dev) = (o.clone(), dev.clone());
+                        s.spawn(move || {
+                            let (st, g, rec, idx) = Self::generator_grads(
+                                &mut vq,
+                                lpips.as_ref(),
+                                &disc,
+                                shard,
+                                &o,
+                                adversarial,
+                                w,
+                            );
+                            ((st, g, rec, idx, w), dev)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a training shard panicked"))
+                    .collect()
+            });
+            let home = self.vq.quant_conv.weight.device();
+            let mut stats = VqStepStats::default();
+            let mut multi = MultiGradientsParams::default();
+            let (mut recs, mut indices) = (Vec::new(), Vec::new());
+            for ((st, g, rec, idx, w), dev) in results {
+                stats.accumulate(&st, w);
+                multi.grads.push((g, dev.id()));
+                recs.push(rec.to_device(&home));
+                indices.push(idx.to_device(&home));
+            }
+            // The usage FIFO lives in the home model: the shards' codes, in batch order.
+            stats.codebook_usage = self.vq.quantize.update_usage(&Tensor::cat(indices, 0));
+            (stats, combine_grads(&self.vq, multi), Tensor::cat(recs, 0))
+        };
+        if !stats.total().is_finite() {
+            return Err(TrainError::Diverged {
+                step: self.step,
+                value: stats.total(),
+            });
+        }
+        let norm = grad_norm(&self.vq, &grads);
+        stats.grad_norm = norm;
+        let grads = scale_grads(&self.vq, grads, clip_factor(norm, o.max_grad_norm));
+        self.vq = self.opt_g.step(o.lr, self.vq.clone(), grads);
+
+        if adversarial {
+            let logits_real = self.disc.forward(images.detach());
+            let logits_fake = self.disc.forward(reconstruction);
+            let d = discriminator_loss(o.disc_loss, logits_real, logits_fake) * o.disc_weight;
+            stats.disc = d.clone().into_scalar().elem();
+            let grads = GradientsParams::from_grads(d.backward(), &self.disc);
+            let norm = grad_norm(&self.disc, &grads);
+            let grads = scale_grads(&self.disc, grads, clip_factor(norm, o.max_grad_norm));
+            self.disc = self.opt_d.step(o.lr, self.disc.clone(), grads);
+        }
+        if let (Some(decay), Some(ema)) = (o.ema_decay, self.ema.take()) {
+            self.ema = Some(update_ema(ema, &self.vq.valid(), decay));
+        }
+        self.step += 1;
+        Ok(stats)
+    }
+
+    /// The tokenizer's loss on `images` and its gradients (the loss scaled by `weight`, a
+    /// shard's share of the batch; the reported figures unscaled), with the detached
+    /// reconstruction and the codes.
+    fn generator_grads(
+        vq: &mut VqModel<B>,
+        lpips: Option<&Lpips<B>>,
+        disc: &PatchGan<B>,
+        images: Tensor<B, 4>,
+        o: &VqTrainOptions,
+        adversarial: bool,
+        weight: f32,
+    ) -> (
+        VqStepStats,
+        GradientsParams,
+        Tensor<B, 4>,
+        Tensor<B, 1, Int>,
+    ) {
+        let out = vq.forward_train(images.clone());
         let mut stats = VqStepStats {
             codebook_usage: out.codebook_usage,
             ..Default::default()
@@ -187,7 +325,7 @@ impl<B: AutodiffBackend> VqTrainer<B> {
             .mean();
         let mut loss = rec.clone() * o.reconstruction_weight;
         stats.reconstruction = rec.into_scalar().elem();
-        if let Some(lpips) = &self.lpips
+        if let Some(lpips) = lpips
             && o.perceptual_weight > 0.0
         {
             let p = lpips
@@ -202,42 +340,15 @@ impl<B: AutodiffBackend> VqTrainer<B> {
         stats.entropy = l.entropy_loss.clone().into_scalar().elem();
         loss = loss + (l.vq_loss + l.commit_loss + l.entropy_loss) * o.codebook_weight;
         if adversarial {
-            let logits_fake = self.disc.forward(out.reconstruction.clone());
+            let logits_fake = disc.forward(out.reconstruction.clone());
             let g = generator_loss(o.gen_loss, logits_fake) * o.disc_weight;
             stats.gen_adv = g.clone().into_scalar().elem();
             loss = loss + g;
         }
-        let total: f32 = loss.clone().into_scalar().elem();
-        if !total.is_finite() {
-            return Err(TrainError::Diverged {
-                step: self.step,
-                value: total,
-            });
-        }
         // The generator's gradients reach the discriminator's parameters too; only the
         // tokenizer's are used (the official code zeroes the discriminator's before its step).
-        let grads = GradientsParams::from_grads(loss.backward(), &self.vq);
-        let norm = grad_norm(&self.vq, &grads);
-        stats.grad_norm = norm;
-        let grads = scale_grads(&self.vq, grads, clip_factor(norm, o.max_grad_norm));
-        self.vq = self.opt_g.step(o.lr, self.vq.clone(), grads);
-
-        if adversarial {
-            let fake = out.reconstruction.detach();
-            let logits_real = self.disc.forward(images.detach());
-            let logits_fake = self.disc.forward(fake);
-            let d = discriminator_loss(o.disc_loss, logits_real, logits_fake) * o.disc_weight;
-            stats.disc = d.clone().into_scalar().elem();
-            let grads = GradientsParams::from_grads(d.backward(), &self.disc);
-            let norm = grad_norm(&self.disc, &grads);
-            let grads = scale_grads(&self.disc, grads, clip_factor(norm, o.max_grad_norm));
-            self.disc = self.opt_d.step(o.lr, self.disc.clone(), grads);
-        }
-        if let (Some(decay), Some(ema)) = (o.ema_decay, self.ema.take()) {
-            self.ema = Some(update_ema(ema, &self.vq.valid(), decay));
-        }
-        self.step += 1;
-        Ok(stats)
+        let grads = GradientsParams::from_grads((loss * weight).backward(), &*vq);
+        (stats, grads, out.reconstruction.detach(), out.indices)
     }
 
     /// The weights to export: the EMA copy when kept, else the live tokenizer.

@@ -351,3 +351,37 @@ fn two_replicas_take_the_same_step_as_one() {
         );
     }
 }
+
+/// The tokenizer's step split across two replicas is the one-replica step: the same losses and
+/// gradient norm (no entropy term here, the one part that is per shard).
+#[test]
+fn two_vq_replicas_take_the_same_step_as_one() {
+    let device = Default::default();
+    let cfg = tiny_vq();
+    assert_eq!(cfg.entropy_loss_ratio, 0.0);
+    let (mut one, x) = tiny_vq_trainer(cfg.clone(), 1e-3);
+    let (mut two, _) = tiny_vq_trainer(cfg, 1e-3);
+    two.vq = one.vq.clone();
+    two.disc = one.disc.clone();
+    for step in 0..3 {
+        let a = one.train_step(x.clone()).unwrap();
+        let b = two.train_step_on(x.clone(), &[device, device]).unwrap();
+        for (name, p, q) in [
+            ("reconstruction", a.reconstruction, b.reconstruction),
+            ("vq", a.vq, b.vq),
+            ("commit", a.commit, b.commit),
+        ] {
+            assert!(
+                (p - q).abs() <= 1e-4 * p.abs().max(1e-3),
+                "step {step} {name}: {p} vs {q}"
+            );
+        }
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() < 1e-3 * a.grad_norm,
+            "step {step}: |g| {} vs {}",
+            a.grad_norm,
+            b.grad_norm
+        );
+        assert_eq!(a.codebook_usage, b.codebook_usage);
+    }
+}

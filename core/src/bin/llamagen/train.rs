@@ -190,6 +190,11 @@ pub struct TrainVqArgs {
     pub resume: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Data-parallel replicas: each step's batch is split across this many tokenizer replicas
+    /// that run forward and backward in parallel (threads on the same device here; one per
+    /// GPU with cuda). The entropy term is then each shard's own.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
 }
@@ -305,6 +310,12 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
         opts.batch_size,
         opts.image_size
     );
+    // One entry per replica; a single replica runs on the trainer's own device.
+    let devices = if args.replicas > 1 {
+        vec![device.clone(); args.replicas]
+    } else {
+        Vec::new()
+    };
     let size = opts.image_size as u32;
     // A fixed batch for the sample grids.
     let probe: Vec<_> = (0..8.min(data.len()))
@@ -332,7 +343,7 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
             })
             .collect::<Result<_, llamagen::train::TrainError>>()?;
         let x = images_to_tensor::<AB<B>>(&images, device);
-        let s = trainer.train_step(x)?;
+        let s = trainer.train_step_on(x, &devices)?;
         let msg = format!(
             "rec {:.4} vq {:.4} commit {:.4}{}{} usage {:.0}%",
             s.reconstruction,
