@@ -499,6 +499,30 @@ mod training {
             ]));
     }
 
+    /// `train-gpt` on `d/codes` for three steps of a tiny generator, into `d/<out>`, with
+    /// samples from `d/vq`.
+    fn tiny_gpt_run(d: &Path, out: &str) -> std::process::Command {
+        let mut c = llamagen();
+        c.args(["train-gpt", "--codes"])
+            .arg(d.join("codes"))
+            .arg("--out")
+            .arg(d.join(out))
+            .arg("--vq-ckpt")
+            .arg(d.join("vq"))
+            .args([
+                "--dim",
+                "32",
+                "--n-layer",
+                "2",
+                "--n-head",
+                "4",
+                "--batch-size",
+                "4",
+            ])
+            .args(["--steps", "3", "--sample-every", "3", "--backend", "cpu"]);
+        c
+    }
+
     #[test]
     fn the_pipeline_end_to_end() {
         let dir = tempfile::tempdir().unwrap();
@@ -533,31 +557,7 @@ mod training {
             .arg(d.join("vq"))
             .arg("--out")
             .arg(d.join("codes")));
-        ok(llamagen()
-            .args(["train-gpt", "--codes"])
-            .arg(d.join("codes"))
-            .arg("--out")
-            .arg(d.join("gpt"))
-            .arg("--vq-ckpt")
-            .arg(d.join("vq"))
-            .args([
-                "--dim",
-                "32",
-                "--n-layer",
-                "2",
-                "--n-head",
-                "4",
-                "--batch-size",
-                "4",
-                "--steps",
-                "3",
-                "--lr",
-                "1e-3",
-                "--sample-every",
-                "3",
-                "--backend",
-                "cpu",
-            ]));
+        ok(tiny_gpt_run(d, "gpt").args(["--lr", "1e-3"]));
         assert!(d.join("gpt/samples/step-0000003.png").is_file());
         ok(llamagen()
             .args(["card", "--name", "toy", "--gpt"])
@@ -605,33 +605,10 @@ mod training {
             .arg(d.join("data/captions.tsv"))
             .arg("--out")
             .arg(d.join("t5")));
-        ok(llamagen()
-            .args(["train-gpt", "--codes"])
-            .arg(d.join("codes"))
+        ok(tiny_gpt_run(d, "gpt-text")
             .arg("--t5")
             .arg(d.join("t5"))
-            .arg("--out")
-            .arg(d.join("gpt-text"))
-            .arg("--vq-ckpt")
-            .arg(d.join("vq"))
-            .args([
-                "--caption-tokens",
-                "10",
-                "--dim",
-                "32",
-                "--n-layer",
-                "2",
-                "--n-head",
-                "4",
-                "--batch-size",
-                "4",
-                "--steps",
-                "3",
-                "--sample-every",
-                "3",
-                "--backend",
-                "cpu",
-            ]));
+            .args(["--caption-tokens", "10"]));
         assert!(d.join("gpt-text/samples/step-0000003.png").is_file());
         let assets = d.join("assets");
         ok(llamagen()
