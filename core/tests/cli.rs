@@ -499,6 +499,18 @@ mod training {
             ]));
     }
 
+    /// The tiny generator of the training tests.
+    const TINY_GPT: [&str; 8] = [
+        "--dim",
+        "32",
+        "--n-layer",
+        "2",
+        "--n-head",
+        "4",
+        "--batch-size",
+        "4",
+    ];
+
     /// `train-gpt` on `d/codes` for three steps of a tiny generator, into `d/<out>`, with
     /// samples from `d/vq`.
     fn tiny_gpt_run(d: &Path, out: &str) -> std::process::Command {
@@ -509,16 +521,7 @@ mod training {
             .arg(d.join(out))
             .arg("--vq-ckpt")
             .arg(d.join("vq"))
-            .args([
-                "--dim",
-                "32",
-                "--n-layer",
-                "2",
-                "--n-head",
-                "4",
-                "--batch-size",
-                "4",
-            ])
+            .args(TINY_GPT)
             .args(["--steps", "3", "--sample-every", "3", "--backend", "cpu"]);
         c
     }
@@ -701,22 +704,8 @@ mod training {
                 .arg(&codes)
                 .arg("--out")
                 .arg(&run)
-                .args([
-                    "--dim",
-                    "32",
-                    "--n-layer",
-                    "2",
-                    "--n-head",
-                    "4",
-                    "--batch-size",
-                    "4",
-                    "--steps",
-                    steps,
-                    "--save-every",
-                    "1",
-                    "--backend",
-                    "cpu",
-                ]);
+                .args(TINY_GPT)
+                .args(["--steps", steps, "--save-every", "1", "--backend", "cpu"]);
             if resume {
                 c.arg("--resume");
             }

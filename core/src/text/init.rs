@@ -38,6 +38,7 @@ pub fn small_config(
     num_layers: usize,
     num_heads: usize,
 ) -> T5Config {
+    // FLAN-T5's buckets, epsilon, feed-forward and special ids; a small width.
     T5Config {
         vocab_size,
         d_model,
@@ -45,12 +46,7 @@ pub fn small_config(
         d_ff: 2 * d_model,
         num_layers,
         num_heads,
-        relative_attention_num_buckets: 32,
-        relative_attention_max_distance: 128,
-        layer_norm_epsilon: 1e-6,
-        feed_forward_proj: "gated-gelu".into(),
-        eos_token_id: Some(1),
-        pad_token_id: Some(0),
+        ..T5Config::flan_t5_xl()
     }
 }
 
