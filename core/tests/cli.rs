@@ -560,8 +560,14 @@ mod training {
             .arg(d.join("vq"))
             .arg("--out")
             .arg(d.join("codes")));
-        ok(tiny_gpt_run(d, "gpt").args(["--lr", "1e-3"]));
+        ok(tiny_gpt_run(d, "gpt").args(["--lr", "1e-3", "--lr-decay-steps", "2"]));
         assert!(d.join("gpt/samples/step-0000003.png").is_file());
+        // The decay over the last two steps is part of the run's options, so a resume keeps it.
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join("gpt/step-0000003/state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(state["options"]["lr_decay"], serde_json::json!([1, 3]));
         ok(llamagen()
             .args(["card", "--name", "toy", "--gpt"])
             .arg(d.join("gpt"))
@@ -588,6 +594,47 @@ mod training {
             .arg(&png));
         let info = ok(llamagen().arg("info").arg(&png));
         assert!(info.contains("star"), "{info}");
+
+        // The shape classifier, trained for a few steps with and without degradations; both
+        // score the same samples of the toy model, and its tokenizer's reconstructions.
+        for (name, augment) in [("clf-a.mpk", "true"), ("clf-b.mpk", "false")] {
+            let out = ok(llamagen()
+                .args(["train-classifier", "--steps", "2", "--batch-size", "4"])
+                .args(["--augment", augment, "--out"])
+                .arg(d.join(name)));
+            assert!(out.contains("held-out accuracy"), "{out}");
+        }
+        let classifiers = |c: &mut std::process::Command| {
+            c.arg("--classifier")
+                .arg(d.join("clf-a.mpk"))
+                .arg("--classifier")
+                .arg(d.join("clf-b.mpk"))
+                .arg("--gpt-ckpt")
+                .arg(d.join("model/gpt.safetensors"))
+                .arg("--vq-ckpt")
+                .arg(d.join("model/vq.safetensors"));
+        };
+        let mut eval = llamagen();
+        eval.args(["eval-classes", "--num", "1", "--cfg-scale", "2", "--json"]);
+        classifiers(&mut eval);
+        let report: serde_json::Value = serde_json::from_str(&ok(&mut eval)).unwrap();
+        let rows = report.as_array().unwrap();
+        assert_eq!(rows.len(), 2, "one row per classifier: {report}");
+        for (row, name) in rows.iter().zip(["clf-a.mpk", "clf-b.mpk"]) {
+            assert!(row["classifier"].as_str().unwrap().ends_with(name), "{row}");
+            assert_eq!(row["per_class"].as_object().unwrap().len(), 10, "{row}");
+            let overall = row["overall"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&overall), "{row}");
+        }
+        let mut rec = llamagen();
+        rec.args(["eval-classes", "--num", "1", "--reconstructions"]);
+        classifiers(&mut rec);
+        let text = ok(&mut rec);
+        assert_eq!(
+            text.matches("tokenizer reconstructions").count(),
+            2,
+            "{text}"
+        );
 
         // Text-conditional: the codes kept the data set's captions; a small T5 made by the
         // project encodes them; the card carries the encoder, so prompts need no --t5.

@@ -40,6 +40,10 @@ pub struct GptTrainOptions {
     pub max_grad_norm: f32,
     pub batch_size: usize,
     pub seed: u64,
+    /// Steps `(start, end)` over which the learning rate falls linearly from `lr` towards zero
+    /// (`None`: constant, the official schedule). See [`GptTrainOptions::lr_at`].
+    #[serde(default)]
+    pub lr_decay: Option<(u64, u64)>,
 }
 
 impl Default for GptTrainOptions {
@@ -52,6 +56,21 @@ impl Default for GptTrainOptions {
             max_grad_norm: 1.0,
             batch_size: 256,
             seed: 0,
+            lr_decay: None,
+        }
+    }
+}
+
+impl GptTrainOptions {
+    /// The learning rate of the step that starts at `step`: `lr` before the decay, then
+    /// `lr · (end − step) / (end − start)`, which reaches `lr / (end − start)` on the last step and
+    /// stays there past `end`.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        match self.lr_decay {
+            Some((start, end)) if end > start && step >= start => {
+                self.lr * end.saturating_sub(step).max(1) as f64 / (end - start) as f64
+            }
+            _ => self.lr,
         }
     }
 }
@@ -413,8 +432,9 @@ impl<B: AutodiffBackend> GptTrainer<B> {
             clip_factor(norm, self.opts.max_grad_norm),
         );
         let model = self.model.clone();
-        let model = self.decay_opt.step(self.opts.lr, model, split.decay);
-        self.model = self.no_decay_opt.step(self.opts.lr, model, split.no_decay);
+        let lr = self.opts.lr_at(self.step);
+        let model = self.decay_opt.step(lr, model, split.decay);
+        self.model = self.no_decay_opt.step(lr, model, split.no_decay);
         self.step += 1;
         Ok(GptStepStats {
             loss,
@@ -486,6 +506,22 @@ fn caption_condition<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_learning_rate_is_constant_then_falls_linearly_over_the_decay() {
+        let constant = GptTrainOptions {
+            lr: 1.0,
+            ..GptTrainOptions::default()
+        };
+        assert_eq!(constant.lr_at(0), 1.0);
+        assert_eq!(constant.lr_at(1_000_000), 1.0);
+        let decayed = GptTrainOptions {
+            lr_decay: Some((6, 10)),
+            ..constant
+        };
+        let lrs: Vec<f64> = (4..12).map(|s| decayed.lr_at(s)).collect();
+        assert_eq!(lrs, [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.25, 0.25]);
+    }
 
     #[test]
     fn the_caption_mask_is_causal_hides_padding_and_keeps_the_diagonal() {

@@ -555,6 +555,11 @@ pub struct TrainGptArgs {
     /// Learning rate (default: 1e-4 × batch_size / 256, the paper's rate per 256 images).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Let the learning rate fall linearly towards zero over the last N steps before --steps
+    /// (0: constant, the official schedule). With --resume it starts that decay in a run
+    /// trained at a constant rate so far (train long at a constant rate, then anneal).
+    #[arg(long, default_value_t = 0)]
+    pub lr_decay_steps: u64,
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 1.0)]
@@ -657,9 +662,21 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
     } else {
         None
     };
+    let decay = (args.lr_decay_steps > 0)
+        .then(|| (args.steps.saturating_sub(args.lr_decay_steps), args.steps));
     let mut trainer = match resumed {
-        Some(t) => {
+        Some(mut t) => {
             eprintln!("resuming at step {}", t.step);
+            if decay.is_some() {
+                t.opts.lr_decay = decay;
+            }
+            if let Some((_, end)) = t.opts.lr_decay
+                && end < args.steps
+            {
+                eprintln!(
+                    "note: this run's learning rate finished its decay at step {end}; the steps past it keep the last, small rate (pass --lr-decay-steps to decay anew)"
+                );
+            }
             t
         }
         None => {
@@ -700,6 +717,7 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
                 max_grad_norm: args.max_grad_norm,
                 batch_size: args.batch_size,
                 seed: args.seed,
+                lr_decay: decay,
                 ..GptTrainOptions::default()
             };
             B::seed(device, args.seed);
@@ -733,7 +751,7 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
     };
     let opts = trainer.opts.clone();
     eprintln!(
-        "generator: dim {}, {} layers, {} heads, {:.2}M parameters; {} {}, {}×{} tokens, vocab {}; batch {}, lr {:.2e}, {} replica(s)",
+        "generator: dim {}, {} layers, {} heads, {:.2}M parameters; {} {}, {}×{} tokens, vocab {}; batch {}, lr {:.2e}{}, {} replica(s)",
         cfg.dim,
         cfg.n_layer,
         cfg.n_head,
@@ -753,6 +771,9 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
         cfg.vocab_size,
         opts.batch_size,
         opts.lr,
+        opts.lr_decay
+            .map(|(a, z)| format!(" (falling linearly over steps {a}–{z})"))
+            .unwrap_or_default(),
         args.replicas
     );
     let vq = match &args.vq_ckpt {
@@ -779,7 +800,13 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
         progress.step(
             trainer.step,
             first,
-            format!("loss {:.4} (avg {:.4}) |g| {:.3}", s.loss, sm, s.grad_norm),
+            format!(
+                "loss {:.4} (avg {:.4}) |g| {:.3} lr {:.2e}",
+                s.loss,
+                sm,
+                s.grad_norm,
+                opts.lr_at(trainer.step - 1)
+            ),
         );
         let done = trainer.step == args.steps;
         if let Some(vq) = &vq
@@ -880,6 +907,10 @@ pub struct TrainClassifierArgs {
     /// Seed of the training images (held-out images use another).
     #[arg(long, default_value_t = 1000)]
     pub seed: u64,
+    /// Train on degraded copies (blur, coarser resampling, contrast and colour shifts, noise),
+    /// so that the classifier judges the shape and looks past a tokenizer's softer edges.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub augment: bool,
 }
 
 pub fn train_classifier(args: TrainClassifierArgs) -> Result<()> {
@@ -892,16 +923,19 @@ pub fn train_classifier(args: TrainClassifierArgs) -> Result<()> {
         args.batch_size,
         args.lr,
         args.seed,
+        args.augment,
         &device,
         |step, loss| progress.step(step as u64 + 1, 0, format!("loss {loss:.4}")),
     );
     progress.bar.finish_and_clear();
     let model = model.valid();
-    let acc = classifier::held_out_accuracy(&model, args.seed + 7919, 100);
+    let clean = classifier::held_out_accuracy(&model, args.seed + 7919, 100, false);
+    let degraded = classifier::held_out_accuracy(&model, args.seed + 7919, 100, true);
     model.save(&args.out)?;
     println!(
-        "held-out accuracy {:.2}% (100 images per class, seed {}); wrote {}",
-        acc * 100.0,
+        "held-out accuracy {:.2}% as drawn, {:.2}% degraded (100 images per class, seed {}); wrote {}",
+        clean * 100.0,
+        degraded * 100.0,
         args.seed + 7919,
         args.out.display()
     );
@@ -910,9 +944,10 @@ pub fn train_classifier(args: TrainClassifierArgs) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct EvalClassesArgs {
-    /// Classifier from `llamagen train-classifier`.
-    #[arg(long)]
-    pub classifier: PathBuf,
+    /// Classifier from `llamagen train-classifier`. Repeatable: every classifier scores the
+    /// same samples, one report each.
+    #[arg(long, required = true)]
+    pub classifier: Vec<PathBuf>,
     /// Generator (default: the bundled demo model).
     #[arg(long, requires = "vq_ckpt")]
     pub gpt_ckpt: Option<PathBuf>,
@@ -1060,7 +1095,11 @@ fn frame_colour(img: &image::RgbImage) -> usize {
 pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
     type B = llamagen::backend::Cpu;
     let device = Default::default();
-    let clf = ShapeClassifier::<B>::load(&args.classifier, &device)?;
+    let clfs = args
+        .classifier
+        .iter()
+        .map(|p| ShapeClassifier::<B>::load(p, &device))
+        .collect::<Result<Vec<_>, _>>()?;
     let demo = if args.text {
         llamagen::bundle::Demo::Text
     } else {
@@ -1074,7 +1113,13 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
         &device,
     )?;
     if args.reconstructions {
-        return eval_reconstructions(&clf, &bundle.vq, bundle.image_size, &args, &device);
+        for (clf, path) in clfs.iter().zip(&args.classifier) {
+            if clfs.len() > 1 && !args.json {
+                println!("classifier {}:", path.display());
+            }
+            eval_reconstructions(clf, &bundle.vq, bundle.image_size, &args, &device)?;
+        }
+        return Ok(());
     }
     let text = bundle.gpt.config.model_type == ModelType::T2i;
     let names = if text {
@@ -1130,7 +1175,8 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
     defaults.validate()?;
     let mut report = Vec::new();
     for &cfg_scale in &args.cfg_scales {
-        let mut per_class = vec![0usize; names.len()];
+        // Right answers per classifier and class.
+        let mut per_class = vec![vec![0usize; names.len()]; clfs.len()];
         // Text models: how often the frame shows the prompt's background colour (shape
         // classes; stripes and checkerboards split the frame between both colours).
         let (mut bg_ok, mut bg_n) = (0usize, 0usize);
@@ -1165,11 +1211,14 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
                 .collect();
             let g = Generator::new(&bundle.gpt).generate(&requests, &mut (), None)?;
             let images = tensor_to_images(decode_tokens(&bundle.vq, &g.tokens, grid));
-            let pred = clf.classify(&images);
-            for ((&(c, i), p), img) in chunk.iter().zip(pred).zip(&images) {
-                if p == model_to_clf[c] {
-                    per_class[c] += 1;
+            for (clf, right) in clfs.iter().zip(per_class.iter_mut()) {
+                for (&(c, _), p) in chunk.iter().zip(clf.classify(&images)) {
+                    if p == model_to_clf[c] {
+                        right[c] += 1;
+                    }
                 }
+            }
+            for (&(c, i), img) in chunk.iter().zip(&images) {
                 if text && !matches!(names[c].as_str(), "stripes" | "checkerboard") {
                     let seed = args.seed + (c as u64) * 100_003 + i;
                     bg_n += 1;
@@ -1179,34 +1228,42 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        let total: usize = per_class.iter().sum();
-        let overall = total as f64 / (args.num * names.len()) as f64;
         let background = (bg_n > 0).then(|| bg_ok as f64 / bg_n as f64);
-        report.push(serde_json::json!({
-            "cfg_scale": cfg_scale,
-            "overall": overall,
-            "background_colour": background,
-            "per_class": names.iter().zip(&per_class).map(|(n, k)| (n.clone(), serde_json::json!(*k as f64 / args.num as f64))).collect::<serde_json::Map<_, _>>(),
-        }));
-        if !args.json {
-            println!(
-                "cfg {cfg_scale}: {:.1}% overall ({} samples per class; temperature {}, top-k {}, top-p {})",
-                overall * 100.0,
-                args.num,
-                defaults.temperature,
-                defaults.top_k,
-                defaults.top_p
-            );
-            for (n, k) in names.iter().zip(&per_class) {
-                println!("  {n:<14} {:5.1}%", *k as f64 * 100.0 / args.num as f64);
-            }
-            if let Some(b) = background {
+        for (path, per_class) in args.classifier.iter().zip(&per_class) {
+            let total: usize = per_class.iter().sum();
+            let overall = total as f64 / (args.num * names.len()) as f64;
+            report.push(serde_json::json!({
+                "cfg_scale": cfg_scale,
+                "classifier": path,
+                "overall": overall,
+                "background_colour": background,
+                "per_class": names.iter().zip(per_class).map(|(n, k)| (n.clone(), serde_json::json!(*k as f64 / args.num as f64))).collect::<serde_json::Map<_, _>>(),
+            }));
+            if !args.json {
+                let by = if clfs.len() > 1 {
+                    format!(" by {}", path.display())
+                } else {
+                    String::new()
+                };
                 println!(
-                    "  background colour as asked: {:.1}% (shape classes; chance {:.1}%)",
-                    b * 100.0,
-                    100.0 / llamagen::dataset::PALETTE.len() as f64
+                    "cfg {cfg_scale}: {:.1}% overall{by} ({} samples per class; temperature {}, top-k {}, top-p {})",
+                    overall * 100.0,
+                    args.num,
+                    defaults.temperature,
+                    defaults.top_k,
+                    defaults.top_p
                 );
+                for (n, k) in names.iter().zip(per_class) {
+                    println!("  {n:<14} {:5.1}%", *k as f64 * 100.0 / args.num as f64);
+                }
             }
+        }
+        if let (Some(b), false) = (background, args.json) {
+            println!(
+                "  background colour as asked: {:.1}% (shape classes; chance {:.1}%)",
+                b * 100.0,
+                100.0 / llamagen::dataset::PALETTE.len() as f64
+            );
         }
     }
     if args.json {
