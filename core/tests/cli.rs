@@ -635,6 +635,22 @@ mod training {
             2,
             "{text}"
         );
+        let mut rec = llamagen();
+        rec.args(["eval-classes", "--num", "1", "--reconstructions", "--json"]);
+        classifiers(&mut rec);
+        let report: serde_json::Value = serde_json::from_str(&ok(&mut rec)).unwrap();
+        let rows = report.as_array().unwrap();
+        assert_eq!(rows.len(), 2, "one row per classifier: {report}");
+        assert!(
+            rows[1]["classifier"]
+                .as_str()
+                .unwrap()
+                .ends_with("clf-b.mpk")
+        );
+        for row in rows {
+            let r = row["reconstruction"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&r), "{row}");
+        }
 
         // Text-conditional: the codes kept the data set's captions; a small T5 made by the
         // project encodes them; the card carries the encoder, so prompts need no --t5.

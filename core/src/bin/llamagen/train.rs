@@ -963,6 +963,8 @@ pub struct EvalClassesArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
+    /// Print the figures as JSON: an array with a row per guidance scale and classifier (with
+    /// --reconstructions, a row per classifier).
     #[arg(long)]
     pub json: bool,
     /// Measure the bundled text-conditional demo model (when no checkpoints are given). A
@@ -992,7 +994,7 @@ pub struct EvalClassesArgs {
 /// The tokenizer's part of eval-classes: how often the classifier still recognises fresh
 /// procedural images after a round trip through the tokenizer.
 fn eval_reconstructions<B: Backend>(
-    clf: &ShapeClassifier<B>,
+    clfs: &[ShapeClassifier<B>],
     vq: &VqModel<B>,
     image_size: usize,
     args: &EvalClassesArgs,
@@ -1001,8 +1003,10 @@ fn eval_reconstructions<B: Backend>(
     // Another seed than the data set's (0) and the classifier's held-out images.
     let seed = 5_000_003 + args.seed;
     let n = SHAPE_CLASSES.len();
-    let (mut orig_ok, mut rec_ok) = (vec![0usize; n], vec![0usize; n]);
-    for (c, (o, r)) in orig_ok.iter_mut().zip(rec_ok.iter_mut()).enumerate() {
+    // Right answers per classifier and class, on the originals and on their reconstructions.
+    let mut orig_ok = vec![vec![0usize; n]; clfs.len()];
+    let mut rec_ok = orig_ok.clone();
+    for c in 0..n {
         let items: Vec<u64> = (0..args.num as u64).collect();
         for chunk in items.chunks(args.batch_size.max(1)) {
             let images: Vec<image::RgbImage> = chunk
@@ -1010,36 +1014,42 @@ fn eval_reconstructions<B: Backend>(
                 .map(|&i| llamagen::dataset::render(seed, c, i, image_size as u32).to_image())
                 .collect();
             let rec = tensor_to_images(vq.forward(images_to_tensor::<B>(&images, device)));
-            *o += clf.classify(&images).iter().filter(|&&p| p == c).count();
-            *r += clf.classify(&rec).iter().filter(|&&p| p == c).count();
+            for (k, clf) in clfs.iter().enumerate() {
+                orig_ok[k][c] += clf.classify(&images).iter().filter(|&&p| p == c).count();
+                rec_ok[k][c] += clf.classify(&rec).iter().filter(|&&p| p == c).count();
+            }
         }
     }
     let pct = |k: usize| k as f64 * 100.0 / args.num as f64;
     let all = |v: &[usize]| v.iter().sum::<usize>() as f64 * 100.0 / (args.num * n) as f64;
-    if args.json {
-        let per: serde_json::Map<_, _> = SHAPE_CLASSES
-            .iter()
-            .enumerate()
-            .map(|(c, name)| {
-                (
-                    name.to_string(),
-                    serde_json::json!({"original": pct(orig_ok[c]) / 100.0, "reconstruction": pct(rec_ok[c]) / 100.0}),
-                )
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "original": all(&orig_ok) / 100.0,
-                "reconstruction": all(&rec_ok) / 100.0,
+    let mut report = Vec::new();
+    for ((path, orig_ok), rec_ok) in args.classifier.iter().zip(&orig_ok).zip(&rec_ok) {
+        if args.json {
+            let per: serde_json::Map<_, _> = SHAPE_CLASSES
+                .iter()
+                .enumerate()
+                .map(|(c, name)| {
+                    (
+                        name.to_string(),
+                        serde_json::json!({"original": pct(orig_ok[c]) / 100.0, "reconstruction": pct(rec_ok[c]) / 100.0}),
+                    )
+                })
+                .collect();
+            report.push(serde_json::json!({
+                "classifier": path,
+                "original": all(orig_ok) / 100.0,
+                "reconstruction": all(rec_ok) / 100.0,
                 "per_class": per,
-            }))?
-        );
-    } else {
+            }));
+            continue;
+        }
+        if clfs.len() > 1 {
+            println!("classifier {}:", path.display());
+        }
         println!(
             "originals {:.1}%, tokenizer reconstructions {:.1}% ({} fresh images per class, seed {seed})",
-            all(&orig_ok),
-            all(&rec_ok),
+            all(orig_ok),
+            all(rec_ok),
             args.num
         );
         for (c, name) in SHAPE_CLASSES.iter().enumerate() {
@@ -1049,6 +1059,9 @@ fn eval_reconstructions<B: Backend>(
                 pct(rec_ok[c])
             );
         }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
 }
@@ -1113,13 +1126,7 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
         &device,
     )?;
     if args.reconstructions {
-        for (clf, path) in clfs.iter().zip(&args.classifier) {
-            if clfs.len() > 1 && !args.json {
-                println!("classifier {}:", path.display());
-            }
-            eval_reconstructions(clf, &bundle.vq, bundle.image_size, &args, &device)?;
-        }
-        return Ok(());
+        return eval_reconstructions(&clfs, &bundle.vq, bundle.image_size, &args, &device);
     }
     let text = bundle.gpt.config.model_type == ModelType::T2i;
     let names = if text {
