@@ -626,9 +626,28 @@ mod training {
             let overall = row["overall"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&overall), "{row}");
         }
+        // The tokenizer alone is enough to measure reconstructions; without --reconstructions
+        // it is refused with a hint.
+        let tokenizer_alone = |c: &mut std::process::Command| {
+            c.args(["eval-classes", "--num", "1", "--image-size", "16"])
+                .arg("--classifier")
+                .arg(d.join("clf-a.mpk"))
+                .arg("--classifier")
+                .arg(d.join("clf-b.mpk"))
+                .arg("--vq-ckpt")
+                .arg(d.join("vq"));
+        };
+        let mut refused = llamagen();
+        tokenizer_alone(&mut refused);
+        let out = refused.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--reconstructions"),
+            "{err}"
+        );
         let mut rec = llamagen();
-        rec.args(["eval-classes", "--num", "1", "--reconstructions"]);
-        classifiers(&mut rec);
+        tokenizer_alone(&mut rec);
+        rec.arg("--reconstructions");
         let text = ok(&mut rec);
         assert_eq!(
             text.matches("tokenizer reconstructions").count(),

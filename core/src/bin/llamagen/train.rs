@@ -951,7 +951,9 @@ pub struct EvalClassesArgs {
     /// Generator (default: the bundled demo model).
     #[arg(long, requires = "vq_ckpt")]
     pub gpt_ckpt: Option<PathBuf>,
-    #[arg(long, requires = "gpt_ckpt")]
+    /// Tokenizer of --gpt-ckpt; with --reconstructions it may come alone (only the tokenizer is
+    /// measured then).
+    #[arg(long)]
     pub vq_ckpt: Option<PathBuf>,
     /// Samples per class.
     #[arg(long, default_value_t = 50)]
@@ -989,6 +991,9 @@ pub struct EvalClassesArgs {
     /// classified too. What the tokenizer loses bounds what the generator can show.
     #[arg(long)]
     pub reconstructions: bool,
+    /// Image size for a tokenizer given alone (a model's card says its own).
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
 }
 
 /// The tokenizer's part of eval-classes: how often the classifier still recognises fresh
@@ -1113,6 +1118,16 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
         .iter()
         .map(|p| ShapeClassifier::<B>::load(p, &device))
         .collect::<Result<Vec<_>, _>>()?;
+    if let (None, Some(vq)) = (&args.gpt_ckpt, &args.vq_ckpt) {
+        if !args.reconstructions {
+            bail!(
+                "--vq-ckpt without --gpt-ckpt measures only the tokenizer\n\
+                 hint: add --reconstructions, or pass the generator with --gpt-ckpt"
+            );
+        }
+        let vq = load_vq::<B>(&resolve_weights(vq)?, &device)?;
+        return eval_reconstructions(&clfs, &vq, args.image_size, &args, &device);
+    }
     let demo = if args.text {
         llamagen::bundle::Demo::Text
     } else {
