@@ -180,11 +180,15 @@ pub struct ModelBundle<B: Backend> {
 }
 
 /// The newest checkpoint directory of a training run folder (`step-N/` checkpoints and a
-/// `latest` file naming the newest); `Ok(None)` for a path that is not a directory, an error
-/// for a directory without a readable `latest`.
+/// `latest` file naming the newest); one checkpoint directory (`step-N/` itself, holding
+/// `model.safetensors`) stands for itself. `Ok(None)` for a path that is not a directory, an
+/// error for any other directory without a readable `latest`.
 pub fn run_folder_checkpoint(path: &Path) -> std::io::Result<Option<PathBuf>> {
     if !path.is_dir() {
         return Ok(None);
+    }
+    if path.join("model.safetensors").is_file() && !path.join("latest").exists() {
+        return Ok(Some(path.to_path_buf()));
     }
     let name = std::fs::read_to_string(path.join("latest"))?;
     if name.trim().is_empty() {
@@ -408,5 +412,14 @@ mod tests {
         );
         let file = run.join("step-0000200").join("model.safetensors");
         assert_eq!(run_folder_weights(&file), file);
+        // One checkpoint directory of the run (not the newest, say) stands for itself.
+        std::fs::create_dir_all(run.join("step-0000100")).unwrap();
+        let older = run.join("step-0000100").join("model.safetensors");
+        std::fs::write(&older, b"weights").unwrap();
+        assert_eq!(run_folder_weights(&run.join("step-0000100")), older);
+        assert_eq!(
+            run_folder_checkpoint(&run.join("step-0000100")).unwrap(),
+            Some(run.join("step-0000100"))
+        );
     }
 }
