@@ -604,12 +604,15 @@ mod training {
                 .arg(d.join(name)));
             assert!(out.contains("held-out accuracy"), "{out}");
         }
-        let classifiers = |c: &mut std::process::Command| {
+        let both_classifiers = |c: &mut std::process::Command| {
             c.arg("--classifier")
                 .arg(d.join("clf-a.mpk"))
                 .arg("--classifier")
-                .arg(d.join("clf-b.mpk"))
-                .arg("--gpt-ckpt")
+                .arg(d.join("clf-b.mpk"));
+        };
+        let classifiers = |c: &mut std::process::Command| {
+            both_classifiers(c);
+            c.arg("--gpt-ckpt")
                 .arg(d.join("model/gpt.safetensors"))
                 .arg("--vq-ckpt")
                 .arg(d.join("model/vq.safetensors"));
@@ -629,13 +632,9 @@ mod training {
         // The tokenizer alone is enough to measure reconstructions; without --reconstructions
         // it is refused with a hint.
         let tokenizer_alone = |c: &mut std::process::Command| {
-            c.args(["eval-classes", "--num", "1", "--image-size", "16"])
-                .arg("--classifier")
-                .arg(d.join("clf-a.mpk"))
-                .arg("--classifier")
-                .arg(d.join("clf-b.mpk"))
-                .arg("--vq-ckpt")
-                .arg(d.join("vq"));
+            c.args(["eval-classes", "--num", "1", "--image-size", "16"]);
+            both_classifiers(c);
+            c.arg("--vq-ckpt").arg(d.join("vq"));
         };
         let mut refused = llamagen();
         tokenizer_alone(&mut refused);
