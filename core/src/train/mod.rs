@@ -7,6 +7,8 @@
 
 pub mod checkpoint;
 pub mod classifier;
+#[cfg(feature = "cpu")]
+pub mod cpu_conv;
 pub mod data;
 pub mod discriminator;
 pub mod gpt;

@@ -47,6 +47,17 @@ pub(crate) fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Te
     out.reshape([b, c, h, w])
 }
 
+/// `conv(x)`. While the tokenizer trains on the CPU backend, "same" convolutions run through
+/// `train::cpu_conv` (forward and backward together about 1.8× faster than burn-flex's); the
+/// result is the same convolution.
+pub(crate) fn conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(all(feature = "train", feature = "cpu"))]
+    if let Some(y) = crate::train::cpu_conv::try_conv2d(conv, &x) {
+        return y;
+    }
+    conv.forward(x)
+}
+
 pub(crate) fn conv_init<B: Backend>(
     cin: usize,
     cout: usize,
@@ -107,12 +118,13 @@ impl<B: Backend> ResnetBlock<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(group_norm(&self.norm1, x.clone())));
-        let h = self
-            .conv2
-            .forward(self.dropout.forward(silu(group_norm(&self.norm2, h))));
+        let h = conv(&self.conv1, silu(group_norm(&self.norm1, x.clone())));
+        let h = conv(
+            &self.conv2,
+            self.dropout.forward(silu(group_norm(&self.norm2, h))),
+        );
         let x = match &self.nin_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(shortcut) => conv(shortcut, x),
             None => x,
         };
         x + h
@@ -161,17 +173,13 @@ impl<B: Backend> AttnBlock<B> {
         let [b, c, h, w] = x.dims();
         let n = h * w;
         let hn = group_norm(&self.norm, x.clone());
-        let q = self
-            .q
-            .forward(hn.clone())
-            .reshape([b, c, n])
-            .swap_dims(1, 2);
-        let k = self.k.forward(hn.clone()).reshape([b, c, n]);
-        let v = self.v.forward(hn).reshape([b, c, n]);
+        let q = conv(&self.q, hn.clone()).reshape([b, c, n]).swap_dims(1, 2);
+        let k = conv(&self.k, hn.clone()).reshape([b, c, n]);
+        let v = conv(&self.v, hn).reshape([b, c, n]);
         // Official scale: int(c) ** -0.5; softmax over the keys.
         let attn = softmax(q.matmul(k) * (c as f64).powf(-0.5), 2);
         let out = v.matmul(attn.swap_dims(1, 2)).reshape([b, c, h, w]);
-        x + self.proj_out.forward(out)
+        x + conv(&self.proj_out, out)
     }
 }
 
@@ -220,7 +228,7 @@ impl<B: Backend> Upsample<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(upsample_nearest_2x(x))
+        conv(&self.conv, upsample_nearest_2x(x))
     }
 }
 

@@ -4,7 +4,7 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::blocks::{
-    AttnBlock, ResnetBlock, Upsample, conv_init, group_norm, norm_init, norm_load,
+    AttnBlock, ResnetBlock, Upsample, conv, conv_init, group_norm, norm_init, norm_load,
 };
 use super::encoder::MidBlock;
 use crate::checkpoint::Weights;
@@ -126,7 +126,7 @@ impl<B: Backend> Decoder<B> {
     }
 
     pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut h = self.mid.forward(self.conv_in.forward(z));
+        let mut h = self.mid.forward(conv(&self.conv_in, z));
         for level in &self.conv_blocks {
             for (i, res) in level.res.iter().enumerate() {
                 h = res.forward(h);
@@ -138,6 +138,6 @@ impl<B: Backend> Decoder<B> {
                 h = up.forward(h);
             }
         }
-        self.conv_out.forward(silu(group_norm(&self.norm_out, h)))
+        conv(&self.conv_out, silu(group_norm(&self.norm_out, h)))
     }
 }

@@ -4,7 +4,7 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::blocks::{
-    AttnBlock, Downsample, ResnetBlock, conv_init, group_norm, norm_init, norm_load,
+    AttnBlock, Downsample, ResnetBlock, conv, conv_init, group_norm, norm_init, norm_load,
 };
 use crate::checkpoint::Weights;
 use crate::config::VqConfig;
@@ -158,7 +158,7 @@ impl<B: Backend> Encoder<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv(&self.conv_in, x);
         for level in &self.conv_blocks {
             for (i, res) in level.res.iter().enumerate() {
                 h = res.forward(h);
@@ -171,6 +171,6 @@ impl<B: Backend> Encoder<B> {
             }
         }
         let h = self.mid.forward(h);
-        self.conv_out.forward(silu(group_norm(&self.norm_out, h)))
+        conv(&self.conv_out, silu(group_norm(&self.norm_out, h)))
     }
 }

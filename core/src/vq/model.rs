@@ -1,7 +1,7 @@
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 
-use super::blocks::conv_init;
+use super::blocks::{conv, conv_init};
 use super::decoder::Decoder;
 use super::encoder::Encoder;
 use super::quantizer::{QuantizerLosses, VectorQuantizer};
@@ -83,7 +83,7 @@ impl<B: Backend> VqModel<B> {
 
     /// Pre-quantization latent `[batch, embed_dim, h, w]` (encoder then quant_conv).
     pub fn encode_latent(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.quant_conv.forward(self.encoder.forward(images))
+        conv(&self.quant_conv, self.encoder.forward(images))
     }
 
     /// Images in [−1, 1] `[batch, 3, H, W]` → (quantized latent, code indices `[batch, h·w]`).
@@ -95,7 +95,7 @@ impl<B: Backend> VqModel<B> {
 
     /// Quantized latent → images `[batch, 3, H, W]` (roughly in [−1, 1]).
     pub fn decode(&self, z_q: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.decoder.forward(self.post_quant_conv.forward(z_q))
+        self.decoder.forward(conv(&self.post_quant_conv, z_q))
     }
 
     /// Code indices `[batch, h·w]` on an `h × w` grid → images.
