@@ -16,8 +16,8 @@
 //! module and the backend is `Autodiff<Flex>`; everywhere else the module's own forward runs.
 //!
 //! Measured (`cargo bench -p llamagen --features train --bench train_conv`): forward + backward
-//! of the demo tokenizer's convolution shapes about 1.8× faster than burn-flex's; `train-vq` at
-//! the demo settings 1.06 steps/s against 0.68.
+//! of the demo tokenizer's convolution shapes about 1.6× faster than burn-flex's; `train-vq` at
+//! the demo settings 0.93–1.06 steps/s against 0.68 (release builds).
 
 use std::any::Any;
 

@@ -48,7 +48,7 @@ pub(crate) fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Te
 }
 
 /// `conv(x)`. While the tokenizer trains on the CPU backend, "same" convolutions run through
-/// `train::cpu_conv` (forward and backward together about 1.8× faster than burn-flex's); the
+/// `train::cpu_conv` (forward and backward together about 1.6× faster than burn-flex's); the
 /// result is the same convolution.
 pub(crate) fn conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     #[cfg(all(feature = "train", feature = "cpu"))]
