@@ -237,27 +237,23 @@ fn backward_raw(
         );
         if let Some(dx) = dx.as_mut() {
             let dxb = &mut dx[b * g.c * hw..(b + 1) * g.c * hw];
-            if g.k == 1 {
-                matmul(
-                    dxb,
-                    kk,
-                    hw,
-                    g.o,
-                    transposed(w, kk),
-                    row_major(dyb, hw),
-                    false,
-                );
+            // With k = 1 the column matrix is the image itself: its gradient is the input's.
+            let dcols_b: &mut [f32] = if g.k == 1 {
+                &mut *dxb
             } else {
                 dcols.resize(kk * hw, 0.0);
-                matmul(
-                    &mut dcols,
-                    kk,
-                    hw,
-                    g.o,
-                    transposed(w, kk),
-                    row_major(dyb, hw),
-                    false,
-                );
+                &mut dcols
+            };
+            matmul(
+                dcols_b,
+                kk,
+                hw,
+                g.o,
+                transposed(w, kk),
+                row_major(dyb, hw),
+                false,
+            );
+            if g.k > 1 {
                 col2im_add(&dcols, g, dxb);
             }
         }
