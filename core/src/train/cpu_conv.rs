@@ -261,11 +261,11 @@ fn backward_raw(
     (dx, dw, db)
 }
 
-fn to_vec(t: &FlexTensor) -> Vec<f32> {
-    t.clone()
-        .into_data()
-        .into_vec::<f32>()
-        .expect("the CPU backend's float tensors are f32")
+/// The values of a tensor made contiguous (`to_contiguous` copies only strided views), read in
+/// place.
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("a contiguous f32 tensor (the CPU backend's float type)")
 }
 
 fn from_vec(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
@@ -276,34 +276,26 @@ fn from_vec(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
 struct SameConvBackward;
 
 impl Backward<Flex, 3> for SameConvBackward {
-    /// Input, weight, geometry.
-    type State = (FlexTensor, FlexTensor, [usize; 6]);
+    /// Input and weight (contiguous), geometry.
+    type State = (FlexTensor, FlexTensor, Geom);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (x, w, [batch, c, h, wd, o, k]) = ops.state;
-        let g = Geom {
-            batch,
-            c,
-            h,
-            w: wd,
-            o,
-            k,
-        };
-        let (dx, dw, db) =
-            backward_raw(&to_vec(&x), &to_vec(&w), &to_vec(&dy), &g, node_x.is_some());
+        let (x, w, g) = ops.state;
+        let dy = dy.to_contiguous();
+        let (dx, dw, db) = backward_raw(f32s(&x), f32s(&w), f32s(&dy), &g, node_x.is_some());
         let register = |grads: &mut Gradients, id: NodeId, v: Vec<f32>, shape: &[usize]| {
             grads.register::<Flex>(id, from_vec(v, shape));
         };
         if let (Some(node), Some(dx)) = (node_x, dx) {
-            register(grads, node.id, dx, &[batch, c, h, wd]);
+            register(grads, node.id, dx, &[g.batch, g.c, g.h, g.w]);
         }
         if let Some(node) = node_w {
-            register(grads, node.id, dw, &[o, c, k, k]);
+            register(grads, node.id, dw, &[g.o, g.c, g.k, g.k]);
         }
         if let Some(node) = node_b {
-            register(grads, node.id, db, &[o]);
+            register(grads, node.id, db, &[g.o]);
         }
     }
 }
@@ -327,14 +319,15 @@ fn same_conv(x: Tensor<Ad, 4>, w: Tensor<Ad, 4>, bias: Tensor<Ad, 1>) -> Tensor<
     );
     let xs = x.primitive.to_contiguous();
     let ws = w.primitive.to_contiguous();
-    let y = forward_raw(&to_vec(&xs), &to_vec(&ws), &to_vec(&bias.primitive), &g);
+    let bs = bias.primitive.to_contiguous();
+    let y = forward_raw(f32s(&xs), f32s(&ws), f32s(&bs), &g);
     let y = from_vec(y, &[batch, o, h, wd]);
     let out = match SameConvBackward
         .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), bias.node.clone()])
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((xs, ws, [batch, c, h, wd, o, k]), y),
+        OpsKind::Tracked(prep) => prep.finish((xs, ws, g), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
