@@ -7,7 +7,7 @@ use llamagen::config::{GptConfig, VqConfig};
 use llamagen::train::Autodiff;
 use llamagen::train::data::{CodeSet, CodesMeta};
 use llamagen::train::gpt::{CaptionTable, CodeBatch, CodeBatcher, GptTrainOptions, GptTrainer};
-use llamagen::train::vq::{VqTrainOptions, VqTrainer};
+use llamagen::train::vq::{ReconstructionLoss, VqTrainOptions, VqTrainer};
 
 type B = llamagen::backend::Cpu;
 type AB = Autodiff<B>;
@@ -152,8 +152,17 @@ fn tiny_vq() -> VqConfig {
 
 /// A trainer for `cfg` on batches of two 16×16 images, and one random batch.
 fn tiny_vq_trainer(cfg: VqConfig, lr: f64) -> (VqTrainer<AB>, Tensor<AB, 4>) {
+    tiny_vq_trainer_with(cfg, lr, ReconstructionLoss::L2)
+}
+
+fn tiny_vq_trainer_with(
+    cfg: VqConfig,
+    lr: f64,
+    reconstruction_loss: ReconstructionLoss,
+) -> (VqTrainer<AB>, Tensor<AB, 4>) {
     let o = VqTrainOptions {
         lr,
+        reconstruction_loss,
         batch_size: 2,
         image_size: 16,
         ..VqTrainOptions::default()
@@ -170,25 +179,49 @@ fn tiny_vq_trainer(cfg: VqConfig, lr: f64) -> (VqTrainer<AB>, Tensor<AB, 4>) {
 
 #[test]
 fn vq_overfits_a_tiny_batch() {
-    let (mut t, x) = tiny_vq_trainer(tiny_vq(), 2e-3);
-    // Smooth images (a 4×4 pattern blown up) so that 2× downsampling can hold them.
-    let x = burn::tensor::module::interpolate(
-        x.slice([0..2, 0..3, 0..4, 0..4]),
-        [16, 16],
-        burn::tensor::ops::InterpolateOptions::new(burn::tensor::ops::InterpolateMode::Nearest),
-    );
-    let first = t.train_step(x.clone()).unwrap();
-    let mut last = first;
-    for _ in 0..40 {
-        last = t.train_step(x.clone()).unwrap();
+    for loss in [ReconstructionLoss::L2, ReconstructionLoss::L1] {
+        let (mut t, x) = tiny_vq_trainer_with(tiny_vq(), 2e-3, loss);
+        // Smooth images (a 4×4 pattern blown up) so that 2× downsampling can hold them.
+        let x = burn::tensor::module::interpolate(
+            x.slice([0..2, 0..3, 0..4, 0..4]),
+            [16, 16],
+            burn::tensor::ops::InterpolateOptions::new(burn::tensor::ops::InterpolateMode::Nearest),
+        );
+        let first = t.train_step(x.clone()).unwrap();
+        let mut last = first;
+        for _ in 0..40 {
+            last = t.train_step(x.clone()).unwrap();
+        }
+        assert!(
+            last.reconstruction < first.reconstruction / 4.0,
+            "{loss:?}: reconstruction {} → {}",
+            first.reconstruction,
+            last.reconstruction
+        );
+        assert_eq!(t.step, 41);
     }
-    assert!(
-        last.reconstruction < first.reconstruction / 4.0,
-        "reconstruction {} → {}",
-        first.reconstruction,
-        last.reconstruction
-    );
-    assert_eq!(t.step, 41);
+}
+
+#[test]
+fn reconstruction_losses_are_the_mean_absolute_and_squared_errors() {
+    let device = Default::default();
+    let images = Tensor::<B, 4>::zeros([1, 1, 2, 2], &device);
+    let rec = Tensor::<B, 1>::from_floats([2.0, -1.0, 0.0, 1.0], &device).reshape([1, 1, 2, 2]);
+    let l1: f32 = ReconstructionLoss::L1
+        .mean(images.clone(), rec.clone())
+        .into_scalar();
+    let l2: f32 = ReconstructionLoss::L2.mean(images, rec).into_scalar();
+    assert!((l1 - 1.0).abs() < 1e-6, "L1 {l1}");
+    assert!((l2 - 1.5).abs() < 1e-6, "L2 {l2}");
+    // A run's saved options from before the choice existed read as L2, the loss it trained with.
+    let mut json = serde_json::to_value(VqTrainOptions::default()).unwrap();
+    assert_eq!(json["reconstruction_loss"], "l2");
+    json.as_object_mut().unwrap().remove("reconstruction_loss");
+    let old: VqTrainOptions = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(old.reconstruction_loss, ReconstructionLoss::L2);
+    json["reconstruction_loss"] = "l1".into();
+    let l1_run: VqTrainOptions = serde_json::from_value(json).unwrap();
+    assert_eq!(l1_run.reconstruction_loss, ReconstructionLoss::L1);
 }
 
 #[test]

@@ -25,7 +25,7 @@ use llamagen::train::data::{
 use llamagen::train::discriminator::{GanLoss, PatchGanConfig};
 use llamagen::train::gpt::{CaptionTable, CodeBatcher, GptTrainOptions, GptTrainer};
 use llamagen::train::lpips::Lpips;
-use llamagen::train::vq::{VqTrainOptions, VqTrainer};
+use llamagen::train::vq::{ReconstructionLoss, VqTrainOptions, VqTrainer};
 use llamagen::vq::VqModel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -172,6 +172,10 @@ pub struct TrainVqArgs {
     pub lpips_lin: Option<PathBuf>,
     #[arg(long, default_value_t = 1.0)]
     pub perceptual_weight: f64,
+    /// Pixel loss of the reconstruction: l2 (mean squared error, official default) or l1 (mean
+    /// absolute error, which averages less across an uncertain edge and blurs less).
+    #[arg(long, value_enum, default_value_t = ReconstructionLoss::L2)]
+    pub reconstruction_loss: ReconstructionLoss,
     /// Keep an exponential moving average of the tokenizer (exported instead of the live weights).
     #[arg(long)]
     pub ema: bool,
@@ -279,6 +283,7 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
                 batch_size: args.batch_size,
                 image_size: args.image_size as usize,
                 perceptual_weight: args.perceptual_weight,
+                reconstruction_loss: args.reconstruction_loss,
                 disc_weight: args.disc_weight,
                 disc_start: args.disc_start,
                 disc_loss: args.disc_loss,
@@ -299,7 +304,7 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
     let cfg = trainer.vq.config.clone();
     let opts = trainer.opts.clone();
     eprintln!(
-        "tokenizer: {}× downsampling, ch {} × {:?}, z {}, codebook {}×{}, {:.2}M parameters; batch {}, {}px",
+        "tokenizer: {}× downsampling, ch {} × {:?}, z {}, codebook {}×{}, {:.2}M parameters; batch {}, {}px, {:?} reconstruction loss",
         cfg.downsample(),
         cfg.ch,
         cfg.encoder_ch_mult,
@@ -308,7 +313,8 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
         cfg.codebook_embed_dim,
         cfg.num_params() as f64 / 1e6,
         opts.batch_size,
-        opts.image_size
+        opts.image_size,
+        opts.reconstruction_loss
     );
     // One entry per replica; a single replica runs on the trainer's own device.
     let devices = if args.replicas > 1 {
