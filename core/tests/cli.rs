@@ -560,6 +560,18 @@ mod training {
             .arg(d.join("vq"))
             .arg("--out")
             .arg(d.join("codes")));
+        // `reconstruct` takes the run folder as its tokenizer, as extract-codes does.
+        let image = std::fs::read_dir(d.join("data/star"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let out = ok(llamagen()
+            .args(["reconstruct", "--backend", "cpu", "--image-size", "16", "--vq-ckpt"])
+            .arg(d.join("vq"))
+            .arg(&image));
+        assert!(out.contains("8×8 tokens"), "{out}");
         ok(tiny_gpt_run(d, "gpt").args(["--lr", "1e-3", "--lr-decay-steps", "2"]));
         assert!(d.join("gpt/samples/step-0000003.png").is_file());
         // The decay over the last two steps is part of the run's options, so a resume keeps it.

@@ -1042,12 +1042,14 @@ fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 fn run_reconstruct<B: Backend>(args: &ReconstructArgs, device: &B::Device) -> Result<()> {
     let (vq_path, cfg, default_size) = match &args.vq_ckpt {
         Some(p) => {
-            let sd = StateDict::open(p, WeightsChoice::Model)
+            // A training run folder (or one of its step-N checkpoints) stands for its weights.
+            let p = llamagen::bundle::run_folder_weights(p);
+            let sd = StateDict::open(&p, WeightsChoice::Model)
                 .with_context(|| format!("tokenizer {}", p.display()))?;
             let cfg = sd
                 .infer_vq_config()
                 .with_context(|| format!("tokenizer {}", p.display()))?;
-            (p.clone(), cfg, 256)
+            (p, cfg, 256)
         }
         None => {
             let card_path = llamagen::bundle::demo_card_path()
