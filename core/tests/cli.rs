@@ -568,7 +568,14 @@ mod training {
             .unwrap()
             .path();
         let out = ok(llamagen()
-            .args(["reconstruct", "--backend", "cpu", "--image-size", "16", "--vq-ckpt"])
+            .args([
+                "reconstruct",
+                "--backend",
+                "cpu",
+                "--image-size",
+                "16",
+                "--vq-ckpt",
+            ])
             .arg(d.join("vq"))
             .arg(&image));
         assert!(out.contains("8×8 tokens"), "{out}");

@@ -81,9 +81,7 @@ impl Default for VqTrainOptions {
 }
 
 /// The pixel loss between an image and its reconstruction, as the official `VQLoss` offers it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReconstructionLoss {
     /// Mean absolute error (`F.l1_loss`).
@@ -95,7 +93,11 @@ pub enum ReconstructionLoss {
 
 impl ReconstructionLoss {
     /// The loss, averaged over every element.
-    pub fn mean<B: Backend>(self, images: Tensor<B, 4>, reconstruction: Tensor<B, 4>) -> Tensor<B, 1> {
+    pub fn mean<B: Backend>(
+        self,
+        images: Tensor<B, 4>,
+        reconstruction: Tensor<B, 4>,
+    ) -> Tensor<B, 1> {
         let diff = images - reconstruction;
         match self {
             ReconstructionLoss::L1 => diff.abs().mean(),
