@@ -172,8 +172,8 @@ pub struct TrainVqArgs {
     pub lpips_lin: Option<PathBuf>,
     #[arg(long, default_value_t = 1.0)]
     pub perceptual_weight: f64,
-    /// Pixel loss of the reconstruction: l2 (mean squared error, official default) or l1 (mean
-    /// absolute error, which averages less across an uncertain edge and blurs less).
+    /// Pixel loss of the reconstruction: l2 (mean squared error, the official default) or l1
+    /// (mean absolute error, the official alternative).
     #[arg(long, value_enum, default_value_t = ReconstructionLoss::L2)]
     pub reconstruction_loss: ReconstructionLoss,
     /// Keep an exponential moving average of the tokenizer (exported instead of the live weights).
