@@ -560,7 +560,8 @@ mod training {
             .arg(d.join("vq"))
             .arg("--out")
             .arg(d.join("codes")));
-        // `reconstruct` takes the run folder as its tokenizer, as extract-codes does.
+        // `reconstruct` takes the run folder as its tokenizer, as extract-codes does, at the
+        // size it trained at (16 px, 8×8 tokens) unless told otherwise.
         let image = std::fs::read_dir(d.join("data/star"))
             .unwrap()
             .next()
@@ -568,17 +569,22 @@ mod training {
             .unwrap()
             .path();
         let out = ok(llamagen()
+            .args(["reconstruct", "--backend", "cpu", "--vq-ckpt"])
+            .arg(d.join("vq"))
+            .arg(&image));
+        assert!(out.contains("16 px, 8×8 tokens"), "{out}");
+        let out = ok(llamagen()
             .args([
                 "reconstruct",
                 "--backend",
                 "cpu",
                 "--image-size",
-                "16",
+                "8",
                 "--vq-ckpt",
             ])
-            .arg(d.join("vq"))
+            .arg(d.join("vq/step-0000002"))
             .arg(&image));
-        assert!(out.contains("8×8 tokens"), "{out}");
+        assert!(out.contains("8 px, 4×4 tokens"), "{out}");
         ok(tiny_gpt_run(d, "gpt").args(["--lr", "1e-3", "--lr-decay-steps", "2"]));
         assert!(d.join("gpt/samples/step-0000003.png").is_file());
         // The decay over the last two steps is part of the run's options, so a resume keeps it.

@@ -996,7 +996,8 @@ pub struct ReconstructArgs {
     #[arg(long)]
     pub vq_ckpt: Option<PathBuf>,
     /// Image side in pixels (a multiple of the tokenizer's downsampling). Default: the demo
-    /// model's image size, or 256 for a given checkpoint.
+    /// model's image size, the size a training run folder trained at, or 256 for another
+    /// checkpoint.
     #[arg(long)]
     pub image_size: Option<usize>,
     /// Write `<name>-reconstruction.png` here: the input and its reconstruction side by side.
@@ -1042,14 +1043,21 @@ fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 fn run_reconstruct<B: Backend>(args: &ReconstructArgs, device: &B::Device) -> Result<()> {
     let (vq_path, cfg, default_size) = match &args.vq_ckpt {
         Some(p) => {
-            // A training run folder (or one of its step-N checkpoints) stands for its weights.
+            // A training run folder (or one of its step-N checkpoints) stands for its weights,
+            // and its saved options give the size it trained at.
+            let trained_size = llamagen::bundle::run_folder_checkpoint(p)
+                .ok()
+                .flatten()
+                .and_then(|dir| std::fs::read_to_string(dir.join("state.json")).ok())
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|state| state["options"]["image_size"].as_u64());
             let p = llamagen::bundle::run_folder_weights(p);
             let sd = StateDict::open(&p, WeightsChoice::Model)
                 .with_context(|| format!("tokenizer {}", p.display()))?;
             let cfg = sd
                 .infer_vq_config()
                 .with_context(|| format!("tokenizer {}", p.display()))?;
-            (p, cfg, 256)
+            (p, cfg, trained_size.map_or(256, |s| s as usize))
         }
         None => {
             let card_path = llamagen::bundle::demo_card_path()
