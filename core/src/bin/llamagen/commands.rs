@@ -872,13 +872,17 @@ fn run_checkpoint(path: &Path) -> Result<Option<PathBuf>> {
         .map_err(|e| anyhow!("{}: not a training run folder ({e})", path.display()))
 }
 
+/// The `state.json` of a training checkpoint directory (step, configuration, options).
+fn read_run_state(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
 pub fn write_card(args: CardArgs) -> Result<()> {
-    let read_state = |dir: &Path| -> Result<serde_json::Value> {
-        let text = std::fs::read_to_string(dir.join("state.json"))?;
-        Ok(serde_json::from_str(&text)?)
-    };
     let (gpt_file, gpt_state) = match run_checkpoint(&args.gpt)? {
-        Some(dir) => (dir.join("model.safetensors"), Some(read_state(&dir)?)),
+        Some(dir) => (dir.join("model.safetensors"), Some(read_run_state(&dir)?)),
         None => (args.gpt.clone(), None),
     };
     let vq_file = match run_checkpoint(&args.vq)? {
@@ -1048,8 +1052,7 @@ fn run_reconstruct<B: Backend>(args: &ReconstructArgs, device: &B::Device) -> Re
             let trained_size = llamagen::bundle::run_folder_checkpoint(p)
                 .ok()
                 .flatten()
-                .and_then(|dir| std::fs::read_to_string(dir.join("state.json")).ok())
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .and_then(|dir| read_run_state(&dir).ok())
                 .and_then(|state| state["options"]["image_size"].as_u64());
             let p = llamagen::bundle::run_folder_weights(p);
             let sd = StateDict::open(&p, WeightsChoice::Model)
