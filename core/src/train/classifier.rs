@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -67,29 +67,7 @@ impl<B: Backend> ShapeClassifier<B> {
 
     /// Predicted class (index into [`SHAPE_CLASSES`]) of each image (resized to 64×64).
     pub fn classify(&self, images: &[RgbImage]) -> Vec<usize> {
-        let device = self.head.weight.device();
-        let resized: Vec<RgbImage> = images
-            .iter()
-            .map(|im| {
-                if im.dimensions() == (64, 64) {
-                    im.clone()
-                } else {
-                    image::imageops::resize(im, 64, 64, image::imageops::FilterType::Triangle)
-                }
-            })
-            .collect();
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in resized.chunks(64) {
-            let logits = self.forward(images_to_tensor::<B>(chunk, &device));
-            let idx = logits
-                .argmax(1)
-                .into_data()
-                .convert::<i64>()
-                .to_vec::<i64>()
-                .expect("ints");
-            out.extend(idx.into_iter().map(|i| i as usize));
-        }
-        out
+        classify_with(self, images, &self.head.weight.device())
     }
 
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
@@ -99,6 +77,49 @@ impl<B: Backend> ShapeClassifier<B> {
     pub fn load(path: &Path, device: &B::Device) -> Result<Self, TrainError> {
         Ok(Self::init(device).load_record(load_record(path, device)?))
     }
+}
+
+/// A network that maps 64×64 RGB images in [−1, 1] `[batch, 3, 64, 64]` to logits over the
+/// shape classes `[batch, classes]`: the classifier that scores generations, and the perceptual
+/// backbone ([`super::perceptual::PerceptualNet`]) that is trained the same way.
+pub trait ShapeNet<B: Backend>: Module<B> {
+    fn logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2>;
+}
+
+impl<B: Backend> ShapeNet<B> for ShapeClassifier<B> {
+    fn logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward(x)
+    }
+}
+
+/// Predicted class of each image (resized to 64×64) by `model`.
+pub fn classify_with<B: Backend, M: ShapeNet<B>>(
+    model: &M,
+    images: &[RgbImage],
+    device: &B::Device,
+) -> Vec<usize> {
+    let resized: Vec<RgbImage> = images
+        .iter()
+        .map(|im| {
+            if im.dimensions() == (64, 64) {
+                im.clone()
+            } else {
+                resize(im, 64, 64, FilterType::Triangle)
+            }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(images.len());
+    for chunk in resized.chunks(64) {
+        let logits = model.logits(images_to_tensor::<B>(chunk, device));
+        let idx = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .expect("ints");
+        out.extend(idx.into_iter().map(|i| i as usize));
+    }
+    out
 }
 
 /// The degradations a generated image may carry and a person looks past, each drawn from `rng`:
@@ -151,8 +172,9 @@ fn draw_batch(seed: u64, first: u64, n: usize) -> (Vec<RgbImage>, Vec<i64>) {
 
 /// Accuracy on `per_class` images of every class drawn from `seed` (a seed training never saw),
 /// as drawn or, with `degraded`, passed through [`degrade`].
-pub fn held_out_accuracy<B: Backend>(
-    model: &ShapeClassifier<B>,
+pub fn held_out_accuracy<B: Backend, M: ShapeNet<B>>(
+    model: &M,
+    device: &B::Device,
     seed: u64,
     per_class: usize,
     degraded: bool,
@@ -162,7 +184,7 @@ pub fn held_out_accuracy<B: Backend>(
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xdeca_f000);
         images = images.iter().map(|im| degrade(im, &mut rng)).collect();
     }
-    let pred = model.classify(&images);
+    let pred = classify_with(model, &images, device);
     let right = pred
         .iter()
         .zip(&labels)
@@ -171,8 +193,7 @@ pub fn held_out_accuracy<B: Backend>(
     right as f64 / labels.len() as f64
 }
 
-/// Trains on `steps` batches of freshly drawn images (seed `seed`), each image passed through
-/// [`degrade`] when `augment`; `on_step(step, loss)`.
+/// Trains a [`ShapeClassifier`]; see [`train_net`].
 pub fn train<B: AutodiffBackend>(
     steps: usize,
     batch: usize,
@@ -180,10 +201,34 @@ pub fn train<B: AutodiffBackend>(
     seed: u64,
     augment: bool,
     device: &B::Device,
-    mut on_step: impl FnMut(usize, f32),
+    on_step: impl FnMut(usize, f32),
 ) -> ShapeClassifier<B> {
-    let mut model = ShapeClassifier::<B>::init(device);
-    let mut opt = AdamConfig::new().init::<B, ShapeClassifier<B>>();
+    train_net(
+        ShapeClassifier::init(device),
+        steps,
+        batch,
+        lr,
+        seed,
+        augment,
+        device,
+        on_step,
+    )
+}
+
+/// Trains `model` (Adam, cross-entropy) on `steps` batches of freshly drawn images (seed
+/// `seed`), each image passed through [`degrade`] when `augment`; `on_step(step, loss)`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_net<B: AutodiffBackend, M: ShapeNet<B> + AutodiffModule<B>>(
+    mut model: M,
+    steps: usize,
+    batch: usize,
+    lr: f64,
+    seed: u64,
+    augment: bool,
+    device: &B::Device,
+    mut on_step: impl FnMut(usize, f32),
+) -> M {
+    let mut opt = AdamConfig::new().init::<B, M>();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xa46_0e47);
     for step in 0..steps {
         let (mut images, labels) = draw_batch(seed, (step * batch) as u64, batch);
@@ -192,7 +237,7 @@ pub fn train<B: AutodiffBackend>(
         }
         let x = images_to_tensor::<B>(&images, device);
         let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch]), device);
-        let loss = cross_entropy(model.forward(x), y).mean();
+        let loss = cross_entropy(model.logits(x), y).mean();
         on_step(step, loss.clone().into_scalar().elem());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = opt.step(lr, model, grads);

@@ -95,8 +95,16 @@ pub fn lin_specs() -> Vec<TensorSpec> {
 pub struct Lpips<B: Backend> {
     /// The 13 VGG16 convolutions (3×3, padding 1), in order.
     pub features: Vec<Conv2d<B>>,
-    /// The five 1×1 heads, one per tap.
+    /// The 1×1 heads, one per tap.
     pub lins: Vec<Conv2d<B>>,
+    /// Convolutions per stage (VGG16: 2, 2, 3, 3, 3); a 2×2 max-pool precedes every stage but
+    /// the first, and each stage ends in one tap.
+    #[module(skip)]
+    pub stage_convs: Vec<usize>,
+    /// Whether the inputs pass through LPIPS's ScalingLayer first (VGG16 expects
+    /// ImageNet-normalised inputs; a network trained on [−1, 1] images does not).
+    #[module(skip)]
+    pub scaling: bool,
 }
 
 /// Checks `specs`, tolerating entries the official loader ignores too (torchvision's classifier,
@@ -151,23 +159,74 @@ impl<B: Backend> Lpips<B> {
                 })
             })
             .collect::<Result<Vec<_>, CheckpointError>>()?;
-        Ok(Self { features, lins }.no_grad())
+        Ok(Self {
+            features,
+            lins,
+            stage_convs: STAGE_CONVS.to_vec(),
+            scaling: true,
+        }
+        .no_grad())
     }
 
-    /// The five taps relu1_2 … relu5_3 of the scaled images.
+    /// The same distance over another VGG-style backbone (3×3 convolutions with ReLU, stages
+    /// separated by 2×2 max-pools, one tap at the end of each stage), with every channel weighted
+    /// one (LPIPS's uncalibrated `lpips=False` variant) and no ScalingLayer: the backbone takes
+    /// images in [−1, 1]. Frozen like [`Lpips::load`]'s result.
+    pub fn from_backbone(features: Vec<Conv2d<B>>, stage_convs: Vec<usize>) -> Self {
+        assert_eq!(
+            features.len(),
+            stage_convs.iter().sum::<usize>(),
+            "one convolution per stage slot"
+        );
+        let mut ends = Vec::new();
+        let mut i = 0;
+        for &n in &stage_convs {
+            i += n;
+            ends.push(&features[i - 1]);
+        }
+        let lins = ends
+            .into_iter()
+            .map(|conv| {
+                let c = conv.weight.dims()[0];
+                let device = conv.weight.device();
+                Conv2d {
+                    weight: Param::from_tensor(Tensor::ones([1, c, 1, 1], &device)),
+                    bias: None,
+                    stride: [1, 1],
+                    kernel_size: [1, 1],
+                    dilation: [1, 1],
+                    groups: 1,
+                    padding: PaddingConfig2d::Valid,
+                }
+            })
+            .collect();
+        Self {
+            features,
+            lins,
+            stage_convs,
+            scaling: false,
+        }
+        .no_grad()
+    }
+
+    /// The taps of the (scaled) images: for VGG16, relu1_2 … relu5_3.
     pub fn taps(&self, x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
         let device = x.device();
-        let shift = Tensor::<B, 1>::from_floats(SHIFT, &device).reshape([1, 3, 1, 1]);
-        let scale = Tensor::<B, 1>::from_floats(SCALE, &device).reshape([1, 3, 1, 1]);
-        let mut h = (x - shift) / scale;
+        let mut h = if self.scaling {
+            let shift = Tensor::<B, 1>::from_floats(SHIFT, &device).reshape([1, 3, 1, 1]);
+            let scale = Tensor::<B, 1>::from_floats(SCALE, &device).reshape([1, 3, 1, 1]);
+            (x - shift) / scale
+        } else {
+            x
+        };
         let mut convs = self.features.iter();
-        let mut taps = Vec::with_capacity(STAGE_CONVS.len());
-        for (stage, &n) in STAGE_CONVS.iter().enumerate() {
+        let mut taps = Vec::with_capacity(self.stage_convs.len());
+        for (stage, &n) in self.stage_convs.iter().enumerate() {
             if stage > 0 {
                 h = max_pool2d(h, [2, 2], [2, 2], [0, 0], [1, 1], false);
             }
             for conv in convs.by_ref().take(n) {
-                h = relu(conv.forward(h));
+                h = relu(crate::vq::blocks::conv(conv, h));
             }
             taps.push(h.clone());
         }
@@ -195,7 +254,7 @@ impl<B: Backend> Lpips<B> {
                 None => d,
             });
         }
-        total.expect("five taps")
+        total.expect("at least one tap")
     }
 }
 

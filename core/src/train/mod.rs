@@ -14,6 +14,7 @@ pub mod discriminator;
 pub mod gpt;
 pub mod lpips;
 pub mod optim;
+pub mod perceptual;
 pub mod vq;
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The LlamaGen image tokenizer (official `tokenizer/tokenizer_image/vq_model.py`): a
 //! convolutional encoder, an l2-normalised vector quantizer and a convolutional decoder.
 
-mod blocks;
+pub(crate) mod blocks;
 mod decoder;
 mod encoder;
 mod model;

@@ -119,6 +119,13 @@ enum Command {
     /// Train the small classifier of the procedural shapes (for eval-classes).
     #[cfg(feature = "train")]
     TrainClassifier(train::TrainClassifierArgs),
+    /// Train a small VGG-style network on the procedural shapes whose features stand in for
+    /// LPIPS's ImageNet VGG16 in `train-vq --perceptual-net` (when those weights are not at hand).
+    #[cfg(feature = "train")]
+    #[command(
+        after_help = "Example (the bundled demo tokenizer's perceptual network):\n  llamagen train-perceptual --out runs/perceptual.mpk --steps 1500 --lr 2e-3"
+    )]
+    TrainPerceptual(train::TrainPerceptualArgs),
     /// Measure how often generations show the class asked for (procedural-shape models).
     #[cfg(feature = "train")]
     EvalClasses(train::EvalClassesArgs),
@@ -203,6 +210,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::TrainGpt(args) => train::train_gpt(*args),
         #[cfg(feature = "train")]
         Command::TrainClassifier(args) => train::train_classifier(args),
+        #[cfg(feature = "train")]
+        Command::TrainPerceptual(args) => train::train_perceptual(args),
         #[cfg(feature = "train")]
         Command::InitT5(args) => train::init_t5(args),
         #[cfg(feature = "train")]

@@ -25,6 +25,7 @@ use llamagen::train::data::{
 use llamagen::train::discriminator::{GanLoss, PatchGanConfig};
 use llamagen::train::gpt::{CaptionTable, CodeBatcher, GptTrainOptions, GptTrainer};
 use llamagen::train::lpips::Lpips;
+use llamagen::train::perceptual::PerceptualNet;
 use llamagen::train::vq::{ReconstructionLoss, VqTrainOptions, VqTrainer};
 use llamagen::vq::VqModel;
 use rand::{Rng, SeedableRng};
@@ -165,11 +166,15 @@ pub struct TrainVqArgs {
     #[arg(long, default_value_t = 3)]
     pub disc_layers: usize,
     /// torchvision VGG16 weights (vgg16-397923af.pth) for the perceptual (LPIPS) loss.
-    #[arg(long, requires = "lpips_lin")]
+    #[arg(long, requires = "lpips_lin", conflicts_with = "perceptual_net")]
     pub lpips_vgg: Option<PathBuf>,
     /// LPIPS linear heads (vgg.pth of the lpips package).
     #[arg(long, requires = "lpips_vgg")]
     pub lpips_lin: Option<PathBuf>,
+    /// A perceptual network from `llamagen train-perceptual`, used instead of LPIPS's VGG16 (its
+    /// four stage ends, every channel weighted one).
+    #[arg(long)]
+    pub perceptual_net: Option<PathBuf>,
     #[arg(long, default_value_t = 1.0)]
     pub perceptual_weight: f64,
     /// Pixel loss of the reconstruction: l2 (mean squared error, the official default) or l1
@@ -246,15 +251,28 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
     if data.len() <= 50_000 {
         data.preload()?;
     }
-    let lpips = match (&args.lpips_vgg, &args.lpips_lin) {
-        (Some(vgg), Some(lin)) => Some(
+    let lpips = match (&args.lpips_vgg, &args.lpips_lin, &args.perceptual_net) {
+        (Some(vgg), Some(lin), _) => Some(
             Lpips::<AB<B>>::load(vgg, lin, device)
                 .with_context(|| "loading the LPIPS weights".to_string())?,
         ),
+        (_, _, Some(net)) => {
+            let net = PerceptualNet::<AB<B>>::load(net, device).with_context(|| {
+                format!(
+                    "loading the perceptual network {} (written by `llamagen train-perceptual`)",
+                    net.display()
+                )
+            })?;
+            eprintln!(
+                "perceptual loss: the network from --perceptual-net in place of LPIPS's VGG16"
+            );
+            Some(net.into_lpips())
+        }
         _ => {
             eprintln!(
                 "WARNING: no LPIPS weights (--lpips-vgg, --lpips-lin): training WITHOUT the perceptual loss.\n\
-                 The paper's tokenizer uses it; pass torchvision's vgg16-397923af.pth and LPIPS's vgg.pth to enable it."
+                 The paper's tokenizer uses it; pass torchvision's vgg16-397923af.pth and LPIPS's vgg.pth to enable it,\n\
+                 or a network from `llamagen train-perceptual` with --perceptual-net."
             );
             None
         }
@@ -935,13 +953,61 @@ pub fn train_classifier(args: TrainClassifierArgs) -> Result<()> {
     );
     progress.bar.finish_and_clear();
     let model = model.valid();
-    let clean = classifier::held_out_accuracy(&model, args.seed + 7919, 100, false);
-    let degraded = classifier::held_out_accuracy(&model, args.seed + 7919, 100, true);
+    let clean = classifier::held_out_accuracy(&model, &device, args.seed + 7919, 100, false);
+    let degraded = classifier::held_out_accuracy(&model, &device, args.seed + 7919, 100, true);
     model.save(&args.out)?;
     println!(
         "held-out accuracy {:.2}% as drawn, {:.2}% degraded (100 images per class, seed {}); wrote {}",
         clean * 100.0,
         degraded * 100.0,
+        args.seed + 7919,
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TrainPerceptualArgs {
+    /// Output file (burn record, .mpk).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1500)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Seed of the training images (held-out images use another). The default differs from
+    /// train-classifier's, so the network that shapes a tokenizer and the classifiers that
+    /// score it learn from different drawings.
+    #[arg(long, default_value_t = 2000)]
+    pub seed: u64,
+}
+
+/// Trains on images as drawn (no degradations: the features must notice blur, which is what
+/// the perceptual loss is for).
+pub fn train_perceptual(args: TrainPerceptualArgs) -> Result<()> {
+    type B = llamagen::backend::Cpu;
+    let device = Default::default();
+    B::seed(&device, args.seed);
+    let progress = Progress::new(0, args.steps as u64, 100);
+    let model = classifier::train_net(
+        PerceptualNet::<Autodiff<B>>::init(&device),
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        false,
+        &device,
+        |step, loss| progress.step(step as u64 + 1, 0, format!("loss {loss:.4}")),
+    );
+    progress.bar.finish_and_clear();
+    let model = model.valid();
+    let clean = classifier::held_out_accuracy(&model, &device, args.seed + 7919, 100, false);
+    model.save(&args.out)?;
+    println!(
+        "held-out accuracy {:.2}% (100 images per class, seed {}); wrote {}",
+        clean * 100.0,
         args.seed + 7919,
         args.out.display()
     );
