@@ -695,6 +695,72 @@ mod training {
             assert!((0.0..=1.0).contains(&r), "{row}");
         }
 
+        // A perceptual network of the project's own stands in for LPIPS's VGG16: trained by
+        // train-perceptual, it adds the perceptual term to train-vq (and cannot be combined
+        // with the VGG16 files).
+        let out = ok(llamagen()
+            .args([
+                "train-perceptual",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--out",
+            ])
+            .arg(d.join("perceptual.mpk")));
+        assert!(out.contains("held-out accuracy"), "{out}");
+        let vq_p = |c: &mut std::process::Command| {
+            c.args([
+                "train-vq",
+                "--config",
+                "VQ-8",
+                "--ch",
+                "16",
+                "--ch-mult",
+                "1,2",
+            ])
+            .args([
+                "--z-channels",
+                "16",
+                "--num-res-blocks",
+                "1",
+                "--norm-groups",
+                "8",
+            ])
+            .args([
+                "--codebook-size",
+                "16",
+                "--image-size",
+                "16",
+                "--batch-size",
+                "2",
+            ])
+            .args(["--steps", "1", "--backend", "cpu", "--data"])
+            .arg(d.join("data"))
+            .arg("--out")
+            .arg(d.join("vq-p"))
+            .arg("--perceptual-net")
+            .arg(d.join("perceptual.mpk"));
+        };
+        let mut with_net = llamagen();
+        vq_p(&mut with_net);
+        let out = with_net.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains(" lpips ") && !err.contains("WITHOUT"), "{err}");
+        let mut both = llamagen();
+        vq_p(&mut both);
+        both.arg("--lpips-vgg")
+            .arg(d.join("perceptual.mpk"))
+            .arg("--lpips-lin")
+            .arg(d.join("perceptual.mpk"));
+        let out = both.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("--perceptual-net"),
+            "{err}"
+        );
+
         // Text-conditional: the codes kept the data set's captions; a small T5 made by the
         // project encodes them; the card carries the encoder, so prompts need no --t5.
         let codes = llamagen::train::data::CodeSet::read(&d.join("codes")).unwrap();
