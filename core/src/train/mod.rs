@@ -1,6 +1,7 @@
 //! Training (Cargo feature `train`): the tokenizer (reconstruction + perceptual + VQ losses +
 //! PatchGAN), code extraction with the paper's ten-crop augmentation, the generator on extracted
-//! codes, and the small classifier that measures the demo model.
+//! codes, the small classifier that measures the demo model, and the perceptual network that
+//! stands in for LPIPS's VGG16 where its weights are missing.
 //!
 //! Every trainer is a plain struct with a `step` method, so the CLI, tests and other front ends
 //! drive the same code; checkpoints are directories written atomically (see [`checkpoint`]).

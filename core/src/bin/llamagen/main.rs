@@ -100,7 +100,7 @@ enum Command {
     /// VQ + commitment + PatchGAN adversarial losses.
     #[cfg(feature = "train")]
     #[command(
-        after_help = "Example (the bundled demo tokenizer):\n  llamagen train-vq --data shapes/ --out runs/vq --config VQ-8 --ch 32 --ch-mult 1,2,2,4 --z-channels 32 --num-res-blocks 1 --codebook-size 512 --image-size 64 --batch-size 16 --steps 2000 --lr 4e-4 --backend cpu"
+        after_help = "Example (the bundled demo tokenizer):\n  llamagen train-vq --data data/shapes --out runs/vq --config VQ-8 --ch 32 --ch-mult 1,2,2,4 --z-channels 64 --num-res-blocks 1 --norm-groups 8 --codebook-size 1024 --image-size 64 --batch-size 8 --steps 1100 --lr 2e-4 --entropy-loss-ratio 0.1 --replicas 2 --backend cpu --perceptual-net runs/perceptual.mpk --perceptual-weight 0.1"
     )]
     TrainVq(Box<train::TrainVqArgs>),
     /// Turn an image folder into token grids with a trained tokenizer (ten crops + flips).

@@ -175,6 +175,9 @@ pub struct TrainVqArgs {
     /// four stage ends, every channel weighted one).
     #[arg(long)]
     pub perceptual_net: Option<PathBuf>,
+    /// Weight of the perceptual term (official 1.0, for LPIPS's calibrated heads). A
+    /// --perceptual-net weighs every channel one, so its distance runs about ten times larger:
+    /// 0.1 keeps the colours that 1.0 lets drift.
     #[arg(long, default_value_t = 1.0)]
     pub perceptual_weight: f64,
     /// Pixel loss of the reconstruction: l2 (mean squared error, the official default) or l1
