@@ -53,16 +53,7 @@ impl<B: Backend> ShapeClassifier<B> {
         for c in &self.convs {
             h = relu(c.forward(h));
         }
-        let [b, c, hh, ww] = h.dims();
-        let flat = h.reshape([b, c, hh * ww]);
-        let pooled = Tensor::cat(
-            vec![
-                flat.clone().mean_dim(2).reshape([b, c]),
-                flat.max_dim(2).reshape([b, c]),
-            ],
-            1,
-        );
-        self.head.forward(pooled)
+        self.head.forward(mean_max_pool(h))
     }
 
     /// Predicted class (index into [`SHAPE_CLASSES`]) of each image (resized to 64×64).
@@ -77,6 +68,19 @@ impl<B: Backend> ShapeClassifier<B> {
     pub fn load(path: &Path, device: &B::Device) -> Result<Self, TrainError> {
         Ok(Self::init(device).load_record(load_record(path, device)?))
     }
+}
+
+/// Global mean and max pooling side by side: `[batch, c, h, w]` → `[batch, 2c]`.
+pub fn mean_max_pool<B: Backend>(h: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [b, c, hh, ww] = h.dims();
+    let flat = h.reshape([b, c, hh * ww]);
+    Tensor::cat(
+        vec![
+            flat.clone().mean_dim(2).reshape([b, c]),
+            flat.max_dim(2).reshape([b, c]),
+        ],
+        1,
+    )
 }
 
 /// A network that maps 64×64 RGB images in [−1, 1] `[batch, 3, 64, 64]` to logits over the

@@ -147,16 +147,9 @@ impl<B: Backend> Lpips<B> {
             .iter()
             .enumerate()
             .map(|(k, &c)| {
-                let weight = wl.tensor(&format!("lin{k}.model.1.weight"), [1, c, 1, 1])?;
-                Ok(Conv2d {
-                    weight: Param::from_tensor(weight),
-                    bias: None,
-                    stride: [1, 1],
-                    kernel_size: [1, 1],
-                    dilation: [1, 1],
-                    groups: 1,
-                    padding: PaddingConfig2d::Valid,
-                })
+                Ok(head(
+                    wl.tensor(&format!("lin{k}.model.1.weight"), [1, c, 1, 1])?,
+                ))
             })
             .collect::<Result<Vec<_>, CheckpointError>>()?;
         Ok(Self {
@@ -188,16 +181,7 @@ impl<B: Backend> Lpips<B> {
             .into_iter()
             .map(|conv| {
                 let c = conv.weight.dims()[0];
-                let device = conv.weight.device();
-                Conv2d {
-                    weight: Param::from_tensor(Tensor::ones([1, c, 1, 1], &device)),
-                    bias: None,
-                    stride: [1, 1],
-                    kernel_size: [1, 1],
-                    dilation: [1, 1],
-                    groups: 1,
-                    padding: PaddingConfig2d::Valid,
-                }
+                head(Tensor::ones([1, c, 1, 1], &conv.weight.device()))
             })
             .collect();
         Self {
@@ -255,6 +239,19 @@ impl<B: Backend> Lpips<B> {
             });
         }
         total.expect("at least one tap")
+    }
+}
+
+/// A 1×1 convolution to one channel without bias: LPIPS's per-tap head, weight `[1, C, 1, 1]`.
+fn head<B: Backend>(weight: Tensor<B, 4>) -> Conv2d<B> {
+    Conv2d {
+        weight: Param::from_tensor(weight),
+        bias: None,
+        stride: [1, 1],
+        kernel_size: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        padding: PaddingConfig2d::Valid,
     }
 }
 

@@ -21,7 +21,7 @@ use burn::tensor::module::max_pool2d;
 
 use super::TrainError;
 use super::checkpoint::{load_record, save_record};
-use super::classifier::ShapeNet;
+use super::classifier::{ShapeNet, mean_max_pool};
 use super::lpips::Lpips;
 use crate::dataset::SHAPE_CLASSES;
 
@@ -73,17 +73,7 @@ impl<B: Backend> PerceptualNet<B> {
 
     /// Logits `[batch, classes]` from global mean and max pooling of the last stage.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        let h = self.trunk(x);
-        let [b, c, hh, ww] = h.dims();
-        let flat = h.reshape([b, c, hh * ww]);
-        let pooled = Tensor::cat(
-            vec![
-                flat.clone().mean_dim(2).reshape([b, c]),
-                flat.max_dim(2).reshape([b, c]),
-            ],
-            1,
-        );
-        self.head.forward(pooled)
+        self.head.forward(mean_max_pool(self.trunk(x)))
     }
 
     /// The frozen perceptual distance over this network's four stage ends (the head is dropped).
