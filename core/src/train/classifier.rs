@@ -197,28 +197,6 @@ pub fn held_out_accuracy<B: Backend, M: ShapeNet<B>>(
     right as f64 / labels.len() as f64
 }
 
-/// Trains a [`ShapeClassifier`]; see [`train_net`].
-pub fn train<B: AutodiffBackend>(
-    steps: usize,
-    batch: usize,
-    lr: f64,
-    seed: u64,
-    augment: bool,
-    device: &B::Device,
-    on_step: impl FnMut(usize, f32),
-) -> ShapeClassifier<B> {
-    train_net(
-        ShapeClassifier::init(device),
-        steps,
-        batch,
-        lr,
-        seed,
-        augment,
-        device,
-        on_step,
-    )
-}
-
 /// Trains `model` (Adam, cross-entropy) on `steps` batches of freshly drawn images (seed
 /// `seed`), each image passed through [`degrade`] when `augment`; `on_step(step, loss)`.
 #[allow(clippy::too_many_arguments)]

@@ -940,22 +940,49 @@ pub struct TrainClassifierArgs {
     pub augment: bool,
 }
 
-pub fn train_classifier(args: TrainClassifierArgs) -> Result<()> {
+/// Seeds the CPU backend with `seed`, then makes the network with `init` and trains it with a
+/// progress bar; returns it for inference.
+fn fit_shape_net<M>(
+    init: impl FnOnce(&burn::tensor::Device<llamagen::backend::Cpu>) -> M,
+    steps: usize,
+    batch: usize,
+    lr: f64,
+    seed: u64,
+    augment: bool,
+) -> M::InnerModule
+where
+    M: classifier::ShapeNet<Autodiff<llamagen::backend::Cpu>>
+        + AutodiffModule<Autodiff<llamagen::backend::Cpu>>,
+{
     type B = llamagen::backend::Cpu;
     let device = Default::default();
-    B::seed(&device, args.seed);
-    let progress = Progress::new(0, args.steps as u64, 100);
-    let model = classifier::train::<Autodiff<B>>(
+    B::seed(&device, seed);
+    let model = init(&device);
+    let progress = Progress::new(0, steps as u64, 100);
+    let model = classifier::train_net(
+        model,
+        steps,
+        batch,
+        lr,
+        seed,
+        augment,
+        &device,
+        |step, loss| progress.step(step as u64 + 1, 0, format!("loss {loss:.4}")),
+    );
+    progress.bar.finish_and_clear();
+    model.valid()
+}
+
+pub fn train_classifier(args: TrainClassifierArgs) -> Result<()> {
+    let device = Default::default();
+    let model = fit_shape_net(
+        ShapeClassifier::init,
         args.steps,
         args.batch_size,
         args.lr,
         args.seed,
         args.augment,
-        &device,
-        |step, loss| progress.step(step as u64 + 1, 0, format!("loss {loss:.4}")),
     );
-    progress.bar.finish_and_clear();
-    let model = model.valid();
     let clean = classifier::held_out_accuracy(&model, &device, args.seed + 7919, 100, false);
     let degraded = classifier::held_out_accuracy(&model, &device, args.seed + 7919, 100, true);
     model.save(&args.out)?;
@@ -990,22 +1017,15 @@ pub struct TrainPerceptualArgs {
 /// Trains on images as drawn (no degradations: the features must notice blur, which is what
 /// the perceptual loss is for).
 pub fn train_perceptual(args: TrainPerceptualArgs) -> Result<()> {
-    type B = llamagen::backend::Cpu;
     let device = Default::default();
-    B::seed(&device, args.seed);
-    let progress = Progress::new(0, args.steps as u64, 100);
-    let model = classifier::train_net(
-        PerceptualNet::<Autodiff<B>>::init(&device),
+    let model = fit_shape_net(
+        PerceptualNet::init,
         args.steps,
         args.batch_size,
         args.lr,
         args.seed,
         false,
-        &device,
-        |step, loss| progress.step(step as u64 + 1, 0, format!("loss {loss:.4}")),
     );
-    progress.bar.finish_and_clear();
-    let model = model.valid();
     let clean = classifier::held_out_accuracy(&model, &device, args.seed + 7919, 100, false);
     model.save(&args.out)?;
     println!(
