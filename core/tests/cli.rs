@@ -560,6 +560,51 @@ mod training {
             .arg(d.join("vq"))
             .arg("--out")
             .arg(d.join("codes")));
+        // The centre crop alone (one grid an image) makes the held-out codes; a generator
+        // reports its loss on them at the start, every --val-every steps and at the end.
+        let extract = |extra: &[&str], out: &str| {
+            llamagen()
+                .args(["extract-codes", "--image-size", "16", "--data"])
+                .arg(d.join("data"))
+                .arg("--vq-ckpt")
+                .arg(d.join("vq"))
+                .arg("--out")
+                .arg(d.join(out))
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        let refused = extract(&["--mirror", "false"], "refused");
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--ten-crop false"));
+        let out = extract(&["--ten-crop", "false", "--mirror", "false"], "codes-val");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert!(log.contains("20 images × 1 crops"), "{log}");
+        let out = tiny_gpt_run(d, "gpt-val")
+            .arg("--val-codes")
+            .arg(d.join("codes-val"))
+            .args(["--val-every", "2"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        let held_out: Vec<(u64, f32)> = log
+            .lines()
+            .filter_map(|l| {
+                let (step, rest) = l.strip_prefix("step ")?.split_once(": held-out loss ")?;
+                Some((step.parse().ok()?, rest.split(' ').next()?.parse().ok()?))
+            })
+            .collect();
+        assert_eq!(
+            held_out.iter().map(|h| h.0).collect::<Vec<_>>(),
+            [0, 2, 3],
+            "{log}"
+        );
+        assert!(
+            held_out.iter().all(|h| h.1.is_finite() && h.1 > 0.0),
+            "{log}"
+        );
         // `reconstruct` takes the run folder as its tokenizer, as extract-codes does, at the
         // size it trained at (16 px, 8×8 tokens) unless told otherwise.
         let image = std::fs::read_dir(d.join("data/star"))

@@ -188,7 +188,8 @@ pub fn images_to_tensor<B: Backend>(images: &[RgbImage], device: &B::Device) -> 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CodesMeta {
     pub num_images: usize,
-    /// Code grids per image (10 with ten-crop, 2 with flips only).
+    /// Code grids per image (10 with ten-crop, 2 with the centre crop and its mirror, 1 with
+    /// the centre crop alone).
     pub num_aug: usize,
     /// Tokens per grid (grid²).
     pub seq_len: usize,

@@ -353,20 +353,7 @@ impl<B: AutodiffBackend> GptTrainer<B> {
         weight: f32,
         device: &B::Device,
     ) -> (f32, GradientsParams) {
-        let b = batch.len();
-        let labels =
-            Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), device);
-        let codes = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(batch.codes.clone(), [b, batch.seq_len]),
-            device,
-        );
-        let input = codes.clone().narrow(1, 0, batch.seq_len - 1);
-        let (cond, allowed) = match &batch.captions {
-            None => (Condition::Class(labels), None),
-            Some(c) => caption_condition(model, c, batch.seq_len, device),
-        };
-        let logits = model.forward_train(&cond, input, allowed);
-        let loss = model.loss(logits, codes, None);
+        let loss = batch_loss(model, batch, device);
         let value = loss.clone().into_scalar().elem::<f32>();
         let grads = GradientsParams::from_grads((loss * weight).backward(), model);
         (value, grads)
@@ -472,9 +459,85 @@ impl<B: AutodiffBackend> GptTrainer<B> {
     }
 }
 
+/// Mean next-token cross-entropy of `model` on `batch` (dropout acts only on an autodiff
+/// backend, so on a plain one this is the evaluation loss).
+fn batch_loss<B: Backend>(
+    model: &Transformer<B>,
+    batch: &CodeBatch,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let b = batch.len();
+    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.labels.clone(), [b]), device);
+    let codes = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(batch.codes.clone(), [b, batch.seq_len]),
+        device,
+    );
+    let input = codes.clone().narrow(1, 0, batch.seq_len - 1);
+    let (cond, allowed) = match &batch.captions {
+        None => (Condition::Class(labels), None),
+        Some(c) => caption_condition(model, c, batch.seq_len, device),
+    };
+    let logits = model.forward_train(&cond, input, allowed);
+    model.loss(logits, codes, None)
+}
+
+/// Mean next-token loss of `model` over every image of `set`: its first grid (the centre crop),
+/// its own class (or caption, from `captions`), nothing dropped. On a held-out set this is the
+/// figure that tells learning from memorising.
+pub fn held_out_loss<B: Backend>(
+    model: &Transformer<B>,
+    set: &CodeSet,
+    captions: Option<&CaptionTable>,
+    batch_size: usize,
+    device: &B::Device,
+) -> f32 {
+    let n = set.meta.num_images;
+    let seq = set.meta.seq_len;
+    let mut total = 0.0f64;
+    for from in (0..n).step_by(batch_size.max(1)) {
+        let to = (from + batch_size.max(1)).min(n);
+        let images = from..to;
+        let batch = CodeBatch {
+            labels: images.clone().map(|i| set.labels[i] as i64).collect(),
+            codes: images
+                .clone()
+                .flat_map(|i| set.grid(i, 0).iter().map(|&c| c as i64))
+                .collect(),
+            seq_len: seq,
+            captions: captions.map(|t| {
+                let (k, d) = (t.tokens, t.dim);
+                CaptionBatch {
+                    features: images
+                        .clone()
+                        .flat_map(|i| {
+                            let id = t.per_image[i] as usize;
+                            t.features[id * k * d..(id + 1) * k * d].iter().copied()
+                        })
+                        .collect(),
+                    masks: images
+                        .clone()
+                        .flat_map(|i| {
+                            let id = t.per_image[i] as usize;
+                            t.masks[id * k..(id + 1) * k].iter().copied()
+                        })
+                        .collect(),
+                    dropped: vec![false; to - from],
+                    tokens: k,
+                    dim: d,
+                }
+            }),
+        };
+        let loss = batch_loss(model, &batch, device)
+            .into_scalar()
+            .elem::<f32>();
+        total += loss as f64 * (to - from) as f64;
+    }
+    (total / n.max(1) as f64) as f32
+}
+
 /// The caption condition of a batch (dropped rows take the model's null caption) and its
 /// attention mask.
-fn caption_condition<B: AutodiffBackend>(
+fn caption_condition<B: Backend>(
     model: &Transformer<B>,
     c: &CaptionBatch,
     seq_len: usize,

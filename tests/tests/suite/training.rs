@@ -6,7 +6,9 @@ use burn::prelude::*;
 use llamagen::config::{GptConfig, VqConfig};
 use llamagen::train::Autodiff;
 use llamagen::train::data::{CodeSet, CodesMeta};
-use llamagen::train::gpt::{CaptionTable, CodeBatch, CodeBatcher, GptTrainOptions, GptTrainer};
+use llamagen::train::gpt::{
+    CaptionTable, CodeBatch, CodeBatcher, GptTrainOptions, GptTrainer, held_out_loss,
+};
 use llamagen::train::vq::{ReconstructionLoss, VqTrainOptions, VqTrainer};
 
 type B = llamagen::backend::Cpu;
@@ -62,6 +64,28 @@ fn gpt_overfits_a_tiny_batch() {
         last = t.train_step(&batch, &[]).unwrap().loss;
     }
     assert!(last < first / 10.0, "loss {first} → {last}");
+    // The held-out loss of the same four sequences, taken in uneven chunks of three, is the
+    // loss a training step measures on them before it updates the weights.
+    let set = CodeSet {
+        meta: CodesMeta {
+            num_images: 4,
+            num_aug: 1,
+            seq_len: 16,
+            codebook_size: 16,
+            image_size: 16,
+            class_names: vec!["a".into(), "b".into()],
+            tokenizer: "test".into(),
+            captions: Vec::new(),
+        },
+        labels: batch.labels.iter().map(|&l| l as u32).collect(),
+        codes: batch.codes.iter().map(|&c| c as u16).collect(),
+    };
+    let held_out = held_out_loss(&t.model.valid(), &set, None, 3, &device);
+    let measured = t.train_step(&batch, &[]).unwrap().loss;
+    assert!(
+        (held_out - measured).abs() < (1e-4 * measured).max(1e-5),
+        "held-out {held_out}, training step {measured}"
+    );
 }
 
 /// A text-conditional generator learns which caption asks for which token sequence: two

@@ -23,7 +23,7 @@ use llamagen::train::data::{
     random_crop, ten_crop,
 };
 use llamagen::train::discriminator::{GanLoss, PatchGanConfig};
-use llamagen::train::gpt::{CaptionTable, CodeBatcher, GptTrainOptions, GptTrainer};
+use llamagen::train::gpt::{CaptionTable, CodeBatcher, GptTrainOptions, GptTrainer, held_out_loss};
 use llamagen::train::lpips::Lpips;
 use llamagen::train::perceptual::PerceptualNet;
 use llamagen::train::vq::{ReconstructionLoss, VqTrainOptions, VqTrainer};
@@ -434,6 +434,11 @@ pub struct ExtractCodesArgs {
     /// image_size × crop_range, as the paper; otherwise the centre crop and its mirror.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ten_crop: bool,
+    /// With --ten-crop false: keep the centre crop's mirror as a second grid (false: the centre
+    /// crop alone, half the encoding time — with a procedural data set, drawing twice the images
+    /// gives more variety than mirroring them).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub mirror: bool,
     #[arg(long, default_value_t = 1.1)]
     pub crop_range: f64,
     #[arg(long, default_value_t = 32)]
@@ -481,7 +486,14 @@ fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Resul
         );
     }
     let grid = size as usize / cfg.downsample();
-    let num_aug = if args.ten_crop { 10 } else { 2 };
+    if args.ten_crop && !args.mirror {
+        bail!("--mirror false applies to the centre crop: pass it with --ten-crop false");
+    }
+    let num_aug = match (args.ten_crop, args.mirror) {
+        (true, _) => 10,
+        (false, true) => 2,
+        (false, false) => 1,
+    };
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::new(data.len() as u64)
     } else {
@@ -499,8 +511,9 @@ fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Resul
                 crops.extend(ten_crop(&im, size, args.crop_range));
             } else {
                 let c = llamagen::train::data::center_crop(&im, size);
-                crops.push(image::imageops::flip_horizontal(&c));
-                crops.insert(crops.len() - 1, c);
+                let mirrored = args.mirror.then(|| image::imageops::flip_horizontal(&c));
+                crops.push(c);
+                crops.extend(mirrored);
             }
             labels.push(data.label(i) as u32);
         }
@@ -626,6 +639,13 @@ pub struct TrainGptArgs {
     /// Caption tokens of a text-conditional generator (its cls_token_num; official 120).
     #[arg(long, default_value_t = llamagen::text::MAX_PROMPT_TOKENS)]
     pub caption_tokens: usize,
+    /// Held-out codes (`extract-codes` of images the generator does not train on, with the same
+    /// tokenizer): their mean next-token loss is reported every --val-every steps and at the end,
+    /// beside the training loss, so that learning can be told from memorising.
+    #[arg(long)]
+    pub val_codes: Option<PathBuf>,
+    #[arg(long, default_value_t = 500, requires = "val_codes")]
+    pub val_every: u64,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
 }
@@ -807,6 +827,44 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
         Some(p) => Some(load_vq::<B>(&resolve_weights(p)?, device)?),
         None => None,
     };
+    let val = match &args.val_codes {
+        None => None,
+        Some(path) => {
+            let v = CodeSet::read(path)?;
+            let m = &v.meta;
+            if (m.codebook_size, m.seq_len) != (meta.codebook_size, meta.seq_len)
+                || m.class_names != meta.class_names
+            {
+                bail!(
+                    "the held-out codes {} do not match the training codes (vocabulary {} / {}, {} / {} tokens, classes); extract both with the same tokenizer from the same kind of data set",
+                    path.display(),
+                    m.codebook_size,
+                    meta.codebook_size,
+                    m.seq_len,
+                    meta.seq_len
+                );
+            }
+            if m.tokenizer != meta.tokenizer {
+                eprintln!(
+                    "note: the held-out codes came from {}, the training codes from {}",
+                    m.tokenizer, meta.tokenizer
+                );
+            }
+            let table = match (&args.t5, text) {
+                (Some(dir), true) => {
+                    if m.captions.is_empty() {
+                        bail!(
+                            "the held-out codes {} have no captions, which a text-conditional generator needs",
+                            path.display()
+                        );
+                    }
+                    Some(caption_table::<B>(dir, &m.captions, &cfg, device)?)
+                }
+                _ => None,
+            };
+            Some((v, table))
+        }
+    };
     let batcher = CodeBatcher {
         set: &set,
         batch_size: opts.batch_size,
@@ -819,6 +877,30 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
     let first = trainer.step;
     let progress = Progress::new(first, args.steps, args.log_every);
     let mut smooth: Option<f32> = None;
+    let report_held_out = |trainer: &GptTrainer<AB<B>>, val: &Option<_>, train: f32| {
+        if let Some((v, table)) = val {
+            let v: &CodeSet = v;
+            let table: &Option<CaptionTable> = table;
+            let loss = held_out_loss(
+                &trainer.model.valid(),
+                v,
+                table.as_ref(),
+                opts.batch_size,
+                device,
+            );
+            progress.println(format!(
+                "step {}: held-out loss {loss:.4} ({} images){}",
+                trainer.step,
+                v.meta.num_images,
+                if train.is_nan() {
+                    String::new()
+                } else {
+                    format!(", training loss (avg) {train:.4}")
+                }
+            ));
+        }
+    };
+    report_held_out(&trainer, &val, f32::NAN);
     while trainer.step < args.steps {
         let batch = batcher.batch(trainer.step);
         let s = trainer.train_step(&batch, if args.replicas > 1 { &devices } else { &[] })?;
@@ -847,6 +929,9 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
                 .join(format!("step-{:07}.png", trainer.step));
             let conditions = sample_conditions(&set, captions.as_ref(), model.config.num_classes);
             sample_grid(&model, vq, &conditions, grid, &path)?;
+        }
+        if done || (args.val_every > 0 && trainer.step % args.val_every == 0) {
+            report_held_out(&trainer, &val, sm);
         }
         if trainer.step % args.save_every == 0 || done {
             let dir = trainer.save(
