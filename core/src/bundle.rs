@@ -200,6 +200,16 @@ pub fn run_folder_checkpoint(path: &Path) -> std::io::Result<Option<PathBuf>> {
     Ok(Some(path.join(name.trim())))
 }
 
+/// The class names that `llamagen train-gpt` recorded beside a checkpoint it wrote
+/// (`state.json`, `extra.class_names`: the data set's folders), when `weights` is such a
+/// checkpoint's `model.safetensors` and the names fit the model.
+fn run_class_names(weights: &Path, count: usize) -> Option<ClassNames> {
+    let state = std::fs::read_to_string(weights.parent()?.join("state.json")).ok()?;
+    let state: serde_json::Value = serde_json::from_str(&state).ok()?;
+    let names: Vec<String> = serde_json::from_value(state["extra"]["class_names"].clone()).ok()?;
+    (names.len() == count).then_some(ClassNames { names })
+}
+
 /// A training run folder stands for its newest `model.safetensors`; any other path is taken
 /// as it is (and reported by the loader if it is not a checkpoint).
 pub fn run_folder_weights(path: &Path) -> PathBuf {
@@ -260,7 +270,11 @@ impl<B: Backend> ModelBundle<B> {
         drop(vq_sd);
         let gpt = Transformer::load(&gpt_sd, &gpt_cfg, device).map_err(gpt_err)?;
         let class_names = match gpt_cfg.model_type {
-            ModelType::C2i if gpt_cfg.num_classes == 1000 => ClassNames::imagenet(),
+            ModelType::C2i => match run_class_names(gpt_path, gpt_cfg.num_classes) {
+                Some(names) => names,
+                None if gpt_cfg.num_classes == 1000 => ClassNames::imagenet(),
+                None => ClassNames::numbered(gpt_cfg.num_classes),
+            },
             _ => ClassNames::numbered(gpt_cfg.num_classes),
         };
         let image_size = gpt_cfg.grid_size() * downsample;

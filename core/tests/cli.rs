@@ -664,6 +664,24 @@ mod training {
             .arg(&png));
         let info = ok(llamagen().arg("info").arg(&png));
         assert!(info.contains("star"), "{info}");
+        // The run folders themselves: the class names come from what train-gpt recorded.
+        let png = d.join("star-run.png");
+        ok(llamagen()
+            .args([
+                "generate",
+                "--class",
+                "star",
+                "--backend",
+                "cpu",
+                "--gpt-ckpt",
+            ])
+            .arg(d.join("gpt"))
+            .arg("--vq-ckpt")
+            .arg(d.join("vq"))
+            .arg("--out")
+            .arg(&png));
+        let info = ok(llamagen().arg("info").arg(&png));
+        assert!(info.contains("star"), "{info}");
 
         // The shape classifier, trained for a few steps with and without degradations; both
         // score the same samples of the toy model, and its tokenizer's reconstructions.
