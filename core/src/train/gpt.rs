@@ -191,6 +191,26 @@ impl CaptionTable {
     pub fn distinct(&self) -> usize {
         self.masks.len() / self.tokens.max(1)
     }
+
+    /// The caption rows of `images` (indices into the per-image captions); `dropped` marks
+    /// the rows that take the null caption.
+    pub fn gather(&self, images: &[usize], dropped: Vec<bool>) -> CaptionBatch {
+        let (t, d) = (self.tokens, self.dim);
+        let mut features = Vec::with_capacity(images.len() * t * d);
+        let mut masks = Vec::with_capacity(images.len() * t);
+        for &image in images {
+            let id = self.per_image[image] as usize;
+            features.extend_from_slice(&self.features[id * t * d..(id + 1) * t * d]);
+            masks.extend_from_slice(&self.masks[id * t..(id + 1) * t]);
+        }
+        CaptionBatch {
+            features,
+            masks,
+            dropped,
+            tokens: t,
+            dim: d,
+        }
+    }
 }
 
 impl CodeBatch {
@@ -245,13 +265,8 @@ impl CodeBatcher<'_> {
         let seq = self.set.meta.seq_len;
         let mut labels = Vec::with_capacity(self.batch_size);
         let mut codes = Vec::with_capacity(self.batch_size * seq);
-        let mut captions = self.captions.map(|t| CaptionBatch {
-            features: Vec::with_capacity(self.batch_size * t.tokens * t.dim),
-            masks: Vec::with_capacity(self.batch_size * t.tokens),
-            dropped: Vec::with_capacity(self.batch_size),
-            tokens: t.tokens,
-            dim: t.dim,
-        });
+        let mut images = Vec::with_capacity(self.batch_size);
+        let mut dropped = Vec::with_capacity(self.batch_size);
         for k in 0..self.batch_size {
             let image = order[(within * self.batch_size + k) % n];
             let aug = batch_rng.random_range(0..self.set.meta.num_aug);
@@ -262,16 +277,10 @@ impl CodeBatcher<'_> {
                 self.set.labels[image] as i64
             });
             codes.extend(self.set.grid(image, aug).iter().map(|&c| c as i64));
-            if let (Some(out), Some(table)) = (captions.as_mut(), self.captions) {
-                let id = table.per_image[image] as usize;
-                let (t, d) = (table.tokens, table.dim);
-                out.features
-                    .extend_from_slice(&table.features[id * t * d..(id + 1) * t * d]);
-                out.masks
-                    .extend_from_slice(&table.masks[id * t..(id + 1) * t]);
-                out.dropped.push(drop);
-            }
+            images.push(image);
+            dropped.push(drop);
         }
+        let captions = self.captions.map(|t| t.gather(&images, dropped));
         CodeBatch {
             labels,
             codes,
@@ -496,36 +505,15 @@ pub fn held_out_loss<B: Backend>(
     let mut total = 0.0f64;
     for from in (0..n).step_by(batch_size.max(1)) {
         let to = (from + batch_size.max(1)).min(n);
-        let images = from..to;
+        let images: Vec<usize> = (from..to).collect();
         let batch = CodeBatch {
-            labels: images.clone().map(|i| set.labels[i] as i64).collect(),
+            labels: images.iter().map(|&i| set.labels[i] as i64).collect(),
             codes: images
-                .clone()
-                .flat_map(|i| set.grid(i, 0).iter().map(|&c| c as i64))
+                .iter()
+                .flat_map(|&i| set.grid(i, 0).iter().map(|&c| c as i64))
                 .collect(),
             seq_len: seq,
-            captions: captions.map(|t| {
-                let (k, d) = (t.tokens, t.dim);
-                CaptionBatch {
-                    features: images
-                        .clone()
-                        .flat_map(|i| {
-                            let id = t.per_image[i] as usize;
-                            t.features[id * k * d..(id + 1) * k * d].iter().copied()
-                        })
-                        .collect(),
-                    masks: images
-                        .clone()
-                        .flat_map(|i| {
-                            let id = t.per_image[i] as usize;
-                            t.masks[id * k..(id + 1) * k].iter().copied()
-                        })
-                        .collect(),
-                    dropped: vec![false; to - from],
-                    tokens: k,
-                    dim: d,
-                }
-            }),
+            captions: captions.map(|t| t.gather(&images, vec![false; images.len()])),
         };
         let loss = batch_loss(model, &batch, device)
             .into_scalar()

@@ -965,11 +965,10 @@ fn sample_conditions(
         Some(t) => (0..n)
             .filter_map(|c| set.labels.iter().position(|&l| l as usize == c))
             .map(|image| {
-                let id = t.per_image[image] as usize;
-                let (k, d) = (t.tokens, t.dim);
+                let row = t.gather(&[image], vec![false]);
                 RequestCondition::Caption {
-                    features: t.features[id * k * d..(id + 1) * k * d].to_vec(),
-                    mask: t.masks[id * k..(id + 1) * k].to_vec(),
+                    features: row.features,
+                    mask: row.masks,
                 }
             })
             .collect(),
