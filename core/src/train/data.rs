@@ -214,6 +214,14 @@ pub struct CodeSet {
 
 const CODES_MAGIC: &[u8; 8] = b"LGCODES1";
 
+impl CodesMeta {
+    /// Which of an image's grids is its centre crop: the fifth of ten crops (see
+    /// [`ten_crop`]), else the first.
+    pub fn centre_aug(&self) -> usize {
+        if self.num_aug == 10 { 4 } else { 0 }
+    }
+}
+
 impl CodeSet {
     pub fn grid(&self, image: usize, aug: usize) -> &[u16] {
         let n = self.meta.seq_len;
@@ -370,6 +378,33 @@ mod tests {
         // The second five are the mirrors of the first five.
         assert_eq!(crops[5], imageops::flip_horizontal(&crops[1]));
         assert_eq!(crops[4], imageops::flip_horizontal(&crops[9]));
+    }
+
+    #[test]
+    fn the_centre_grid_is_the_centre_crop() {
+        // A bright square at the centre of the image: only the centre crop and its mirror
+        // (the fifth and tenth of ten) show it at their own centre.
+        let img = RgbImage::from_fn(80, 80, |x, y| {
+            let inside = (38..42).contains(&x) && (38..42).contains(&y);
+            image::Rgb([if inside { 255 } else { 0 }; 3])
+        });
+        let crops = ten_crop(&img, 64, 2.0);
+        let meta = |num_aug| CodesMeta {
+            num_images: 1,
+            num_aug,
+            seq_len: 1,
+            codebook_size: 2,
+            image_size: 64,
+            class_names: Vec::new(),
+            tokenizer: String::new(),
+            captions: Vec::new(),
+        };
+        let centre = meta(10).centre_aug();
+        for (i, crop) in crops.iter().enumerate() {
+            let bright = crop.get_pixel(32, 32)[0] > 128;
+            assert_eq!(bright, i == centre || i == centre + 5, "crop {i}");
+        }
+        assert_eq!((meta(2).centre_aug(), meta(1).centre_aug()), (0, 0));
     }
 
     #[test]

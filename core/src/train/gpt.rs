@@ -490,7 +490,7 @@ fn batch_loss<B: Backend>(
     model.loss(logits, codes, None)
 }
 
-/// Mean next-token loss of `model` over every image of `set`: its first grid (the centre crop),
+/// Mean next-token loss of `model` over every image of `set`: its centre-crop grid,
 /// its own class (or caption, from `captions`), nothing dropped. On a held-out set this is the
 /// figure that tells learning from memorising.
 pub fn held_out_loss<B: Backend>(
@@ -502,6 +502,7 @@ pub fn held_out_loss<B: Backend>(
 ) -> f32 {
     let n = set.meta.num_images;
     let seq = set.meta.seq_len;
+    let centre = set.meta.centre_aug();
     let mut total = 0.0f64;
     for from in (0..n).step_by(batch_size.max(1)) {
         let to = (from + batch_size.max(1)).min(n);
@@ -510,7 +511,7 @@ pub fn held_out_loss<B: Backend>(
             labels: images.iter().map(|&i| set.labels[i] as i64).collect(),
             codes: images
                 .iter()
-                .flat_map(|&i| set.grid(i, 0).iter().map(|&c| c as i64))
+                .flat_map(|&i| set.grid(i, centre).iter().map(|&c| c as i64))
                 .collect(),
             seq_len: seq,
             captions: captions.map(|t| t.gather(&images, vec![false; images.len()])),
