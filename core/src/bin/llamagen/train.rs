@@ -877,30 +877,19 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
     let first = trainer.step;
     let progress = Progress::new(first, args.steps, args.log_every);
     let mut smooth: Option<f32> = None;
-    let report_held_out = |trainer: &GptTrainer<AB<B>>, val: &Option<_>, train: f32| {
-        if let Some((v, table)) = val {
-            let v: &CodeSet = v;
-            let table: &Option<CaptionTable> = table;
-            let loss = held_out_loss(
-                &trainer.model.valid(),
-                v,
-                table.as_ref(),
-                opts.batch_size,
-                device,
-            );
-            progress.println(format!(
-                "step {}: held-out loss {loss:.4} ({} images){}",
-                trainer.step,
-                v.meta.num_images,
-                if train.is_nan() {
-                    String::new()
-                } else {
-                    format!(", training loss (avg) {train:.4}")
-                }
-            ));
-        }
+    let report_held_out = |trainer: &GptTrainer<AB<B>>, train: Option<f32>| {
+        let Some((v, table)) = &val else { return };
+        let model = trainer.model.valid();
+        let loss = held_out_loss(&model, v, table.as_ref(), opts.batch_size, device);
+        let train = train
+            .map(|t| format!(", training loss (avg) {t:.4}"))
+            .unwrap_or_default();
+        progress.println(format!(
+            "step {}: held-out loss {loss:.4} ({} images){train}",
+            trainer.step, v.meta.num_images
+        ));
     };
-    report_held_out(&trainer, &val, f32::NAN);
+    report_held_out(&trainer, None);
     while trainer.step < args.steps {
         let batch = batcher.batch(trainer.step);
         let s = trainer.train_step(&batch, if args.replicas > 1 { &devices } else { &[] })?;
@@ -931,7 +920,7 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
             sample_grid(&model, vq, &conditions, grid, &path)?;
         }
         if done || (args.val_every > 0 && trainer.step % args.val_every == 0) {
-            report_held_out(&trainer, &val, sm);
+            report_held_out(&trainer, Some(sm));
         }
         if trainer.step % args.save_every == 0 || done {
             let dir = trainer.save(
