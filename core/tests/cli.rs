@@ -645,43 +645,32 @@ mod training {
             .arg(d.join("vq"))
             .arg("--out")
             .arg(d.join("model")));
-        let png = d.join("star.png");
-        ok(llamagen()
-            .args([
-                "generate",
-                "--class",
-                "star",
-                "--seed",
-                "3",
-                "--backend",
-                "cpu",
-                "--gpt-ckpt",
-            ])
-            .arg(d.join("model/gpt.safetensors"))
-            .arg("--vq-ckpt")
-            .arg(d.join("model/vq.safetensors"))
-            .arg("--out")
-            .arg(&png));
-        let info = ok(llamagen().arg("info").arg(&png));
-        assert!(info.contains("star"), "{info}");
-        // The run folders themselves: the class names come from what train-gpt recorded.
-        let png = d.join("star-run.png");
-        ok(llamagen()
-            .args([
-                "generate",
-                "--class",
-                "star",
-                "--backend",
-                "cpu",
-                "--gpt-ckpt",
-            ])
-            .arg(d.join("gpt"))
-            .arg("--vq-ckpt")
-            .arg(d.join("vq"))
-            .arg("--out")
-            .arg(&png));
-        let info = ok(llamagen().arg("info").arg(&png));
-        assert!(info.contains("star"), "{info}");
+        // The card's files, and the run folders themselves (their class names come from what
+        // train-gpt recorded).
+        for (gpt, vq, png) in [
+            ("model/gpt.safetensors", "model/vq.safetensors", "star.png"),
+            ("gpt", "vq", "star-run.png"),
+        ] {
+            let png = d.join(png);
+            ok(llamagen()
+                .args([
+                    "generate",
+                    "--class",
+                    "star",
+                    "--seed",
+                    "3",
+                    "--backend",
+                    "cpu",
+                ])
+                .arg("--gpt-ckpt")
+                .arg(d.join(gpt))
+                .arg("--vq-ckpt")
+                .arg(d.join(vq))
+                .arg("--out")
+                .arg(&png));
+            let info = ok(llamagen().arg("info").arg(&png));
+            assert!(info.contains("star"), "{info}");
+        }
 
         // The shape classifier, trained for a few steps with and without degradations; both
         // score the same samples of the toy model, and its tokenizer's reconstructions.
