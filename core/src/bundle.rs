@@ -123,11 +123,21 @@ pub fn demo_card_path() -> Option<PathBuf> {
     demo_card_path_of(Demo::Classes)
 }
 
-/// Where a bundled demo model's card is: `$LLAMAGEN_ASSETS/<demo>/model.json`, else
-/// `assets/<demo>/model.json` beside the executable or up to three folders above it (a cargo
-/// build puts the binary in `target/<profile>/`), else the source tree's `assets/`.
+/// Where a bundled demo model's card is: `<assets>/<demo>/model.json` (see [`asset_path`]).
 pub fn demo_card_path_of(demo: Demo) -> Option<PathBuf> {
-    let rel = Path::new(demo.folder()).join("model.json");
+    asset_path(&Path::new(demo.folder()).join("model.json"))
+}
+
+/// The bundled classifier that `llamagen eval-classes` scores the shape models with when it is
+/// given none: `<assets>/eval/classifier.mpk` (see [`asset_path`]).
+pub fn eval_classifier_path() -> Option<PathBuf> {
+    asset_path(Path::new("eval/classifier.mpk"))
+}
+
+/// The first existing file `rel` under the assets folders, in order: `$LLAMAGEN_ASSETS`,
+/// `assets/` beside the executable or up to three folders above it (a cargo build puts the
+/// binary in `target/<profile>/`), the source tree's `assets/`.
+pub fn asset_path(rel: &Path) -> Option<PathBuf> {
     let mut roots: Vec<PathBuf> = Vec::new();
     if let Some(dir) = std::env::var_os("LLAMAGEN_ASSETS") {
         roots.push(PathBuf::from(dir));
@@ -145,10 +155,7 @@ pub fn demo_card_path_of(demo: Demo) -> Option<PathBuf> {
             .join("..")
             .join("assets"),
     );
-    roots
-        .into_iter()
-        .map(|r| r.join(&rel))
-        .find(|p| p.is_file())
+    roots.into_iter().map(|r| r.join(rel)).find(|p| p.is_file())
 }
 
 /// What the user may say about the checkpoints.

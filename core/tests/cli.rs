@@ -705,7 +705,26 @@ mod training {
             assert_eq!(row["per_class"].as_object().unwrap().len(), 10, "{row}");
             let overall = row["overall"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&overall), "{row}");
+            let interval: Vec<f64> = row["interval_95"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert!(
+                interval.len() == 2 && interval[0] <= overall && overall <= interval[1],
+                "{row}"
+            );
         }
+        // With nothing given, the bundled demo model is scored by the bundled classifier.
+        let mut bundled = llamagen();
+        bundled.args(["eval-classes", "--num", "1", "--cfg-scale", "1", "--json"]);
+        let report: serde_json::Value = serde_json::from_str(&ok(&mut bundled)).unwrap();
+        let rows = report.as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{report}");
+        let path = rows[0]["classifier"].as_str().unwrap().replace('\\', "/");
+        assert!(path.ends_with("eval/classifier.mpk"), "{path}");
+        assert_eq!(rows[0]["per_class"].as_object().unwrap().len(), 10);
         // The tokenizer alone is enough to measure reconstructions; without --reconstructions
         // it is refused with a hint.
         let tokenizer_alone = |c: &mut std::process::Command| {

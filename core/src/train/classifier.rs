@@ -197,6 +197,21 @@ pub fn held_out_accuracy<B: Backend, M: ShapeNet<B>>(
     right as f64 / labels.len() as f64
 }
 
+/// The 95% Wilson score interval `(low, high)` of an accuracy of `right` out of `n`: how far
+/// a score measured on `n` samples may sit from the rate behind it. Unlike the textbook
+/// `p ± 1.96·√(p(1−p)/n)`, it stays inside [0, 1] and is not empty at 0 or `n` right.
+pub fn accuracy_interval(right: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let (n, p) = (n as f64, right as f64 / n as f64);
+    let z2n = z * z / n;
+    let centre = (p + z2n / 2.0) / (1.0 + z2n);
+    let half = z / (1.0 + z2n) * (p * (1.0 - p) / n + z2n / (4.0 * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
 /// Trains `model` (Adam, cross-entropy) on `steps` batches of freshly drawn images (seed
 /// `seed`), each image passed through [`degrade`] when `augment`; `on_step(step, loss)`.
 #[allow(clippy::too_many_arguments)]
@@ -230,6 +245,25 @@ pub fn train_net<B: AutodiffBackend, M: ShapeNet<B> + AutodiffModule<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accuracy_intervals_narrow_with_samples_and_stay_in_range() {
+        // 331 of 500 (66.2%): Wilson's interval is 61.9–70.2%.
+        let (lo, hi) = accuracy_interval(331, 500);
+        assert!(
+            (lo - 0.6194).abs() < 5e-4 && (hi - 0.7021).abs() < 5e-4,
+            "{lo} {hi}"
+        );
+        // Half the samples: wider, around the same rate.
+        let (lo2, hi2) = accuracy_interval(165, 250);
+        assert!(lo2 < lo && hi2 > hi);
+        // All right or none: inside [0, 1], and not a single point.
+        let (lo, hi) = accuracy_interval(50, 50);
+        assert!(hi == 1.0 && lo > 0.9 && lo < 1.0, "{lo}");
+        let (lo, hi) = accuracy_interval(0, 50);
+        assert!(lo == 0.0 && hi > 0.0 && hi < 0.1, "{hi}");
+        assert_eq!(accuracy_interval(0, 0), (0.0, 1.0));
+    }
 
     #[test]
     fn degrading_keeps_the_size_changes_the_pixels_and_repeats_from_its_seed() {

@@ -33,25 +33,34 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::commands::{BackendArg, resolve_backend, with_backend};
 
-/// A progress bar with a message (losses) on a terminal; otherwise a log line every `every`
-/// steps on stderr.
+/// A progress bar with a message (losses) on a terminal; otherwise a log line on stderr each
+/// time the count passes a multiple of `every` (and at the end), so that a run writing to a
+/// file still says how far it is.
 struct Progress {
     bar: ProgressBar,
     tty: bool,
     every: u64,
     start: Instant,
     total: u64,
+    /// What is counted: "steps", "images".
+    unit: &'static str,
+    /// The count at the last log line.
+    logged: std::cell::Cell<u64>,
 }
 
 impl Progress {
     fn new(first: u64, total: u64, every: u64) -> Self {
+        Self::counting(first, total, every, "steps")
+    }
+
+    fn counting(first: u64, total: u64, every: u64, unit: &'static str) -> Self {
         let tty = std::io::stderr().is_terminal();
         let bar = if tty {
             let b = ProgressBar::new(total);
             b.set_style(
-                ProgressStyle::with_template(
-                    "[{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, ETA {eta}) {msg}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "[{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}}) {{msg}}"
+                ))
                 .expect("valid template"),
             );
             b.set_position(first);
@@ -65,6 +74,8 @@ impl Progress {
             every: every.max(1),
             start: Instant::now(),
             total,
+            unit,
+            logged: std::cell::Cell::new(first),
         }
     }
 
@@ -72,16 +83,28 @@ impl Progress {
         if self.tty {
             self.bar.set_position(step);
             self.bar.set_message(msg);
-        } else if step % self.every == 0 || step == self.total {
+        } else if step / self.every > self.logged.get() / self.every || step == self.total {
+            self.logged.set(step);
             let done = (step - first) as f64;
             let secs = self.start.elapsed().as_secs_f64();
             let rate = done / secs.max(1e-9);
             let eta = (self.total - step) as f64 / rate.max(1e-9);
+            let unit = self.unit;
+            let label = unit.strip_suffix('s').unwrap_or(unit);
+            let msg = if msg.is_empty() {
+                msg
+            } else {
+                format!(" {msg}")
+            };
             eprintln!(
-                "step {step}/{} {msg} ({rate:.2} steps/s, ETA {:.0}s)",
+                "{label} {step}/{}{msg} ({rate:.2} {unit}/s, ETA {:.0}s)",
                 self.total, eta
             );
         }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 
     fn println(&self, line: String) {
@@ -494,11 +517,8 @@ fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Resul
         (false, true) => 2,
         (false, false) => 1,
     };
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(data.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
+    // On a terminal a bar; in a log, a line every 5000 images with the rate and ETA.
+    let progress = Progress::counting(0, data.len() as u64, 5000, "images");
     let mut labels = Vec::with_capacity(data.len());
     let mut codes = Vec::with_capacity(data.len() * num_aug * grid * grid);
     let per_batch = (args.batch_size / num_aug).max(1);
@@ -524,9 +544,9 @@ fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Resul
             .to_vec::<i64>()
             .expect("ints");
         codes.extend(v.into_iter().map(|c| c as u16));
-        bar.inc(chunk.len() as u64);
+        progress.step(labels.len() as u64, 0, String::new());
     }
-    bar.finish_and_clear();
+    progress.finish();
     let captions_path = args.data.join(CAPTIONS_FILE);
     let captions = if captions_path.is_file() {
         let c = captions_in_folder_order(&captions_path, &data.classes, &labels)?;
@@ -1113,8 +1133,9 @@ pub fn train_perceptual(args: TrainPerceptualArgs) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct EvalClassesArgs {
     /// Classifier from `llamagen train-classifier`. Repeatable: every classifier scores the
-    /// same samples, one report each.
-    #[arg(long, required = true)]
+    /// same samples, one report each. Default: the bundled one (`assets/eval/classifier.mpk`,
+    /// trained on drawn images only), so that the README's figures can be checked as they are.
+    #[arg(long)]
     pub classifier: Vec<PathBuf>,
     /// Generator (default: the bundled demo model).
     #[arg(long, requires = "vq_ckpt")]
@@ -1278,9 +1299,19 @@ fn frame_colour(img: &image::RgbImage) -> usize {
         .expect("a palette")
 }
 
-pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
+pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
     type B = llamagen::backend::Cpu;
     let device = Default::default();
+    if args.classifier.is_empty() {
+        let bundled = llamagen::bundle::eval_classifier_path().ok_or_else(|| {
+            anyhow!(
+                "no --classifier given and the bundled one (assets/eval/classifier.mpk) is not \
+                 here\nhint: train one with `llamagen train-classifier --out classifier.mpk`, \
+                 or set LLAMAGEN_ASSETS to the assets folder"
+            )
+        })?;
+        args.classifier.push(bundled);
+    }
     let clfs = args
         .classifier
         .iter()
@@ -1421,11 +1452,14 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
         let background = (bg_n > 0).then(|| bg_ok as f64 / bg_n as f64);
         for (path, per_class) in args.classifier.iter().zip(&per_class) {
             let total: usize = per_class.iter().sum();
-            let overall = total as f64 / (args.num * names.len()) as f64;
+            let samples = args.num * names.len();
+            let overall = total as f64 / samples as f64;
+            let (low, high) = llamagen::train::classifier::accuracy_interval(total, samples);
             report.push(serde_json::json!({
                 "cfg_scale": cfg_scale,
                 "classifier": path,
                 "overall": overall,
+                "interval_95": [low, high],
                 "background_colour": background,
                 "per_class": names.iter().zip(per_class).map(|(n, k)| (n.clone(), serde_json::json!(*k as f64 / args.num as f64))).collect::<serde_json::Map<_, _>>(),
             }));
@@ -1436,8 +1470,10 @@ pub fn eval_classes(args: EvalClassesArgs) -> Result<()> {
                     String::new()
                 };
                 println!(
-                    "cfg {cfg_scale}: {:.1}% overall{by} ({} samples per class; temperature {}, top-k {}, top-p {})",
+                    "cfg {cfg_scale}: {:.1}% overall{by} (95% interval {:.1}–{:.1}%; {} samples per class; temperature {}, top-k {}, top-p {})",
                     overall * 100.0,
+                    low * 100.0,
+                    high * 100.0,
                     args.num,
                     defaults.temperature,
                     defaults.top_k,
