@@ -725,6 +725,20 @@ mod training {
         let path = rows[0]["classifier"].as_str().unwrap().replace('\\', "/");
         assert!(path.ends_with("eval/classifier.mpk"), "{path}");
         assert_eq!(rows[0]["per_class"].as_object().unwrap().len(), 10);
+        // With one sample a class, a class is either right (no mistake to name) or mistaken
+        // for one shape, all of it.
+        let mistaken = rows[0]["mostly_mistaken_for"].as_object().unwrap();
+        assert_eq!(mistaken.len(), 10, "{report}");
+        for (class, m) in mistaken {
+            let right = rows[0]["per_class"][class].as_f64().unwrap();
+            match m.as_object() {
+                None => assert_eq!(right, 1.0, "{report}"),
+                Some(m) => {
+                    assert_eq!((right, m["fraction"].as_f64().unwrap()), (0.0, 1.0));
+                    assert_ne!(m["shape"].as_str().unwrap(), class, "{report}");
+                }
+            }
+        }
         // The tokenizer alone is enough to measure reconstructions; without --reconstructions
         // it is refused with a hint.
         let tokenizer_alone = |c: &mut std::process::Command| {

@@ -1398,6 +1398,8 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
     for &cfg_scale in &args.cfg_scales {
         // Right answers per classifier and class.
         let mut per_class = vec![vec![0usize; names.len()]; clfs.len()];
+        // What each classifier took each class's samples for: [classifier][class][shape].
+        let mut taken_for = vec![vec![[0usize; SHAPE_CLASSES.len()]; names.len()]; clfs.len()];
         // Text models: how often the frame shows the prompt's background colour (shape
         // classes; stripes and checkerboards split the frame between both colours).
         let (mut bg_ok, mut bg_n) = (0usize, 0usize);
@@ -1432,8 +1434,9 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                 .collect();
             let g = Generator::new(&bundle.gpt).generate(&requests, &mut (), None)?;
             let images = tensor_to_images(decode_tokens(&bundle.vq, &g.tokens, grid));
-            for (clf, right) in clfs.iter().zip(per_class.iter_mut()) {
+            for ((clf, right), taken) in clfs.iter().zip(per_class.iter_mut()).zip(&mut taken_for) {
                 for (&(c, _), p) in chunk.iter().zip(clf.classify(&images)) {
+                    taken[c][p] += 1;
                     if p == model_to_clf[c] {
                         right[c] += 1;
                     }
@@ -1450,7 +1453,18 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
         }
         bar.finish_and_clear();
         let background = (bg_n > 0).then(|| bg_ok as f64 / bg_n as f64);
-        for (path, per_class) in args.classifier.iter().zip(&per_class) {
+        for ((path, per_class), taken) in args.classifier.iter().zip(&per_class).zip(&taken_for) {
+            // Each class's most frequent wrong answer, with how many samples got it.
+            let mistaken: Vec<Option<(&str, usize)>> = taken
+                .iter()
+                .enumerate()
+                .map(|(c, counts)| {
+                    (0..SHAPE_CLASSES.len())
+                        .filter(|&p| p != model_to_clf[c] && counts[p] > 0)
+                        .max_by_key(|&p| (counts[p], std::cmp::Reverse(p)))
+                        .map(|p| (SHAPE_CLASSES[p], counts[p]))
+                })
+                .collect();
             let total: usize = per_class.iter().sum();
             let samples = args.num * names.len();
             let overall = total as f64 / samples as f64;
@@ -1462,6 +1476,7 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                 "interval_95": [low, high],
                 "background_colour": background,
                 "per_class": names.iter().zip(per_class).map(|(n, k)| (n.clone(), serde_json::json!(*k as f64 / args.num as f64))).collect::<serde_json::Map<_, _>>(),
+                "mostly_mistaken_for": names.iter().zip(&mistaken).map(|(n, m)| (n.clone(), serde_json::json!(m.map(|(shape, k)| serde_json::json!({"shape": shape, "fraction": k as f64 / args.num as f64}))))).collect::<serde_json::Map<_, _>>(),
             }));
             if !args.json {
                 let by = if clfs.len() > 1 {
@@ -1479,8 +1494,16 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                     defaults.top_k,
                     defaults.top_p
                 );
-                for (n, k) in names.iter().zip(per_class) {
-                    println!("  {n:<14} {:5.1}%", *k as f64 * 100.0 / args.num as f64);
+                for ((n, k), m) in names.iter().zip(per_class).zip(&mistaken) {
+                    let pct = |k: usize| k as f64 * 100.0 / args.num as f64;
+                    match m {
+                        Some((shape, wrong)) => println!(
+                            "  {n:<14} {:5.1}%   mostly mistaken for {shape} ({:.0}%)",
+                            pct(*k),
+                            pct(*wrong)
+                        ),
+                        None => println!("  {n:<14} {:5.1}%", pct(*k)),
+                    }
                 }
             }
         }
