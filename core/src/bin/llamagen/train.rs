@@ -1396,8 +1396,6 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
     defaults.validate()?;
     let mut report = Vec::new();
     for &cfg_scale in &args.cfg_scales {
-        // Right answers per classifier and class.
-        let mut per_class = vec![vec![0usize; names.len()]; clfs.len()];
         // What each classifier took each class's samples for: [classifier][class][shape].
         let mut taken_for = vec![vec![[0usize; SHAPE_CLASSES.len()]; names.len()]; clfs.len()];
         // Text models: how often the frame shows the prompt's background colour (shape
@@ -1434,12 +1432,9 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                 .collect();
             let g = Generator::new(&bundle.gpt).generate(&requests, &mut (), None)?;
             let images = tensor_to_images(decode_tokens(&bundle.vq, &g.tokens, grid));
-            for ((clf, right), taken) in clfs.iter().zip(per_class.iter_mut()).zip(&mut taken_for) {
+            for (clf, taken) in clfs.iter().zip(&mut taken_for) {
                 for (&(c, _), p) in chunk.iter().zip(clf.classify(&images)) {
                     taken[c][p] += 1;
-                    if p == model_to_clf[c] {
-                        right[c] += 1;
-                    }
                 }
             }
             for (&(c, i), img) in chunk.iter().zip(&images) {
@@ -1453,7 +1448,13 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
         }
         bar.finish_and_clear();
         let background = (bg_n > 0).then(|| bg_ok as f64 / bg_n as f64);
-        for ((path, per_class), taken) in args.classifier.iter().zip(&per_class).zip(&taken_for) {
+        for (path, taken) in args.classifier.iter().zip(&taken_for) {
+            // Right answers per class.
+            let per_class: Vec<usize> = taken
+                .iter()
+                .enumerate()
+                .map(|(c, counts)| counts[model_to_clf[c]])
+                .collect();
             // Each class's most frequent wrong answer, with how many samples got it.
             let mistaken: Vec<Option<(&str, usize)>> = taken
                 .iter()
@@ -1475,7 +1476,7 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                 "overall": overall,
                 "interval_95": [low, high],
                 "background_colour": background,
-                "per_class": names.iter().zip(per_class).map(|(n, k)| (n.clone(), serde_json::json!(*k as f64 / args.num as f64))).collect::<serde_json::Map<_, _>>(),
+                "per_class": names.iter().zip(&per_class).map(|(n, k)| (n.clone(), serde_json::json!(*k as f64 / args.num as f64))).collect::<serde_json::Map<_, _>>(),
                 "mostly_mistaken_for": names.iter().zip(&mistaken).map(|(n, m)| (n.clone(), serde_json::json!(m.map(|(shape, k)| serde_json::json!({"shape": shape, "fraction": k as f64 / args.num as f64}))))).collect::<serde_json::Map<_, _>>(),
             }));
             if !args.json {
@@ -1494,7 +1495,7 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                     defaults.top_k,
                     defaults.top_p
                 );
-                for ((n, k), m) in names.iter().zip(per_class).zip(&mistaken) {
+                for ((n, k), m) in names.iter().zip(&per_class).zip(&mistaken) {
                     let pct = |k: usize| k as f64 * 100.0 / args.num as f64;
                     match m {
                         Some((shape, wrong)) => println!(
