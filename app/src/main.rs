@@ -35,22 +35,15 @@ fn choose_compute(arg: BackendArg) -> Result<(Compute, Option<egui_wgpu::WgpuSet
     }
     // burn creates its wgpu device (all the adapter's features and limits); the window then
     // draws with that same device, so decoded images never leave the GPU twice.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let setup = std::panic::catch_unwind(|| {
-        use burn::backend::wgpu::{
-            RuntimeOptions, WgpuDevice, graphics::AutoGraphicsApi, init_setup,
-        };
-        init_setup::<AutoGraphicsApi>(&WgpuDevice::DefaultDevice, RuntimeOptions::default())
-    });
-    std::panic::set_hook(hook);
-    match setup {
-        Ok(setup) => {
-            let info = setup.adapter.get_info();
-            if arg == BackendArg::Auto && info.device_type == wgpu::DeviceType::Cpu {
+    match (
+        llamagen::backend::default_wgpu_setup(),
+        llamagen::backend::wgpu_adapter(),
+    ) {
+        (Some(setup), Some(adapter)) => {
+            if arg == BackendArg::Auto && adapter.software {
                 eprintln!(
                     "only a software graphics adapter ({}) was found: the models run on the CPU",
-                    info.name
+                    adapter.name
                 );
                 return Ok((Compute::Cpu, None));
             }
@@ -63,16 +56,16 @@ fn choose_compute(arg: BackendArg) -> Result<(Compute, Option<egui_wgpu::WgpuSet
             Ok((
                 Compute::Wgpu {
                     device: burn::backend::wgpu::WgpuDevice::DefaultDevice,
-                    adapter: format!("{}, {:?}", info.name, info.backend),
+                    adapter: format!("{}, {}", adapter.name, adapter.api),
                 },
                 Some(shared),
             ))
         }
-        Err(_) if arg == BackendArg::Auto => {
+        _ if arg == BackendArg::Auto => {
             eprintln!("no GPU adapter was found: the models run on the CPU");
             Ok((Compute::Cpu, None))
         }
-        Err(_) => Err("--backend wgpu: no wgpu adapter could be created".into()),
+        _ => Err("--backend wgpu: no wgpu adapter could be created".into()),
     }
 }
 

@@ -31,24 +31,57 @@ impl BackendKind {
     }
 }
 
-/// Whether a wgpu adapter can be created here. burn's wgpu runtime panics (on its own thread)
-/// when there is none, so the probe runs a tiny operation with panics caught and silenced.
+/// The adapter burn's default wgpu device runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgpuAdapter {
+    /// The adapter's name, as the driver gives it.
+    pub name: String,
+    /// The graphics API (Vulkan, Metal, Dx12, …).
+    pub api: String,
+    /// A software rasteriser (Mesa's lavapipe, WARP, SwiftShader): it runs the models many
+    /// times slower than the CPU backend does.
+    pub software: bool,
+}
+
+/// Creates burn's default wgpu device once per process and returns its setup (instance,
+/// adapter, device, queue), or `None` when no adapter can be created. Later calls return the
+/// same setup; burn's `WgpuDevice::default()` then runs on it, so a caller can look at the
+/// adapter before choosing a backend, and a window can draw with the same device.
+///
+/// burn's wgpu runtime panics when there is no adapter, so the setup runs with panics caught
+/// and silenced.
 #[cfg(feature = "wgpu")]
-pub fn wgpu_available() -> bool {
-    use burn::prelude::*;
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let ok = std::panic::catch_unwind(|| {
-        let device = burn::backend::wgpu::WgpuDevice::default();
-        let t = Tensor::<Wgpu, 1>::ones([4], &device);
-        t.sum().into_scalar() == 4.0
+pub fn default_wgpu_setup() -> Option<&'static burn::backend::wgpu::WgpuSetup> {
+    use burn::backend::wgpu::{RuntimeOptions, WgpuDevice, graphics::AutoGraphicsApi, init_setup};
+    static SETUP: std::sync::OnceLock<Option<burn::backend::wgpu::WgpuSetup>> =
+        std::sync::OnceLock::new();
+    SETUP
+        .get_or_init(|| {
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            let setup = std::panic::catch_unwind(|| {
+                init_setup::<AutoGraphicsApi>(&WgpuDevice::DefaultDevice, RuntimeOptions::default())
+            })
+            .ok();
+            std::panic::set_hook(hook);
+            setup
+        })
+        .as_ref()
+}
+
+/// The adapter of burn's default wgpu device (created by [`default_wgpu_setup`]), or `None`
+/// when there is none.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapter() -> Option<WgpuAdapter> {
+    let info = default_wgpu_setup()?.adapter.get_info();
+    Some(WgpuAdapter {
+        name: info.name,
+        api: format!("{:?}", info.backend),
+        software: info.device_type == wgpu::DeviceType::Cpu,
     })
-    .unwrap_or(false);
-    std::panic::set_hook(hook);
-    ok
 }
 
 #[cfg(not(feature = "wgpu"))]
-pub fn wgpu_available() -> bool {
-    false
+pub fn wgpu_adapter() -> Option<WgpuAdapter> {
+    None
 }

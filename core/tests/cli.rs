@@ -1100,6 +1100,47 @@ fn generate_uses_the_bundled_demo_model_by_default() {
     assert!(!out.status.success());
 }
 
+/// `--backend auto` runs on wgpu only on a hardware adapter: a software rasteriser (Mesa's
+/// lavapipe, which CI installs) is many times slower than the CPU backend, so it is passed over,
+/// saying so. `--backend wgpu` still uses whatever adapter there is.
+#[test]
+fn auto_backend_passes_over_software_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let generate = |backend: &str| {
+        llamagen()
+            .args(["generate", "--class", "circle", "--num", "1", "--seed", "3"])
+            .args(["--backend", backend, "--out"])
+            .arg(dir.path().join(format!("{backend}.png")))
+            .output()
+            .unwrap()
+    };
+    let out = generate("auto");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    match llamagen::backend::wgpu_adapter() {
+        Some(adapter) if !adapter.software => assert!(stderr.contains(" on wgpu "), "{stderr}"),
+        Some(adapter) => {
+            assert!(stderr.contains(" on cpu "), "{stderr}");
+            assert!(
+                stderr.contains(&format!(
+                    "only a software graphics adapter ({})",
+                    adapter.name
+                )),
+                "{stderr}"
+            );
+            let out = generate("wgpu");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{stderr}");
+            assert!(stderr.contains(" on wgpu "), "{stderr}");
+            assert!(stderr.contains("software adapter"), "{stderr}");
+        }
+        None => {
+            assert!(stderr.contains(" on cpu "), "{stderr}");
+            assert!(stderr.contains("no GPU adapter found"), "{stderr}");
+        }
+    }
+}
+
 /// Text prompts end to end: the reference fixtures' tiny t2i GPT and tiny T5 (widths from the
 /// manifest), a random tokenizer of the GPT's vocabulary, and a tokenizer.json the test writes.
 mod prompts {

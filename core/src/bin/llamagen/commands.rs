@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use llamagen::backend::{BackendKind, wgpu_available};
+use llamagen::backend::{BackendKind, wgpu_adapter};
 use llamagen::bundle::{BundleError, Demo, LoadOptions, ModelBundle, ModelCard};
 use llamagen::checkpoint::{StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
@@ -157,10 +157,15 @@ pub fn resolve_backend(arg: BackendArg) -> Result<BackendKind> {
                     "this build has no wgpu backend; rebuild with the default features or use --backend cpu"
                 );
             }
-            if !wgpu_available() {
-                bail!(
+            match wgpu_adapter() {
+                None => bail!(
                     "no GPU adapter found for wgpu (install a Vulkan driver, e.g. mesa-vulkan-drivers); use --backend cpu"
-                );
+                ),
+                Some(adapter) if adapter.software => eprintln!(
+                    "note: wgpu runs on a software adapter ({}): --backend cpu is many times faster",
+                    adapter.name
+                ),
+                Some(_) => {}
             }
             Ok(BackendKind::Wgpu)
         }
@@ -170,14 +175,21 @@ pub fn resolve_backend(arg: BackendArg) -> Result<BackendKind> {
             }
             Ok(BackendKind::Cuda)
         }
-        BackendArg::Auto => {
-            if cfg!(feature = "wgpu") && wgpu_available() {
-                Ok(BackendKind::Wgpu)
-            } else {
+        BackendArg::Auto => match wgpu_adapter() {
+            Some(adapter) if !adapter.software => Ok(BackendKind::Wgpu),
+            Some(adapter) => {
+                eprintln!(
+                    "only a software graphics adapter ({}) was found: running on the CPU \
+                         (--backend wgpu would use it anyway)",
+                    adapter.name
+                );
+                Ok(BackendKind::Cpu)
+            }
+            None => {
                 eprintln!("no GPU adapter found: running on the CPU");
                 Ok(BackendKind::Cpu)
             }
-        }
+        },
     }
 }
 
