@@ -560,6 +560,79 @@ mod training {
             .arg(d.join("vq"))
             .arg("--out")
             .arg(d.join("codes")));
+        // A decoder fine-tuned from the run keeps every image's codes: the codes extracted
+        // with it are the same, so generators trained on them stay valid with it.
+        let refused = llamagen()
+            .args(["train-vq", "--decoder-only", "--steps", "1", "--data"])
+            .arg(d.join("data"))
+            .arg("--out")
+            .arg(d.join("vq-refused"))
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--init-from"));
+        ok(llamagen()
+            .args(["train-vq", "--decoder-only", "--init-from"])
+            .arg(d.join("vq"))
+            .arg("--data")
+            .arg(d.join("data"))
+            .arg("--out")
+            .arg(d.join("vq-dec"))
+            .args([
+                "--image-size",
+                "16",
+                "--batch-size",
+                "2",
+                "--steps",
+                "2",
+                "--lr",
+                "1e-2",
+                "--sample-every",
+                "0",
+                "--backend",
+                "cpu",
+            ]));
+        ok(llamagen()
+            .args(["extract-codes", "--image-size", "16", "--data"])
+            .arg(d.join("data"))
+            .arg("--vq-ckpt")
+            .arg(d.join("vq-dec"))
+            .arg("--out")
+            .arg(d.join("codes-dec")));
+        let before = llamagen::train::data::CodeSet::read(&d.join("codes")).unwrap();
+        let after = llamagen::train::data::CodeSet::read(&d.join("codes-dec")).unwrap();
+        assert_eq!(before.codes, after.codes);
+        assert_eq!(before.labels, after.labels);
+        let weights = |run: &str| {
+            let latest = llamagen::train::checkpoint::latest(&d.join(run))
+                .unwrap()
+                .unwrap();
+            llamagen::checkpoint::StateDict::open(
+                latest.join("model.safetensors"),
+                llamagen::checkpoint::WeightsChoice::PreferEma,
+            )
+            .unwrap()
+        };
+        let (old, new) = (weights("vq"), weights("vq-dec"));
+        assert_eq!(
+            old.infer_vq_config().unwrap(),
+            new.infer_vq_config().unwrap()
+        );
+        let device = Default::default();
+        let same = |name: &str| {
+            let read = |sd| {
+                llamagen::checkpoint::Weights::<llamagen::backend::Cpu>::new(sd, &device)
+                    .data(name)
+                    .unwrap()
+                    .to_vec::<f32>()
+                    .unwrap()
+            };
+            read(&old) == read(&new)
+        };
+        assert!(same("quantize.embedding.weight"));
+        assert!(same("quant_conv.weight"));
+        assert!(same("encoder.conv_in.weight"));
+        assert!(!same("decoder.conv_out.weight"));
         // The centre crop alone (one grid an image) makes the held-out codes; a generator
         // reports its loss on them at the start, every --val-every steps and at the end.
         let extract = |extra: &[&str], out: &str| {

@@ -117,6 +117,22 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads
 }
 
+/// Marks every float parameter as trained. A module brought onto the autodiff backend with
+/// `from_inner` takes each parameter's own flag, and a clone of a module on the inner backend
+/// has lost it (burn reads it back from the inner tensor, which never requires gradients): such
+/// a module would silently receive no gradients.
+pub fn require_grad<B: AutodiffBackend, M: Module<B>>(module: M) -> M {
+    struct Mark;
+    impl<B: AutodiffBackend> ModuleMapper<B> for Mark {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            // A fresh leaf of the same values (marking the tensor itself fails on one that
+            // burn no longer counts as a leaf).
+            p.map(|t| Tensor::from_inner(t.inner()).require_grad())
+        }
+    }
+    module.map(&mut Mark)
+}
+
 /// Runs every lazy parameter initializer now. burn initialises parameters on first use, and
 /// a clone taken before that initialises on its own, with other random values: replicas and
 /// copies must be taken from a materialised module.

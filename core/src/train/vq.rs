@@ -54,6 +54,12 @@ pub struct VqTrainOptions {
     /// EMA decay of the tokenizer weights (`None` = no EMA).
     pub ema_decay: Option<f64>,
     pub seed: u64,
+    /// Only `post_quant_conv` and the decoder learn: the encoder, `quant_conv` and the codebook
+    /// keep their weights, so every image keeps its codes and the codes extracted with the
+    /// tokenizer (and generators trained on them) stay valid. For fine-tuning the decoder of a
+    /// trained tokenizer. The quantizer's losses are then constants and are not reported.
+    #[serde(default)]
+    pub decoder_only: bool,
 }
 
 impl Default for VqTrainOptions {
@@ -76,6 +82,7 @@ impl Default for VqTrainOptions {
             disc: PatchGanConfig::default(),
             ema_decay: None,
             seed: 0,
+            decoder_only: false,
         }
     }
 }
@@ -178,6 +185,24 @@ impl<B: AutodiffBackend> VqTrainer<B> {
             opts,
             step: 0,
         })
+    }
+
+    /// A trainer that starts from the weights of a trained tokenizer (its configuration is the
+    /// model's); the discriminator and both optimizers start fresh. Every weight of `vq` is
+    /// trained (or, with `decoder_only`, receives gradients where the decoder is concerned),
+    /// whatever its `require_grad` flags were.
+    pub fn from_model(
+        vq: VqModel<B>,
+        opts: VqTrainOptions,
+        lpips: Option<Lpips<B>>,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let mut t = Self::new(&vq.config.clone(), opts, lpips, device)?;
+        t.vq = super::optim::materialize(super::optim::require_grad(vq));
+        if t.ema.is_some() {
+            t.ema = Some(t.vq.valid());
+        }
+        Ok(t)
     }
 
     /// Picks up a run where its latest checkpoint in `out` left it.
@@ -346,7 +371,27 @@ impl<B: AutodiffBackend> VqTrainer<B> {
         Tensor<B, 4>,
         Tensor<B, 1, Int>,
     ) {
-        let out = vq.forward_train(images.clone());
+        let out = if o.decoder_only {
+            // The codes come from the fixed encoder and codebook; the gradients stop at the
+            // quantized latent, so only post_quant_conv and the decoder receive any.
+            let q = vq
+                .quantize
+                .quantize(vq.encode_latent(images.clone().detach()));
+            let codebook_usage = vq.quantize.update_usage(&q.indices);
+            let zero = Tensor::zeros([1], &images.device());
+            crate::vq::VqTrainOutput {
+                reconstruction: vq.decode(q.z_q.detach()),
+                losses: crate::vq::QuantizerLosses {
+                    vq_loss: zero.clone(),
+                    commit_loss: zero.clone(),
+                    entropy_loss: zero,
+                },
+                codebook_usage,
+                indices: q.indices,
+            }
+        } else {
+            vq.forward_train(images.clone())
+        };
         let mut stats = VqStepStats {
             codebook_usage: out.codebook_usage,
             ..Default::default()

@@ -183,8 +183,10 @@ impl<B: Backend> VectorQuantizer<B> {
             .to_vec::<f32>()
             .unwrap_or_default();
         let distinct: HashSet<u32> = values.iter().map(|v| v.to_bits()).collect();
+        // Detached: a buffer, never part of the graph (even if its parameter was marked as
+        // trained, as a whole-module `require_grad` does).
         self.codebook_used =
-            Some(Param::from_tensor(updated.to_device(&device)).set_require_grad(false));
+            Some(Param::from_tensor(updated.detach().to_device(&device)).set_require_grad(false));
         distinct.len() as f64 / self.embedding.weight.dims()[0] as f64
     }
 

@@ -223,6 +223,16 @@ pub struct TrainVqArgs {
     /// Continue from OUT's latest checkpoint (its configuration and options win).
     #[arg(long)]
     pub resume: bool,
+    /// Start from a trained tokenizer (a .safetensors / .pt file, or a train-vq run folder)
+    /// instead of fresh weights; its configuration replaces --config and the width options. The
+    /// discriminator and the optimizers start fresh.
+    #[arg(long, conflicts_with_all = ["ch", "ch_mult", "z_channels", "num_res_blocks", "norm_groups", "codebook_size", "codebook_dim"])]
+    pub init_from: Option<PathBuf>,
+    /// Train only the decoder (and post_quant_conv) of the --init-from tokenizer: the encoder
+    /// and codebook stay fixed, so every image keeps its codes and the codes already extracted
+    /// with that tokenizer, and the generators trained on them, stay valid with the new decoder.
+    #[arg(long, requires = "init_from")]
+    pub decoder_only: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Data-parallel replicas: each step's batch is split across this many tokenizer replicas
@@ -320,7 +330,18 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
                     args.out.display()
                 );
             }
-            let cfg = vq_config(args)?;
+            let init = match &args.init_from {
+                Some(path) => {
+                    let file = resolve_weights(path)?;
+                    let mut vq = load_vq::<AB<B>>(&file, device).with_context(|| {
+                        format!("loading the tokenizer to start from ({})", file.display())
+                    })?;
+                    vq.config.entropy_loss_ratio = args.entropy_loss_ratio;
+                    eprintln!("starting from the tokenizer {}", file.display());
+                    Some(vq)
+                }
+                None => None,
+            };
             let opts = VqTrainOptions {
                 lr: args.lr,
                 max_grad_norm: args.max_grad_norm,
@@ -339,16 +360,20 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
                 },
                 ema_decay: args.ema.then_some(args.ema_decay),
                 seed: args.seed,
+                decoder_only: args.decoder_only,
                 ..VqTrainOptions::default()
             };
             B::seed(device, args.seed);
-            VqTrainer::new(&cfg, opts, lpips, device)?
+            match init {
+                Some(vq) => VqTrainer::from_model(vq, opts, lpips, device)?,
+                None => VqTrainer::new(&vq_config(args)?, opts, lpips, device)?,
+            }
         }
     };
     let cfg = trainer.vq.config.clone();
     let opts = trainer.opts.clone();
     eprintln!(
-        "tokenizer: {}× downsampling, ch {} × {:?}, z {}, codebook {}×{}, {:.2}M parameters; batch {}, {}px, {:?} reconstruction loss",
+        "tokenizer: {}× downsampling, ch {} × {:?}, z {}, codebook {}×{}, {:.2}M parameters; batch {}, {}px, {:?} reconstruction loss{}",
         cfg.downsample(),
         cfg.ch,
         cfg.encoder_ch_mult,
@@ -358,7 +383,12 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
         cfg.num_params() as f64 / 1e6,
         opts.batch_size,
         opts.image_size,
-        opts.reconstruction_loss
+        opts.reconstruction_loss,
+        if opts.decoder_only {
+            "; training the decoder only (encoder and codebook fixed)"
+        } else {
+            ""
+        }
     );
     // One entry per replica; a single replica runs on the trainer's own device.
     let devices = if args.replicas > 1 {
