@@ -553,13 +553,25 @@ mod training {
             .unwrap();
         assert!(!again.status.success());
         assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-        ok(llamagen()
-            .args(["extract-codes", "--image-size", "16", "--data"])
-            .arg(d.join("data"))
-            .arg("--vq-ckpt")
-            .arg(d.join("vq"))
-            .arg("--out")
-            .arg(d.join("codes")));
+        // extract-codes with a tokenizer run, into d/<out>.
+        let extract = |vq: &str, out: &str, extra: &[&str]| {
+            llamagen()
+                .args(["extract-codes", "--image-size", "16", "--data"])
+                .arg(d.join("data"))
+                .arg("--vq-ckpt")
+                .arg(d.join(vq))
+                .arg("--out")
+                .arg(d.join(out))
+                .args(extra)
+                .output()
+                .unwrap()
+        };
+        let out = extract("vq", "codes", &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // A decoder fine-tuned from the run keeps every image's codes: the codes extracted
         // with it are the same, so generators trained on them stay valid with it.
         let refused = llamagen()
@@ -592,13 +604,12 @@ mod training {
                 "--backend",
                 "cpu",
             ]));
-        ok(llamagen()
-            .args(["extract-codes", "--image-size", "16", "--data"])
-            .arg(d.join("data"))
-            .arg("--vq-ckpt")
-            .arg(d.join("vq-dec"))
-            .arg("--out")
-            .arg(d.join("codes-dec")));
+        let out = extract("vq-dec", "codes-dec", &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let before = llamagen::train::data::CodeSet::read(&d.join("codes")).unwrap();
         let after = llamagen::train::data::CodeSet::read(&d.join("codes-dec")).unwrap();
         assert_eq!(before.codes, after.codes);
@@ -635,22 +646,14 @@ mod training {
         assert!(!same("decoder.conv_out.weight"));
         // The centre crop alone (one grid an image) makes the held-out codes; a generator
         // reports its loss on them at the start, every --val-every steps and at the end.
-        let extract = |extra: &[&str], out: &str| {
-            llamagen()
-                .args(["extract-codes", "--image-size", "16", "--data"])
-                .arg(d.join("data"))
-                .arg("--vq-ckpt")
-                .arg(d.join("vq"))
-                .arg("--out")
-                .arg(d.join(out))
-                .args(extra)
-                .output()
-                .unwrap()
-        };
-        let refused = extract(&["--mirror", "false"], "refused");
+        let refused = extract("vq", "refused", &["--mirror", "false"]);
         assert!(!refused.status.success());
         assert!(String::from_utf8_lossy(&refused.stderr).contains("--ten-crop false"));
-        let out = extract(&["--ten-crop", "false", "--mirror", "false"], "codes-val");
+        let out = extract(
+            "vq",
+            "codes-val",
+            &["--ten-crop", "false", "--mirror", "false"],
+        );
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{log}");
         assert!(log.contains("20 images × 1 crops"), "{log}");

@@ -158,9 +158,10 @@ pub struct TrainVqArgs {
     pub codebook_size: usize,
     #[arg(long, default_value_t = 8)]
     pub codebook_dim: usize,
-    /// Weight of the codebook entropy loss (official default 0).
-    #[arg(long, default_value_t = 0.0)]
-    pub entropy_loss_ratio: f64,
+    /// Weight of the codebook entropy loss (official default 0; with --init-from, the
+    /// tokenizer's own unless given).
+    #[arg(long)]
+    pub entropy_loss_ratio: Option<f64>,
     #[arg(long, default_value_t = 256)]
     pub image_size: u32,
     #[arg(long, default_value_t = 128)]
@@ -270,7 +271,7 @@ fn vq_config(args: &TrainVqArgs) -> Result<VqConfig> {
     }
     cfg.codebook_size = args.codebook_size;
     cfg.codebook_embed_dim = args.codebook_dim;
-    cfg.entropy_loss_ratio = args.entropy_loss_ratio;
+    cfg.entropy_loss_ratio = args.entropy_loss_ratio.unwrap_or(0.0);
     cfg.validate()?;
     Ok(cfg)
 }
@@ -336,7 +337,9 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
                     let mut vq = load_vq::<AB<B>>(&file, device).with_context(|| {
                         format!("loading the tokenizer to start from ({})", file.display())
                     })?;
-                    vq.config.entropy_loss_ratio = args.entropy_loss_ratio;
+                    if let Some(ratio) = args.entropy_loss_ratio {
+                        vq.config.entropy_loss_ratio = ratio;
+                    }
                     eprintln!("starting from the tokenizer {}", file.display());
                     Some(vq)
                 }
