@@ -544,15 +544,21 @@ mod training {
         tiny_vq(&d.join("data"), &d.join("vq"));
         assert!(d.join("vq/samples/step-0000002.png").is_file());
         // The adversarial terms ran (disc-start 1) and the run refuses to be overwritten.
-        let again = llamagen()
-            .args(["train-vq", "--steps", "1", "--data"])
-            .arg(d.join("data"))
-            .arg("--out")
-            .arg(d.join("vq"))
-            .output()
-            .unwrap();
-        assert!(!again.status.success());
-        assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+        // A train-vq call that must be refused, into d/<out>: its error message.
+        let refused_vq = |extra: &[&str], out: &str| {
+            let o = llamagen()
+                .arg("train-vq")
+                .args(extra)
+                .args(["--steps", "1", "--data"])
+                .arg(d.join("data"))
+                .arg("--out")
+                .arg(d.join(out))
+                .output()
+                .unwrap();
+            assert!(!o.status.success());
+            String::from_utf8_lossy(&o.stderr).into_owned()
+        };
+        assert!(refused_vq(&[], "vq").contains("--resume"));
         // extract-codes with a tokenizer run, into d/<out>.
         let extract = |vq: &str, out: &str, extra: &[&str]| {
             llamagen()
@@ -574,15 +580,7 @@ mod training {
         );
         // A decoder fine-tuned from the run keeps every image's codes: the codes extracted
         // with it are the same, so generators trained on them stay valid with it.
-        let refused = llamagen()
-            .args(["train-vq", "--decoder-only", "--steps", "1", "--data"])
-            .arg(d.join("data"))
-            .arg("--out")
-            .arg(d.join("vq-refused"))
-            .output()
-            .unwrap();
-        assert!(!refused.status.success());
-        assert!(String::from_utf8_lossy(&refused.stderr).contains("--init-from"));
+        assert!(refused_vq(&["--decoder-only"], "vq-refused").contains("--init-from"));
         ok(llamagen()
             .args(["train-vq", "--decoder-only", "--init-from"])
             .arg(d.join("vq"))
