@@ -57,7 +57,7 @@ pub struct VqTrainOptions {
     /// Only `post_quant_conv` and the decoder learn: the encoder, `quant_conv` and the codebook
     /// keep their weights, so every image keeps its codes and the codes extracted with the
     /// tokenizer (and generators trained on them) stay valid. For fine-tuning the decoder of a
-    /// trained tokenizer. The quantizer's losses are then constants and are not reported.
+    /// trained tokenizer. The quantizer's losses are then constants, reported as 0.
     #[serde(default)]
     pub decoder_only: bool,
 }
@@ -174,6 +174,16 @@ impl<B: AutodiffBackend> VqTrainer<B> {
         device: &B::Device,
     ) -> Result<Self, TrainError> {
         let vq = super::optim::materialize(VqModel::init(cfg, device)?);
+        Self::with_model(vq, opts, lpips, device)
+    }
+
+    /// A trainer around a materialised tokenizer; the discriminator and optimizers start fresh.
+    fn with_model(
+        vq: VqModel<B>,
+        opts: VqTrainOptions,
+        lpips: Option<Lpips<B>>,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
         let ema = opts.ema_decay.map(|_| vq.valid());
         Ok(Self {
             disc: super::optim::materialize(PatchGan::init(&opts.disc, device)?),
@@ -189,20 +199,17 @@ impl<B: AutodiffBackend> VqTrainer<B> {
 
     /// A trainer that starts from the weights of a trained tokenizer (its configuration is the
     /// model's); the discriminator and both optimizers start fresh. Every weight of `vq` is
-    /// trained (or, with `decoder_only`, receives gradients where the decoder is concerned),
-    /// whatever its `require_grad` flags were.
+    /// marked as trained, whatever its `require_grad` flags were (with `decoder_only`, only the
+    /// decoder's then receive gradients).
     pub fn from_model(
         vq: VqModel<B>,
         opts: VqTrainOptions,
         lpips: Option<Lpips<B>>,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
-        let mut t = Self::new(&vq.config.clone(), opts, lpips, device)?;
-        t.vq = super::optim::materialize(super::optim::require_grad(vq));
-        if t.ema.is_some() {
-            t.ema = Some(t.vq.valid());
-        }
-        Ok(t)
+        vq.config.validate()?;
+        let vq = super::optim::materialize(super::optim::require_grad(vq));
+        Self::with_model(vq, opts, lpips, device)
     }
 
     /// Picks up a run where its latest checkpoint in `out` left it.
