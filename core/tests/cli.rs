@@ -707,11 +707,32 @@ mod training {
         ok(tiny_gpt_run(d, "gpt").args(["--lr", "1e-3", "--lr-decay-steps", "2"]));
         assert!(d.join("gpt/samples/step-0000003.png").is_file());
         // The decay over the last two steps is part of the run's options, so a resume keeps it.
-        let state: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(d.join("gpt/step-0000003/state.json")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(state["options"]["lr_decay"], serde_json::json!([1, 3]));
+        let options = |step: &str| -> serde_json::Value {
+            let path = d.join(format!("gpt/step-000000{step}/state.json"));
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            state["options"].clone()
+        };
+        assert_eq!(options("3")["lr_decay"], serde_json::json!([1, 3]));
+        assert_eq!(options("3")["lr"], serde_json::json!(1e-3));
+        // Resumed with a new rate and decay, the run anneals a second time from the lower rate.
+        ok(llamagen()
+            .args(["train-gpt", "--codes"])
+            .arg(d.join("codes"))
+            .arg("--out")
+            .arg(d.join("gpt"))
+            .args([
+                "--resume",
+                "--steps",
+                "5",
+                "--lr",
+                "5e-4",
+                "--lr-decay-steps",
+                "2",
+            ])
+            .args(["--backend", "cpu"]));
+        assert_eq!(options("5")["lr_decay"], serde_json::json!([3, 5]));
+        assert_eq!(options("5")["lr"], serde_json::json!(5e-4));
         ok(llamagen()
             .args(["card", "--name", "toy", "--gpt"])
             .arg(d.join("gpt"))

@@ -645,7 +645,9 @@ pub struct TrainGptArgs {
     pub batch_size: usize,
     #[arg(long)]
     pub steps: u64,
-    /// Learning rate (default: 1e-4 × batch_size / 256, the paper's rate per 256 images).
+    /// Learning rate (default: 1e-4 × batch_size / 256, the paper's rate per 256 images). With
+    /// --resume it replaces the run's rate from the resumed step on (with --lr-decay-steps: a
+    /// second, lower anneal after the first).
     #[arg(long)]
     pub lr: Option<f64>,
     /// Let the learning rate fall linearly towards zero over the last N steps before --steps
@@ -769,6 +771,13 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
             eprintln!("resuming at step {}", t.step);
             if decay.is_some() {
                 t.opts.lr_decay = decay;
+            }
+            if let Some(lr) = args.lr {
+                eprintln!(
+                    "learning rate {:.2e} from here (the run had {:.2e})",
+                    lr, t.opts.lr
+                );
+                t.opts.lr = lr;
             }
             if let Some((_, end)) = t.opts.lr_decay
                 && end < args.steps
