@@ -1192,6 +1192,9 @@ pub struct EvalClassesArgs {
     /// Guidance scales to measure (repeatable).
     #[arg(long = "cfg-scale", default_values_t = vec![1.0f32, 2.0, 4.0])]
     pub cfg_scales: Vec<f32>,
+    /// Sample i of class c is drawn with seed SEED + c·100003 + i, so two seeds less than --num
+    /// apart share most of their samples: for an independent second draw, move it by --num or
+    /// more.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 100)]
