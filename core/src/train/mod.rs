@@ -20,7 +20,30 @@ pub mod vq;
 
 use std::path::PathBuf;
 
+use burn::tensor::backend::DeviceOps;
+
 use crate::error::{CheckpointError, ConfigError};
+
+/// The devices of `n` data-parallel replicas of a trainer on `home`, where the backend has
+/// `count` devices of `home`'s kind: replica i on the i-th of them counting on from `home` (so
+/// with as many replicas as devices each has its own), or all on `home` when `count` ≤ 1
+/// (replicas then run as threads side by side on it, which on a CPU spreads them over its
+/// cores).
+pub fn replica_devices<D: DeviceOps>(home: &D, n: usize, count: usize) -> Vec<D> {
+    if count <= 1 {
+        return vec![home.clone(); n];
+    }
+    let id = home.id();
+    (0..n)
+        .map(|i| {
+            let index = (id.index_id as usize + i) % count;
+            D::from_id(burn::tensor::backend::DeviceId {
+                type_id: id.type_id,
+                index_id: index as u16,
+            })
+        })
+        .collect()
+}
 
 /// The autodiff wrapper the trainers run on.
 pub type Autodiff<B> = burn::backend::Autodiff<B>;

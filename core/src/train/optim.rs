@@ -228,7 +228,9 @@ mod tests {
     }
 }
 
-/// Sums the shards' gradients parameter by parameter with burn's `MultiGradientsParams`.
+/// Sums the shards' gradients parameter by parameter with burn's `MultiGradientsParams`; each
+/// sum is brought to its parameter's device (burn adds them on a device of its choosing among
+/// the replicas'), so the norm, clipping and optimizer step that follow see one device.
 pub fn combine_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     multi: MultiGradientsParams,
@@ -241,7 +243,7 @@ pub fn combine_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     impl<B: AutodiffBackend> ModuleVisitor<B> for Combine<B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some((g, _device)) = self.multi.remove::<B::InnerBackend, D>(param.id) {
-                self.out.register(param.id, g);
+                self.out.register(param.id, g.to_device(&param.device()));
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use llamagen::config::{GptConfig, VqConfig};
 use llamagen::train::Autodiff;
 use llamagen::train::data::{CodeSet, CodesMeta};
@@ -435,21 +436,58 @@ fn gpt_resume_continues_exactly() {
 #[test]
 fn two_replicas_take_the_same_step_as_one() {
     let device = Default::default();
+    same_step_split_or_not::<AB>(&device, &[device, device]);
+}
+
+/// Replicas go one per device where the backend has several of the home device's kind (cycling
+/// on from the home device), and all on the home device where it has one.
+#[cfg(feature = "wgpu")]
+#[test]
+fn replicas_spread_over_the_devices_of_their_kind() {
+    use burn::backend::wgpu::WgpuDevice::{self, DefaultDevice, DiscreteGpu};
+    use llamagen::train::replica_devices;
+    assert_eq!(
+        replica_devices(&DiscreteGpu(1), 3, 2),
+        vec![DiscreteGpu(1), DiscreteGpu(0), DiscreteGpu(1)]
+    );
+    assert_eq!(
+        replica_devices(&DiscreteGpu(0), 2, 4),
+        vec![DiscreteGpu(0), DiscreteGpu(1)]
+    );
+    assert_eq!(
+        replica_devices(&DefaultDevice, 3, 1),
+        vec![WgpuDevice::DefaultDevice; 3]
+    );
+}
+
+/// A trainer stepping on `home` alone and one splitting each step over `devices` take the same
+/// steps: losses and gradient norms agree.
+fn same_step_split_or_not<B: AutodiffBackend>(home: &B::Device, devices: &[B::Device]) {
     let cfg = tiny_gpt();
     let batch = fixed_batch();
-    let mut one = GptTrainer::<AB>::new(&cfg, opts(1e-3), &device).unwrap();
-    let mut two = GptTrainer::<AB>::new(&cfg, opts(1e-3), &device).unwrap();
+    let mut one = GptTrainer::<B>::new(&cfg, opts(1e-3), home).unwrap();
+    let mut two = GptTrainer::<B>::new(&cfg, opts(1e-3), home).unwrap();
     two.model = one.model.clone();
     // A first step so the head is no longer zero and every gradient is non-trivial.
     let a1 = one.train_step(&batch, &[]).unwrap();
-    let a2 = two.train_step(&batch, &[device, device]).unwrap();
-    assert!((a1.loss - a2.loss).abs() < 1e-5);
-    assert!((a1.grad_norm - a2.grad_norm).abs() < 1e-5 * a1.grad_norm.max(1.0));
+    let a2 = two.train_step(&batch, devices).unwrap();
+    assert!(
+        (a1.loss - a2.loss).abs() < 1e-5,
+        "{} vs {}",
+        a1.loss,
+        a2.loss
+    );
+    assert!(
+        (a1.grad_norm - a2.grad_norm).abs() < 1e-5 * a1.grad_norm.max(1.0),
+        "{} vs {}",
+        a1.grad_norm,
+        a2.grad_norm
+    );
     // Adam's first steps are ±lr wherever a gradient is non-zero, which amplifies rounding in
     // near-zero gradients: compare the following losses and gradient norms, not weights.
     for _ in 0..3 {
         let b1 = one.train_step(&batch, &[]).unwrap();
-        let b2 = two.train_step(&batch, &[device, device]).unwrap();
+        let b2 = two.train_step(&batch, devices).unwrap();
         assert!(
             (b1.loss - b2.loss).abs() < 1e-3,
             "{} vs {}",

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
+use burn::tensor::backend::DeviceOps;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use llamagen::backend::BackendKind;
@@ -237,17 +238,20 @@ pub struct TrainVqArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Data-parallel replicas: each step's batch is split across this many tokenizer replicas
-    /// that run forward and backward in parallel (threads on the same device here; one per
-    /// GPU with cuda). The entropy term is then each shard's own.
-    #[arg(long, default_value_t = 1)]
-    pub replicas: usize,
+    /// that run forward and backward in parallel, their gradients summed before one optimizer
+    /// step. With cuda, replica i runs on GPU i (cycling when there are more replicas than
+    /// GPUs); otherwise all run as threads on the one device. The entropy term is then each
+    /// shard's own. Default: one per CPU core with --backend cpu, one per GPU with cuda, 1 on
+    /// wgpu (at most the batch size).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub replicas: Option<u64>,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
 }
 
 pub fn train_vq(args: TrainVqArgs) -> Result<()> {
     let kind = resolve_backend(args.backend)?;
-    with_backend!(kind, |device: B| run_train_vq::<B>(&args, &device))
+    with_backend!(kind, |device: B| run_train_vq::<B>(&args, kind, &device))
 }
 
 fn vq_config(args: &TrainVqArgs) -> Result<VqConfig> {
@@ -276,7 +280,11 @@ fn vq_config(args: &TrainVqArgs) -> Result<VqConfig> {
     Ok(cfg)
 }
 
-fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()> {
+fn run_train_vq<B: Backend>(
+    args: &TrainVqArgs,
+    kind: BackendKind,
+    device: &B::Device,
+) -> Result<()> {
     type AB<B> = Autodiff<B>;
     let mut data = ImageFolder::open(&args.data)?;
     eprintln!(
@@ -394,8 +402,9 @@ fn run_train_vq<B: Backend>(args: &TrainVqArgs, device: &B::Device) -> Result<()
         }
     );
     // One entry per replica; a single replica runs on the trainer's own device.
-    let devices = if args.replicas > 1 {
-        vec![device.clone(); args.replicas]
+    let devices = replica_plan::<AB<B>>(args.replicas, kind, device, opts.batch_size);
+    let devices = if devices.len() > 1 {
+        devices
     } else {
         Vec::new()
     };
@@ -666,9 +675,13 @@ pub struct TrainGptArgs {
     #[arg(long, default_value_t = 0.1)]
     pub dropout: f64,
     /// Data-parallel replicas: each step's batch is split across this many model replicas that
-    /// run forward and backward in parallel (on the same device here; one per GPU with cuda).
-    #[arg(long, default_value_t = 1)]
-    pub replicas: usize,
+    /// run forward and backward in parallel, their gradients summed before one optimizer step
+    /// (the same step as one replica's, up to rounding). With cuda, replica i runs on GPU i
+    /// (cycling when there are more replicas than GPUs); otherwise all run as threads on the one
+    /// device. Default: one per CPU core with --backend cpu, one per GPU with cuda, 1 on wgpu
+    /// (at most the batch size).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub replicas: Option<u64>,
     /// Tokenizer for the sample images (a file or a train-vq run folder).
     #[arg(long)]
     pub vq_ckpt: Option<PathBuf>,
@@ -745,12 +758,53 @@ fn caption_table<B: Backend>(
     Ok(table)
 }
 
-pub fn train_gpt(args: TrainGptArgs) -> Result<()> {
-    let kind = resolve_backend(args.backend)?;
-    with_backend!(kind, |device: B| run_train_gpt::<B>(&args, &device))
+/// The devices of the data-parallel replicas: `--replicas N`, or by default one per CPU core
+/// on the CPU backend and one per GPU with cuda (1 on wgpu), never more than the batch size.
+/// With cuda, replica i runs on GPU i (cycling); otherwise all run on `device`.
+fn replica_plan<B: Backend>(
+    asked: Option<u64>,
+    kind: BackendKind,
+    device: &B::Device,
+    batch_size: usize,
+) -> Vec<B::Device> {
+    let gpus = match kind {
+        BackendKind::Cuda => B::device_count(device.id().type_id),
+        _ => 1,
+    };
+    let n = match asked {
+        Some(n) => n as usize,
+        None if kind == BackendKind::Cpu => {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+        None => gpus,
+    };
+    let devices = llamagen::train::replica_devices(device, n.clamp(1, batch_size.max(1)), gpus);
+    if devices.len() > 1 {
+        let mut names: Vec<String> = Vec::new();
+        for name in devices.iter().map(|d| format!("{d:?}")) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        eprintln!(
+            "{} data-parallel replicas on {}",
+            devices.len(),
+            names.join(", ")
+        );
+    }
+    devices
 }
 
-fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<()> {
+pub fn train_gpt(args: TrainGptArgs) -> Result<()> {
+    let kind = resolve_backend(args.backend)?;
+    with_backend!(kind, |device: B| run_train_gpt::<B>(&args, kind, &device))
+}
+
+fn run_train_gpt<B: Backend>(
+    args: &TrainGptArgs,
+    kind: BackendKind,
+    device: &B::Device,
+) -> Result<()> {
     type AB<B> = Autodiff<B>;
     let mut set = CodeSet::read(&args.codes)?;
     if let Some(path) = &args.captions {
@@ -859,6 +913,7 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
         (None, false) => None,
     };
     let opts = trainer.opts.clone();
+    let devices = replica_plan::<AB<B>>(args.replicas, kind, device, opts.batch_size);
     eprintln!(
         "generator: dim {}, {} layers, {} heads, {:.2}M parameters; {} {}, {}×{} tokens, vocab {}; batch {}, lr {:.2e}{}, {} replica(s)",
         cfg.dim,
@@ -883,7 +938,7 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
         opts.lr_decay
             .map(|(a, z)| format!(" (falling linearly over steps {a}–{z})"))
             .unwrap_or_default(),
-        args.replicas
+        devices.len()
     );
     let vq = match &args.vq_ckpt {
         Some(p) => Some(load_vq::<B>(&resolve_weights(p)?, device)?),
@@ -935,7 +990,6 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
         num_classes: cfg.num_classes,
         captions: captions.as_ref(),
     };
-    let devices = vec![device.clone(); args.replicas.max(1)];
     let first = trainer.step;
     let progress = Progress::new(first, args.steps, args.log_every);
     let mut smooth: Option<f32> = None;
@@ -954,7 +1008,7 @@ fn run_train_gpt<B: Backend>(args: &TrainGptArgs, device: &B::Device) -> Result<
     report_held_out(&trainer, None);
     while trainer.step < args.steps {
         let batch = batcher.batch(trainer.step);
-        let s = trainer.train_step(&batch, if args.replicas > 1 { &devices } else { &[] })?;
+        let s = trainer.train_step(&batch, if devices.len() > 1 { &devices } else { &[] })?;
         let sm = smooth.map_or(s.loss, |m| 0.98 * m + 0.02 * s.loss);
         smooth = Some(sm);
         progress.step(
