@@ -403,11 +403,6 @@ fn run_train_vq<B: Backend>(
     );
     // One entry per replica; a single replica runs on the trainer's own device.
     let devices = replica_plan::<AB<B>>(args.replicas, kind, device, opts.batch_size);
-    let devices = if devices.len() > 1 {
-        devices
-    } else {
-        Vec::new()
-    };
     let size = opts.image_size as u32;
     // A fixed batch for the sample grids.
     let probe: Vec<_> = (0..8.min(data.len()))
@@ -1008,7 +1003,7 @@ fn run_train_gpt<B: Backend>(
     report_held_out(&trainer, None);
     while trainer.step < args.steps {
         let batch = batcher.batch(trainer.step);
-        let s = trainer.train_step(&batch, if devices.len() > 1 { &devices } else { &[] })?;
+        let s = trainer.train_step(&batch, &devices)?;
         let sm = smooth.map_or(s.loss, |m| 0.98 * m + 0.02 * s.loss);
         smooth = Some(sm);
         progress.step(
