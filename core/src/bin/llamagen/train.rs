@@ -243,8 +243,8 @@ pub struct TrainVqArgs {
     /// GPUs); otherwise all run as threads on the one device. The entropy term is then each
     /// shard's own. Default: one per CPU core with --backend cpu, one per GPU with cuda, 1 on
     /// wgpu (at most the batch size).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub replicas: Option<u64>,
+    #[arg(long, value_parser = parse_replicas)]
+    pub replicas: Option<usize>,
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
 }
@@ -675,8 +675,8 @@ pub struct TrainGptArgs {
     /// (cycling when there are more replicas than GPUs); otherwise all run as threads on the one
     /// device. Default: one per CPU core with --backend cpu, one per GPU with cuda, 1 on wgpu
     /// (at most the batch size).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub replicas: Option<u64>,
+    #[arg(long, value_parser = parse_replicas)]
+    pub replicas: Option<usize>,
     /// Tokenizer for the sample images (a file or a train-vq run folder).
     #[arg(long)]
     pub vq_ckpt: Option<PathBuf>,
@@ -753,11 +753,20 @@ fn caption_table<B: Backend>(
     Ok(table)
 }
 
+/// `--replicas`: a whole number of at least 1.
+fn parse_replicas(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("at least one replica is needed".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
 /// The devices of the data-parallel replicas: `--replicas N`, or by default one per CPU core
 /// on the CPU backend and one per GPU with cuda (1 on wgpu), never more than the batch size.
 /// With cuda, replica i runs on GPU i (cycling); otherwise all run on `device`.
 fn replica_plan<B: Backend>(
-    asked: Option<u64>,
+    asked: Option<usize>,
     kind: BackendKind,
     device: &B::Device,
     batch_size: usize,
@@ -767,7 +776,7 @@ fn replica_plan<B: Backend>(
         _ => 1,
     };
     let n = match asked {
-        Some(n) => n as usize,
+        Some(n) => n,
         None if kind == BackendKind::Cpu => {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
