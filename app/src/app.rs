@@ -109,7 +109,8 @@ pub struct StudioApp {
     pub settings: Settings,
     pub model: ModelState,
     pub atlas: Arc<Mutex<Atlas>>,
-    /// The mosaic shader is installed (wgpu renderer).
+    /// The mosaic shader is installed (a wgpu renderer whose fragment shaders read storage
+    /// buffers; otherwise the mosaic is composed on the CPU).
     pub gpu_preview: bool,
     pub view: Option<View>,
     pub gallery: Vec<GalleryItem>,
@@ -142,19 +143,16 @@ fn now_seed() -> u64 {
 
 impl StudioApp {
     /// Starts the studio: settings from storage, the worker on `compute`, the mosaic shader on
-    /// the wgpu renderer when there is one, and the last model (or the demo) loading.
+    /// the wgpu renderer when it can run it, and the last model (or the demo) loading.
     pub fn new(cc: &eframe::CreationContext<'_>, compute: Compute) -> Self {
         let settings: Settings = cc
             .storage
             .and_then(|s| eframe::get_value(s, Settings::KEY))
             .unwrap_or_default();
-        let gpu_preview = match &cc.wgpu_render_state {
-            Some(rs) => {
-                crate::preview::install(rs);
-                true
-            }
-            None => false,
-        };
+        let gpu_preview = cc
+            .wgpu_render_state
+            .as_ref()
+            .is_some_and(crate::preview::install);
         Self::with_settings(cc.egui_ctx.clone(), settings, compute, gpu_preview)
     }
 

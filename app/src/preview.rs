@@ -159,14 +159,26 @@ struct MosaicResources {
 }
 
 /// Puts the mosaic pipeline into the renderer's callback resources; after this, mosaics can be
-/// drawn with [`MosaicCallback`].
-pub fn install(render_state: &egui_wgpu::RenderState) {
+/// drawn with [`MosaicCallback`]. Returns false, installing nothing, on a device whose fragment
+/// shaders cannot read storage buffers (wgpu's GL backend, WebGL2-level limits): the mosaic is
+/// then composed on the CPU.
+pub fn install(render_state: &egui_wgpu::RenderState) -> bool {
+    if !supported(&render_state.device.limits()) {
+        return false;
+    }
     let resources = MosaicResources::new(&render_state.device, render_state.target_format);
     render_state
         .renderer
         .write()
         .callback_resources
         .insert(resources);
+    true
+}
+
+/// Whether a device with these limits can run the mosaic shader: it reads the token grid from
+/// a storage buffer in the fragment stage.
+pub fn supported(limits: &wgpu::Limits) -> bool {
+    limits.max_storage_buffers_per_shader_stage >= 1
 }
 
 struct Slot {

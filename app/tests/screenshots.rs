@@ -1,12 +1,15 @@
 //! The studio drawn by wgpu (Mesa's lavapipe where there is no GPU): the live mosaic comes from
-//! the WGSL shader. Renders mid-generation and finished are written to
+//! the WGSL shader, or from the CPU on a device whose fragment shaders read no storage buffers. Renders mid-generation and finished are written to
 //! `target/studio-screenshots/` for people to look at.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
+use egui_kittest::wgpu::WgpuTestRenderer;
+use egui_wgpu::wgpu;
 use llamagen_studio::StudioApp;
 use llamagen_studio::app::RunStatus;
 use llamagen_studio::settings::Settings;
@@ -34,25 +37,65 @@ fn region_stats(img: &image::RgbaImage, x0: u32, y0: u32, w: u32, h: u32) -> (f6
 
 #[test]
 fn the_live_mosaic_is_drawn_by_the_shader_and_renders_are_saved() {
-    let settings = Settings {
-        num_images: 16,
-        // No true decode while running: what shows is the shader's mosaic alone.
-        decode_every: 0,
-        ..Settings::default()
-    };
-    let mut h = Harness::builder()
-        .with_size([1280.0, 820.0])
-        .with_max_steps(10_000)
-        .wgpu()
-        .build_eframe(move |cc| {
-            let mut app = StudioApp::new(cc, Compute::Cpu);
-            app.settings = settings;
-            app
-        });
+    let h = studio(WgpuTestRenderer::new());
     assert!(
         h.state().gpu_preview,
         "the wgpu renderer installs the mosaic pipeline"
     );
+    generate_and_render(h, "kittest");
+}
+
+/// A device at WebGL2-level limits, as egui asks of wgpu's GL backend: fragment shaders read no
+/// storage buffers there.
+fn webgl2_level_renderer() -> WgpuTestRenderer {
+    let egui_wgpu::WgpuSetup::CreateNew(mut setup) = egui_kittest::wgpu::default_wgpu_setup()
+    else {
+        panic!("egui_kittest's default set-up makes its own device");
+    };
+    setup.device_descriptor = Arc::new(|_adapter| wgpu::DeviceDescriptor {
+        label: Some("WebGL2-level device"),
+        required_limits: wgpu::Limits {
+            max_texture_dimension_2d: 8192,
+            ..wgpu::Limits::downlevel_webgl2_defaults()
+        },
+        ..Default::default()
+    });
+    WgpuTestRenderer::from_setup(egui_wgpu::WgpuSetup::CreateNew(setup))
+}
+
+#[test]
+fn without_storage_buffers_the_studio_composes_the_mosaic_on_the_cpu() {
+    let h = studio(webgl2_level_renderer());
+    assert!(
+        !h.state().gpu_preview,
+        "a device without fragment storage buffers gets no mosaic pipeline"
+    );
+    generate_and_render(h, "kittest-cpu-mosaic");
+}
+
+/// The studio, 16 images a run, drawn by wgpu on `renderer`'s device.
+fn studio(renderer: WgpuTestRenderer) -> Harness<'static, StudioApp> {
+    let settings = Settings {
+        num_images: 16,
+        // No true decode while running: what shows is the mosaic alone.
+        decode_every: 0,
+        ..Settings::default()
+    };
+    Harness::builder()
+        .with_size([1280.0, 820.0])
+        .with_max_steps(10_000)
+        .renderer(renderer)
+        .build_eframe(move |cc| {
+            let mut app = StudioApp::new(cc, Compute::Cpu);
+            app.settings = settings;
+            app
+        })
+}
+
+/// Generates one image of every class: renders the first cell half-way (generated rows show
+/// patches, the rest is dark) and finished, saved as `<name>-generating.png` and
+/// `<name>-finished.png`.
+fn generate_and_render(mut h: Harness<'static, StudioApp>, name: &str) {
     assert!(
         h.state_mut()
             .poll_until(Duration::from_secs(120), |a| a.info().is_some())
@@ -82,10 +125,11 @@ fn the_live_mosaic_is_drawn_by_the_shader_and_renders_are_saved() {
     }
     let done = h.state().view.as_ref().unwrap().cells[0].tokens.len();
     let live = h.render().expect("render");
-    live.save(out_dir().join("kittest-generating.png")).unwrap();
+    live.save(out_dir().join(format!("{name}-generating.png")))
+        .unwrap();
 
     // In the first cell: rows already generated show patches (many colours); the last row,
-    // not generated yet, is the shader's flat dark.
+    // not generated yet, is flat dark.
     let rect = h.state().cell_rects[0];
     let ppp = h.ctx.pixels_per_point();
     let step = rect.width() * ppp / grid as f32;
@@ -125,7 +169,7 @@ fn the_live_mosaic_is_drawn_by_the_shader_and_renders_are_saved() {
     h.step();
     let finished = h.render().expect("render");
     finished
-        .save(out_dir().join("kittest-finished.png"))
+        .save(out_dir().join(format!("{name}-finished.png")))
         .unwrap();
     let (_, colours) = region_stats(
         &finished,
