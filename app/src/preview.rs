@@ -177,7 +177,7 @@ pub fn install(render_state: &egui_wgpu::RenderState) -> bool {
 
 /// Whether a device with these limits can run the mosaic shader: it reads the token grid from
 /// a storage buffer in the fragment stage.
-pub fn supported(limits: &wgpu::Limits) -> bool {
+fn supported(limits: &wgpu::Limits) -> bool {
     limits.max_storage_buffers_per_shader_stage >= 1
 }
 
