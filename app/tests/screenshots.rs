@@ -1,6 +1,7 @@
 //! The studio drawn by wgpu (Mesa's lavapipe where there is no GPU): the live mosaic comes from
-//! the WGSL shader, or from the CPU on a device whose fragment shaders read no storage buffers. Renders mid-generation and finished are written to
-//! `target/studio-screenshots/` for people to look at.
+//! the WGSL shader, or from the CPU on a device whose fragment shaders read no storage buffers.
+//! Renders mid-generation and finished are written to `target/studio-screenshots/` for people
+//! to look at.
 
 use std::path::PathBuf;
 use std::sync::Arc;
