@@ -244,6 +244,21 @@ mod generate {
             "{files:?}"
         );
 
+        // The same command again: the folder's numbers go on, nothing earlier is replaced.
+        let before = std::fs::read(&files[0]).unwrap();
+        let out = run(&args);
+        assert!(out.status.success());
+        let more: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert!(
+            more[0].ends_with("0004-3-seed5.png") && more[3].ends_with("0007-7-seed8.png"),
+            "{more:?}"
+        );
+        assert_eq!(std::fs::read(&files[0]).unwrap(), before);
+        assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 8);
+
         let info = run(&["info", &files[2], "--json"]);
         assert!(info.status.success());
         let record: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
@@ -251,6 +266,8 @@ mod generate {
         assert_eq!(sample["class"], 7);
         assert_eq!(sample["params"]["seed"], 7);
         assert_eq!(sample["params"]["cfg_scale"], 4.0);
+        // No model card: the official sampler's defaults.
+        assert_eq!(sample["params"]["top_k"], 2000);
         assert_eq!(sample["tokens"].as_array().unwrap().len(), 16);
 
         // --from regenerates the same image, pixel for pixel.
@@ -277,6 +294,35 @@ mod generate {
         let b = image::open(&again).unwrap().to_rgb8();
         assert_eq!(a.dimensions(), (16, 16));
         assert_eq!(a, b);
+
+        // Sampler options beside --from replace the PNG's; the rest (seed, class) stays.
+        let other = dir.path().join("other.png");
+        let out = run(&[
+            "generate",
+            "--from",
+            &files[2],
+            "--cfg-scale",
+            "1.5",
+            "--top-k",
+            "3",
+            "--backend",
+            "cpu",
+            "--out",
+            other.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let info3 = run(&["info", other.to_str().unwrap(), "--json"]);
+        let record3: serde_json::Value = serde_json::from_slice(&info3.stdout).unwrap();
+        let params = &record3["samples"][0]["params"];
+        assert_eq!(params["cfg_scale"], 1.5);
+        assert_eq!(params["top_k"], 3);
+        assert_eq!(params["seed"], 7);
+        assert_eq!(params["temperature"], sample["params"]["temperature"]);
+        assert_eq!(record3["samples"][0]["class"], 7);
 
         // One grid file with every sample recorded.
         let grid = dir.path().join("grid.png");
@@ -347,6 +393,32 @@ mod generate {
             assert!(err.contains(expect), "{extra:?}: {err}");
             assert!(!err.contains("panicked"), "{extra:?}: {err}");
         }
+        // Outputs that cannot be written are refused before any sampling, saying why.
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"").unwrap();
+        let mut in_a_file = base(&["--class", "1"]);
+        in_a_file.pop();
+        in_a_file.push(blocker.join("x.png").display().to_string());
+        let mut jpeg = base(&["--class", "1"]);
+        jpeg.pop();
+        jpeg.push(dir.path().join("x.jpg").display().to_string());
+        let mut dir_in_a_file = base(&["--class", "1"]);
+        dir_in_a_file.truncate(dir_in_a_file.len() - 2);
+        dir_in_a_file.push("--out-dir".into());
+        dir_in_a_file.push(blocker.join("sub").display().to_string());
+        for (args, expect) in [
+            (in_a_file, "cannot make the output folder"),
+            (jpeg, "writes PNG files"),
+            (dir_in_a_file, "cannot make the output folder"),
+        ] {
+            let out = llamagen().args(&args).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} should fail");
+            assert!(err.contains(expect), "{args:?}: {err}");
+            assert!(!err.contains("generated"), "{args:?}: {err}");
+        }
+        assert!(!dir.path().join("x.jpg").exists());
+
         // Tokenizer and generator that do not fit together.
         let out = run(&[
             "generate",
@@ -1186,6 +1258,42 @@ fn generate_uses_the_bundled_demo_model_by_default() {
     let info = llamagen().arg("info").arg(&png).output().unwrap();
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("star"), "{text}");
+    // With no sampler options, the model card's settings (what its figures were measured at).
+    let info = llamagen()
+        .arg("info")
+        .arg(&png)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let card: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/demo/model.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for key in ["cfg_scale", "cfg_interval", "temperature", "top_k", "top_p"] {
+        assert_eq!(
+            record["samples"][0]["params"][key], card["sampler"][key],
+            "{key}"
+        );
+    }
+    // Without --out: samples.png, then samples-1.png; the first run's image stays.
+    for _ in 0..2 {
+        let out = llamagen()
+            .current_dir(dir.path())
+            .args(["generate", "--class", "circle", "--backend", "cpu"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(dir.path().join("samples.png").is_file());
+    assert!(dir.path().join("samples-1.png").is_file());
     // An unknown class lists what the demo model knows.
     let out = llamagen()
         .args(["generate", "--class", "dragon", "--backend", "cpu", "--out"])
@@ -1434,7 +1542,9 @@ mod prompts {
     #[test]
     fn prompt_problems_are_clear_errors() {
         let s = setup();
-        let never = "/dev/null/never.png";
+        // Writable, so that each failure below is the one asked about; never written.
+        let never_path = s.root.join("never.png");
+        let never = never_path.to_str().unwrap();
         // A class for a text-conditional model.
         let e = err(&llamagen()
             .args(s.args(&["--t5", &s.t5, "--class", "3", "--out", never]))
@@ -1525,6 +1635,7 @@ mod prompts {
             .output()
             .unwrap());
         assert!(e.contains("class-conditional"), "{e}");
+        assert!(!never_path.exists());
     }
 }
 

@@ -99,21 +99,23 @@ pub struct GenerateArgs {
     /// model's card names (the bundled text demo model has its own small encoder).
     #[arg(long)]
     pub t5: Option<PathBuf>,
-    /// Classifier-free guidance scale (1 = off).
-    #[arg(long, default_value_t = 4.0, allow_negative_numbers = true)]
-    pub cfg_scale: f32,
-    /// Decode step after which guidance stops (−1 = never).
-    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
-    pub cfg_interval: i32,
-    /// Sampling temperature (> 0).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub temperature: f32,
-    /// Keep the k most likely tokens (0 = all; values above the vocabulary keep all).
-    #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
-    pub top_k: i64,
-    /// Nucleus sampling mass in (0, 1] (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
+    /// Classifier-free guidance scale (1 = off). Default: the model card's (the bundled demo
+    /// models: 4), else the official sampler's 4.
+    #[arg(long, allow_negative_numbers = true)]
+    pub cfg_scale: Option<f32>,
+    /// Decode step after which guidance stops (−1 = never). Default: the model card's, else −1.
+    #[arg(long, allow_negative_numbers = true)]
+    pub cfg_interval: Option<i32>,
+    /// Sampling temperature (> 0). Default: the model card's, else 1.
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Keep the k most likely tokens (0 = all; values above the vocabulary keep all). Default:
+    /// the model card's (the bundled demo models: 0), else the official sampler's 2000.
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_k: Option<i64>,
+    /// Nucleus sampling mass in (0, 1] (1 = off). Default: the model card's, else 1.
+    #[arg(long)]
+    pub top_p: Option<f32>,
     /// Seed of the first image; image i uses seed + i. Random when not given (and printed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -134,16 +136,21 @@ pub struct GenerateArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
-    /// Output PNG: all images in one grid.
+    /// Output PNG: all images in one grid (replaced if it exists). Default: samples.png, or
+    /// samples-1.png, samples-2.png, … when that is taken: a run without --out never replaces
+    /// an earlier one's.
     #[arg(long, conflicts_with = "out_dir")]
     pub out: Option<PathBuf>,
-    /// Output folder: one PNG per image.
+    /// Output folder: one PNG per image, named NUMBER-CLASS-seedSEED.png; the numbers go on
+    /// from the highest already in the folder, so no earlier image is replaced.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
     /// Images per row of the grid (default: about square).
     #[arg(long)]
     pub per_row: Option<usize>,
     /// Reproduce the image(s) of a PNG written by llamagen (its parameters, models and seeds).
+    /// Sampler options given beside it replace the PNG's: the same seed at another guidance
+    /// scale, say.
     #[arg(long)]
     pub from: Option<PathBuf>,
 }
@@ -298,6 +305,27 @@ fn prompt_slug(prompt: &str) -> String {
     slug
 }
 
+impl GenerateArgs {
+    /// The sampler options given on the command line, written over `params`.
+    fn override_sampler(&self, params: &mut SamplerParams) {
+        if let Some(v) = self.cfg_scale {
+            params.cfg_scale = v;
+        }
+        if let Some(v) = self.cfg_interval {
+            params.cfg_interval = v;
+        }
+        if let Some(v) = self.temperature {
+            params.temperature = v;
+        }
+        if let Some(v) = self.top_k {
+            params.top_k = v.max(0) as usize;
+        }
+        if let Some(v) = self.top_p {
+            params.top_p = v;
+        }
+    }
+}
+
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let mut args = args;
     let mut plans = Vec::new();
@@ -327,9 +355,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                     s.index
                 ),
             };
+            let mut params = s.params;
+            args.override_sampler(&mut params);
             plans.push(Plan {
                 condition,
-                params: s.params,
+                params,
                 index: s.index,
             });
         }
@@ -349,11 +379,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             args.precision
         );
     }
-    if args.top_k < 0 {
-        bail!(
-            "--top-k must be ≥ 0 (0 keeps every token), got {}",
-            args.top_k
-        );
+    if let Some(k) = args.top_k.filter(|&k| k < 0) {
+        bail!("--top-k must be ≥ 0 (0 keeps every token), got {k}");
     }
     if args.batch_size == 0 || args.num == 0 {
         bail!("--num and --batch-size must be at least 1");
@@ -469,14 +496,12 @@ fn run_generate<B: Backend>(
             eprintln!("seed: {s}");
             s
         });
-        let base = SamplerParams {
-            cfg_scale: args.cfg_scale,
-            cfg_interval: args.cfg_interval,
-            temperature: args.temperature,
-            top_k: args.top_k as usize,
-            top_p: args.top_p,
+        // The model's own defaults (its card's), then what the command line overrides.
+        let mut base = SamplerParams {
             seed,
+            ..bundle.sampler
         };
+        args.override_sampler(&mut base);
         base.validate()?;
         let mut conditions = Vec::new();
         for query in &args.classes {
@@ -505,6 +530,10 @@ fn run_generate<B: Backend>(
             }
         }
     }
+
+    // Every input is checked now; the output is, before any time goes into encoding prompts
+    // or sampling.
+    check_output(args)?;
 
     // Text-conditional: every prompt encoded once with T5, which is then freed.
     let captions = if text_model {
@@ -571,23 +600,18 @@ fn run_generate<B: Backend>(
     );
 
     if let Some(dir) = &args.out_dir {
-        for (img, rec) in images.iter().zip(&records) {
+        let first = next_file_number(dir);
+        for (n, (img, rec)) in (first..).zip(images.iter().zip(&records)) {
             let what = match (&rec.prompt, rec.class) {
                 (Some(p), _) => prompt_slug(p),
                 (None, c) => c.unwrap_or(0).to_string(),
             };
-            let path = dir.join(format!(
-                "{:04}-{what}-seed{}.png",
-                rec.index, rec.params.seed
-            ));
+            let path = dir.join(format!("{n:04}-{what}-seed{}.png", rec.params.seed));
             save_png(&path, img, &PngRecord::new(vec![rec.clone()]))?;
             println!("{}", path.display());
         }
     } else {
-        let path = args
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("samples.png"));
+        let path = args.out.clone().unwrap_or_else(default_out);
         let per_row = args
             .per_row
             .unwrap_or_else(|| (images.len() as f64).sqrt().ceil() as usize);
@@ -600,6 +624,62 @@ fn run_generate<B: Backend>(
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// Checked before any image is generated, so that no generated image is lost to an output that
+/// cannot be written: `--out` names a PNG, and the folder it goes to exists (or is made) and
+/// takes a file.
+fn check_output(args: &GenerateArgs) -> Result<()> {
+    if let Some(out) = args
+        .out
+        .as_ref()
+        .filter(|o| !o.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+    {
+        bail!(
+            "--out {}: llamagen writes PNG files (the parameters of every image travel in \
+             their text chunks)\nhint: give a name ending in .png",
+            out.display()
+        );
+    }
+    let dir = match (&args.out_dir, &args.out) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(out)) => out
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        (None, None) => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot make the output folder {}", dir.display()))?;
+    let probe = dir.join(format!(".llamagen-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("cannot write into the output folder {}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The number the next file of an `--out-dir` folder takes: one more than the highest
+/// `NUMBER-….png` already there (0 in a new folder).
+fn next_file_number(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".png")?;
+            name.split('-').next()?.parse::<usize>().ok()
+        })
+        .max()
+        .map_or(0, |n| n + 1)
+}
+
+/// `samples.png`, or the first of `samples-1.png`, `samples-2.png`, … not taken yet.
+fn default_out() -> PathBuf {
+    std::iter::once(PathBuf::from("samples.png"))
+        .chain((1..).map(|i| PathBuf::from(format!("samples-{i}.png"))))
+        .find(|p| !p.exists())
+        .expect("an unbounded sequence of names")
 }
 
 /// Loads the T5 folder of `--t5` (its width checked against the generator's captions before
