@@ -11,7 +11,9 @@ use image::RgbImage;
 use llamagen::classes::ClassNames;
 use llamagen::config::ModelType;
 use llamagen::generate::Request;
-use llamagen::image_io::{PngRecord, SampleRecord, read_png_record, save_png};
+use llamagen::image_io::{
+    PngRecord, SampleRecord, next_file_number, read_png_record, sample_file_name, save_png,
+};
 use llamagen::sampling::SamplerParams;
 
 use crate::explore::{self, Axis};
@@ -103,6 +105,8 @@ pub struct GalleryItem {
     pub texture: TextureHandle,
     pub probs: Vec<f32>,
     pub entropy: Vec<f32>,
+    /// The file it was saved to, when it was (the save folder, or "Save PNG…").
+    pub saved: Option<PathBuf>,
 }
 
 pub struct StudioApp {
@@ -758,11 +762,47 @@ impl StudioApp {
                 texture: tex,
                 probs: c.probs.clone(),
                 entropy: c.entropy.clone(),
+                saved: None,
             });
         }
         let n = new_items.len();
+        let from = self.gallery.len();
         self.gallery.extend(new_items);
         self.message = format!("{n} image(s) in {seconds:.1} s");
+        if self.settings.save_images {
+            match self.save_to_folder(from) {
+                Ok(()) => {
+                    let dir = self.settings.save_dir.display();
+                    self.message.push_str(&format!("; saved in {dir}"));
+                }
+                Err(e) => self.message.push_str(&format!(
+                    "; NOT saved ({e}): they stay in the gallery, right-click one to save it"
+                )),
+            }
+        }
+    }
+
+    /// Writes gallery images `from..` into the save folder, numbered on from the highest
+    /// already there, each a PNG with its parameters.
+    fn save_to_folder(&mut self, from: usize) -> Result<(), String> {
+        let dir = self.settings.save_dir.clone();
+        if dir.as_os_str().is_empty() {
+            return Err("no save folder chosen".into());
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot make the folder {}: {e}", dir.display()))?;
+        let first = next_file_number(&dir);
+        for (n, item) in (first..).zip(&mut self.gallery[from..]) {
+            let path = dir.join(sample_file_name(n, &item.record));
+            save_png(
+                &path,
+                &item.image,
+                &PngRecord::new(vec![item.record.clone()]),
+            )
+            .map_err(|e| e.to_string())?;
+            item.saved = Some(path);
+        }
+        Ok(())
     }
 
     /// Shows a gallery image on its own (overlay and re-roll work on it) and takes its
@@ -806,17 +846,19 @@ impl StudioApp {
     }
 
     /// Writes a gallery image as PNG with its parameters embedded (as `llamagen generate`).
-    pub fn save_item(&self, index: usize, path: &Path) -> Result<(), String> {
+    pub fn save_item(&mut self, index: usize, path: &Path) -> Result<(), String> {
         let item = self
             .gallery
-            .get(index)
+            .get_mut(index)
             .ok_or_else(|| format!("no gallery image {index}"))?;
         save_png(
             path,
             &item.image,
             &PngRecord::new(vec![item.record.clone()]),
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        item.saved = Some(path.to_path_buf());
+        Ok(())
     }
 
     /// Restores the sampler settings, class and seed from a PNG this project wrote.

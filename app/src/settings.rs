@@ -47,6 +47,10 @@ pub struct Settings {
     pub last_model: Option<RecentModel>,
     pub xy: XyGrid,
     pub overlay: Overlay,
+    /// Write every finished image to `save_dir` (a PNG with its parameters, as `llamagen
+    /// generate --out-dir`), so that closing the studio loses nothing.
+    pub save_images: bool,
+    pub save_dir: PathBuf,
 }
 
 impl Default for Settings {
@@ -64,8 +68,18 @@ impl Default for Settings {
             last_model: None,
             xy: XyGrid::default(),
             overlay: Overlay::None,
+            save_images: true,
+            save_dir: default_save_dir(),
         }
     }
+}
+
+/// Where finished images go unless the person picks another folder: `llamagen` in the
+/// pictures folder (in the home folder where there is none).
+pub fn default_save_dir() -> PathBuf {
+    dirs::picture_dir()
+        .or_else(dirs::home_dir)
+        .map_or_else(|| PathBuf::from("llamagen-images"), |d| d.join("llamagen"))
 }
 
 impl Settings {

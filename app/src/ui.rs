@@ -679,6 +679,28 @@ fn gallery(app: &mut StudioApp, ui: &mut egui::Ui) {
     ui.horizontal(|ui| {
         ui.strong(format!("Gallery ({})", app.gallery.len()));
         ui.weak("click an image to show it; right-click to save it as PNG with its parameters");
+        ui.separator();
+        ui.checkbox(&mut app.settings.save_images, "Save every image in")
+            .on_hover_text(
+                "each finished image is written there as a PNG that carries its parameters \
+                 (NUMBER-CLASS-seedSEED.png, numbered on from what the folder holds)",
+            );
+        let mut dir = app.settings.save_dir.display().to_string();
+        let field = ui.add_enabled(
+            app.settings.save_images,
+            TextEdit::singleline(&mut dir).desired_width(220.0),
+        );
+        if field.changed() {
+            app.settings.save_dir = dir.into();
+        }
+        if ui
+            .add_enabled(app.settings.save_images, egui::Button::new("…"))
+            .on_hover_text("choose the folder")
+            .clicked()
+            && let Some(p) = rfd::FileDialog::new().pick_folder()
+        {
+            app.settings.save_dir = p;
+        }
     });
     let mut show = None;
     let mut save = None;
@@ -691,13 +713,17 @@ fn gallery(app: &mut StudioApp, ui: &mut egui::Ui) {
                             .sense(Sense::click()),
                     )
                     .on_hover_text(format!(
-                        "{} · seed {} · cfg {} · T {} · top-k {} · top-p {}",
+                        "{} · seed {} · cfg {} · T {} · top-k {} · top-p {}\n{}",
                         item.record.class_name.as_deref().unwrap_or("?"),
                         item.record.params.seed,
                         item.record.params.cfg_scale,
                         item.record.params.temperature,
                         item.record.params.top_k,
-                        item.record.params.top_p
+                        item.record.params.top_p,
+                        item.saved.as_ref().map_or_else(
+                            || "not saved".to_string(),
+                            |p| format!("saved as {}", p.display())
+                        )
                     ));
                 if r.clicked() {
                     show = Some(i);

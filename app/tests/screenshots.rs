@@ -76,10 +76,15 @@ fn without_storage_buffers_the_studio_composes_the_mosaic_on_the_cpu() {
 
 /// The studio, 16 images a run, drawn by wgpu on `renderer`'s device.
 fn studio(renderer: WgpuTestRenderer) -> Harness<'static, StudioApp> {
+    let save_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("studio-saved-screenshots")
+        .join(std::thread::current().name().unwrap_or("main"));
+    let _ = std::fs::remove_dir_all(&save_dir);
     let settings = Settings {
         num_images: 16,
         // No true decode while running: what shows is the mosaic alone.
         decode_every: 0,
+        save_dir,
         ..Settings::default()
     };
     Harness::builder()

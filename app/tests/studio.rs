@@ -14,7 +14,22 @@ use llamagen_studio::worker::Compute;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn studio(settings: Settings) -> Harness<'static, StudioApp> {
+/// A save folder of the test's own under the target folder, emptied (never the person's
+/// pictures folder).
+fn save_dir() -> std::path::PathBuf {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("main")
+        .replace("::", "-");
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("studio-saved")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn studio(mut settings: Settings) -> Harness<'static, StudioApp> {
+    settings.save_dir = save_dir();
     let mut h = Harness::builder()
         .with_size([1280.0, 820.0])
         .with_max_steps(10_000)
@@ -60,13 +75,14 @@ fn type_into(h: &mut Harness<'_, StudioApp>, label: &str, text: &str) {
     h.step();
 }
 
-/// Generates one image with the current settings; the gallery (empty before) then holds it.
+/// Generates one image with the current settings; the gallery then holds one more.
 fn generate_one(h: &mut Harness<'_, StudioApp>) {
+    let before = h.state().gallery.len();
     h.state_mut().settings.num_images = 1;
     h.get_by_label("Generate").click();
     h.step();
     step_until(h, finished);
-    assert_eq!(h.state().gallery.len(), 1);
+    assert_eq!(h.state().gallery.len(), before + 1);
 }
 
 fn class_id(h: &Harness<'_, StudioApp>, name: &str) -> usize {
@@ -133,6 +149,59 @@ fn pick_a_class_move_a_slider_generate_and_see_the_gallery_grow() {
     // The two images have different seeds, so they differ.
     assert_ne!(gallery[0].record.params.seed, gallery[1].record.params.seed);
     assert!(h.query_by_label_contains("done in").is_some());
+
+    // Both were written to the save folder, each a PNG with its own parameters.
+    let dir = h.state().settings.save_dir.clone();
+    assert!(
+        h.state().message.contains("saved in"),
+        "{}",
+        h.state().message
+    );
+    for (i, g) in gallery.iter().enumerate() {
+        let path = g.saved.clone().expect("saved");
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(
+            path.starts_with(&dir)
+                && name == format!("{i:04}-{star}-seed{}.png", g.record.params.seed),
+            "{}",
+            path.display()
+        );
+        let record = llamagen::image_io::read_png_record(&path).unwrap();
+        assert_eq!(record.samples[0].tokens, g.record.tokens);
+    }
+}
+
+/// A save folder that cannot be made: the images stay in the gallery and the message says
+/// they were not saved; with saving switched off nothing is written.
+#[test]
+fn an_unwritable_save_folder_loses_nothing_and_saving_can_be_switched_off() {
+    let mut h = studio(Settings {
+        num_images: 1,
+        ..Settings::default()
+    });
+    let dir = h.state().settings.save_dir.clone();
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    std::fs::write(&dir, b"a file where the folder should be").unwrap();
+    generate_one(&mut h);
+    let message = h.state().message.clone();
+    assert!(message.contains("NOT saved"), "{message}");
+    assert_eq!(h.state().gallery.len(), 1);
+    assert!(h.state().gallery[0].saved.is_none());
+    std::fs::remove_file(&dir).unwrap();
+
+    // The gallery's panel grew with its first image: let the layout settle before clicking.
+    h.run();
+    h.get_by_label("Save every image in").click();
+    h.step();
+    assert!(!h.state().settings.save_images);
+    generate_one(&mut h);
+    assert_eq!(h.state().gallery.len(), 2);
+    assert!(!dir.exists());
+    assert!(
+        !h.state().message.contains("saved"),
+        "{}",
+        h.state().message
+    );
 }
 
 #[test]
@@ -200,7 +269,7 @@ fn a_saved_png_restores_its_parameters_when_dropped() {
 
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("heart.png");
-    h.state().save_item(0, &png).unwrap();
+    h.state_mut().save_item(0, &png).unwrap();
     let saved = h.state().gallery[0].record.clone();
 
     // Different settings, then the PNG dropped on the window brings them back.

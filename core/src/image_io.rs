@@ -222,8 +222,78 @@ pub fn read_png_record(path: &Path) -> Result<PngRecord, ImageError> {
     Err(ImageError::NoParameters(path.to_path_buf()))
 }
 
+/// A file-name fragment from a prompt: its first words, lower-case letters and digits.
+pub fn prompt_slug(prompt: &str) -> String {
+    let mut slug = String::new();
+    for word in prompt
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        if slug.len() + word.len() > 40 {
+            break;
+        }
+        if !slug.is_empty() {
+            slug.push('_');
+        }
+        slug.push_str(&word.to_ascii_lowercase());
+    }
+    if slug.is_empty() {
+        slug.push_str("prompt");
+    }
+    slug
+}
+
+/// The file name of one sample in an output folder (`llamagen generate --out-dir`, the
+/// studio's saved images): `NUMBER-CLASS-seedSEED.png`, or the prompt's first words for a
+/// text-conditional sample.
+pub fn sample_file_name(number: usize, record: &SampleRecord) -> String {
+    let what = match (&record.prompt, record.class) {
+        (Some(p), _) => prompt_slug(p),
+        (None, c) => c.unwrap_or(0).to_string(),
+    };
+    format!("{number:04}-{what}-seed{}.png", record.params.seed)
+}
+
+/// The number the next sample file of an output folder takes: one more than the highest
+/// `NUMBER-….png` already there (0 in a new or unreadable folder), so that no earlier file is
+/// replaced.
+pub fn next_file_number(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_suffix(".png")?;
+            name.split('-').next()?.parse::<usize>().ok()
+        })
+        .max()
+        .map_or(0, |n| n + 1)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn output_folder_numbers_go_on_from_the_highest() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(super::next_file_number(dir.path()), 0);
+        for name in [
+            "0003-7-seed1.png",
+            "0011-a_cat-seed2.png",
+            "0099-notes.txt",
+            "x.png",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        assert_eq!(super::next_file_number(dir.path()), 12);
+        assert_eq!(super::next_file_number(&dir.path().join("absent")), 0);
+        assert_eq!(
+            super::prompt_slug("A red cat, on the mat!"),
+            "a_red_cat_on_the_mat"
+        );
+        assert_eq!(super::prompt_slug("!!"), "prompt");
+    }
+
     use super::*;
 
     #[test]

@@ -15,8 +15,8 @@ use llamagen::config::{GptConfig, ModelType, VqConfig};
 use llamagen::generate::{Generator, Observer, Request, TokenEvent, decode_tokens};
 use llamagen::gpt::Transformer;
 use llamagen::image_io::{
-    PngRecord, SampleRecord, image_to_tensor, make_grid, read_png_record, save_png,
-    tensor_to_images,
+    PngRecord, SampleRecord, image_to_tensor, make_grid, next_file_number, read_png_record,
+    sample_file_name, save_png, tensor_to_images,
 };
 use llamagen::sampling::SamplerParams;
 use llamagen::text::{CaptionFeatures, T5Folder, T5Precision, TextEncoder, TextError};
@@ -282,27 +282,6 @@ fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
         bail!("the prompt file {} holds no prompts", path.display());
     }
     Ok(prompts)
-}
-
-/// A file-name fragment from a prompt: its first words, lower-case letters and digits.
-fn prompt_slug(prompt: &str) -> String {
-    let mut slug = String::new();
-    for word in prompt
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
-        if slug.len() + word.len() > 40 {
-            break;
-        }
-        if !slug.is_empty() {
-            slug.push('_');
-        }
-        slug.push_str(&word.to_ascii_lowercase());
-    }
-    if slug.is_empty() {
-        slug.push_str("prompt");
-    }
-    slug
 }
 
 impl GenerateArgs {
@@ -602,11 +581,7 @@ fn run_generate<B: Backend>(
     if let Some(dir) = &args.out_dir {
         let first = next_file_number(dir);
         for (n, (img, rec)) in (first..).zip(images.iter().zip(&records)) {
-            let what = match (&rec.prompt, rec.class) {
-                (Some(p), _) => prompt_slug(p),
-                (None, c) => c.unwrap_or(0).to_string(),
-            };
-            let path = dir.join(format!("{n:04}-{what}-seed{}.png", rec.params.seed));
+            let path = dir.join(sample_file_name(n, rec));
             save_png(&path, img, &PngRecord::new(vec![rec.clone()]))?;
             println!("{}", path.display());
         }
@@ -656,22 +631,6 @@ fn check_output(args: &GenerateArgs) -> Result<()> {
         .with_context(|| format!("cannot write into the output folder {}", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
-}
-
-/// The number the next file of an `--out-dir` folder takes: one more than the highest
-/// `NUMBER-….png` already there (0 in a new folder).
-fn next_file_number(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            name.strip_suffix(".png")?;
-            name.split('-').next()?.parse::<usize>().ok()
-        })
-        .max()
-        .map_or(0, |n| n + 1)
 }
 
 /// `samples.png`, or the first of `samples-1.png`, `samples-2.png`, … not taken yet.
