@@ -1303,6 +1303,69 @@ fn generate_uses_the_bundled_demo_model_by_default() {
     assert!(!out.status.success());
 }
 
+/// `--out-dir` writes each batch when it is done: a run killed half-way leaves the images it
+/// finished, every one a whole PNG with its record (written then renamed), none half-written.
+#[test]
+fn a_run_killed_half_way_keeps_the_images_it_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut child = llamagen()
+        .args([
+            "generate",
+            "--class",
+            "ring",
+            "--num",
+            "500",
+            "--batch-size",
+            "1",
+            "--seed",
+            "1",
+            "--backend",
+            "cpu",
+            "--out-dir",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let finished = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with("-seed1.png"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while finished(&out) == 0 {
+        assert!(std::time::Instant::now() < end, "no image written");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut pngs: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    pngs.sort();
+    assert!(!pngs.is_empty() && pngs.len() < 500, "{}", pngs.len());
+    for (i, png) in pngs.iter().enumerate() {
+        let record = llamagen::image_io::read_png_record(png).unwrap();
+        assert_eq!(
+            record.samples[0].params.seed,
+            1 + i as u64,
+            "{}",
+            png.display()
+        );
+        assert_eq!(image::open(png).unwrap().width(), 64);
+    }
+}
+
 /// `--backend auto` runs on wgpu only on a hardware adapter: a software rasteriser (Mesa's
 /// lavapipe, which CI installs) is many times slower than the CPU backend, so it is passed over,
 /// saying so. `--backend wgpu` still uses whatever adapter there is.

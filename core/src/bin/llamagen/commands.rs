@@ -142,7 +142,8 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with = "out_dir")]
     pub out: Option<PathBuf>,
     /// Output folder: one PNG per image, named NUMBER-CLASS-seedSEED.png; the numbers go on
-    /// from the highest already in the folder, so no earlier image is replaced.
+    /// from the highest already in the folder, so no earlier image is replaced. Each batch is
+    /// written as soon as it is done: a run stopped half-way keeps what it finished.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
     /// Images per row of the grid (default: about square).
@@ -535,6 +536,9 @@ fn run_generate<B: Backend>(
     let mut images = Vec::with_capacity(plans.len());
     let mut records = Vec::with_capacity(plans.len());
     let t_gen = Instant::now();
+    // With --out-dir every batch is written as soon as it is decoded: stopping a long run
+    // (Ctrl+C) keeps what it finished.
+    let mut next_number = args.out_dir.as_deref().map(next_file_number);
     for chunk in plans.chunks(args.batch_size) {
         let requests: Vec<Request> = chunk
             .iter()
@@ -569,6 +573,15 @@ fn run_generate<B: Backend>(
                 tokens,
             });
         }
+        if let (Some(dir), Some(n)) = (&args.out_dir, next_number.as_mut()) {
+            let done = images.len() - chunk.len();
+            for (img, rec) in images[done..].iter().zip(&records[done..]) {
+                let path = dir.join(sample_file_name(*n, rec));
+                save_png(&path, img, &PngRecord::new(vec![rec.clone()]))?;
+                bar.suspend(|| println!("{}", path.display()));
+                *n += 1;
+            }
+        }
     }
     bar.finish_and_clear();
     let secs = t_gen.elapsed().as_secs_f64();
@@ -578,14 +591,7 @@ fn run_generate<B: Backend>(
         total_tokens as f64 / secs
     );
 
-    if let Some(dir) = &args.out_dir {
-        let first = next_file_number(dir);
-        for (n, (img, rec)) in (first..).zip(images.iter().zip(&records)) {
-            let path = dir.join(sample_file_name(n, rec));
-            save_png(&path, img, &PngRecord::new(vec![rec.clone()]))?;
-            println!("{}", path.display());
-        }
-    } else {
+    if args.out_dir.is_none() {
         let path = args.out.clone().unwrap_or_else(default_out);
         let per_row = args
             .per_row
