@@ -158,6 +158,30 @@ pub fn asset_path(rel: &Path) -> Option<PathBuf> {
     roots.into_iter().map(|r| r.join(rel)).find(|p| p.is_file())
 }
 
+/// How a record names a file of the bundled assets: `bundled:demo/gpt.safetensors`.
+pub const BUNDLED_PREFIX: &str = "bundled:";
+
+/// A relative path with its `..` and `.` folded away, `/`-separated (`demo-text/../demo/x` →
+/// `demo/x`).
+fn normalize(rel: &Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in rel.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            _ => {}
+        }
+    }
+    parts.join("/")
+}
+
+/// Whether a record's model path names a bundled file (`bundled:…`).
+pub fn is_bundled(recorded: &str) -> bool {
+    recorded.starts_with(BUNDLED_PREFIX)
+}
+
 /// What the user may say about the checkpoints.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -376,7 +400,19 @@ impl<B: Backend> ModelBundle<B> {
                     Demo::Classes => BundleError::NoDemo,
                     Demo::Text => BundleError::NoTextDemo,
                 })?;
-                return Self::from_card(&card, device);
+                let mut bundle = Self::from_card(&card, device)?;
+                // Records name the bundled files by their place in the assets, so that a PNG
+                // made here is remade (`--from`) on a machine whose checkout lies elsewhere.
+                let root = card
+                    .parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new("."));
+                for file in [&mut bundle.gpt_file, &mut bundle.vq_file] {
+                    if let Ok(rel) = Path::new(&file.path).strip_prefix(root) {
+                        file.path = format!("{BUNDLED_PREFIX}{}", normalize(rel));
+                    }
+                }
+                return Ok(bundle);
             }
         };
         let (gpt, vq) = (gpt.as_path(), vq.as_path());

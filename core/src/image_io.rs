@@ -84,7 +84,8 @@ pub fn make_grid(images: &[RgbImage], per_row: usize) -> RgbImage {
 /// A model file as a record names it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelFile {
-    /// The path as given (or `bundled:<name>` for the demo model).
+    /// The path as given, or `bundled:<folder>/<file>` for a file of the bundled demo models
+    /// (found in the assets of whichever machine reads the record).
     pub path: String,
     pub bytes: u64,
 }

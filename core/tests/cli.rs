@@ -1207,7 +1207,14 @@ fn a_prompt_uses_the_bundled_text_demo_by_default() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("demo-text"), "{err}");
     let info = llamagen().arg("info").arg(&png).output().unwrap();
-    assert!(String::from_utf8_lossy(&info.stdout).contains(prompt));
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains(prompt));
+    // The text demo shares the class demo's tokenizer: both named by their place in the assets.
+    assert!(
+        text.contains("bundled:demo-text/gpt.safetensors")
+            && text.contains("tokenizer: bundled:demo/vq.safetensors"),
+        "{text}"
+    );
     let again = dir.path().join("again.png");
     let out = llamagen()
         .args(["generate", "--backend", "cpu", "--from"])
@@ -1273,6 +1280,11 @@ fn generate_uses_the_bundled_demo_model_by_default() {
         .unwrap(),
     )
     .unwrap();
+    // The bundled files are named by their place in the assets, not this checkout's path, so
+    // that `--from` remakes the image on any machine.
+    let sample = &record["samples"][0];
+    assert_eq!(sample["gpt"]["path"], "bundled:demo/gpt.safetensors");
+    assert_eq!(sample["vq"]["path"], "bundled:demo/vq.safetensors");
     for key in ["cfg_scale", "cfg_interval", "temperature", "top_k", "top_p"] {
         assert_eq!(
             record["samples"][0]["params"][key], card["sampler"][key],

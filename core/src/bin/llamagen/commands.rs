@@ -315,10 +315,13 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             .samples
             .first()
             .ok_or_else(|| anyhow!("{} holds no samples", png.display()))?;
-        if args.gpt_ckpt.is_none() {
+        // A bundled demo model is found in this machine's assets (the record names it by its
+        // place there); any other model by its recorded path.
+        let bundled = llamagen::bundle::is_bundled(&first.gpt.path);
+        if args.gpt_ckpt.is_none() && !bundled {
             args.gpt_ckpt = Some(PathBuf::from(&first.gpt.path));
         }
-        if args.vq_ckpt.is_none() {
+        if args.vq_ckpt.is_none() && !bundled {
             args.vq_ckpt = Some(PathBuf::from(&first.vq.path));
         }
         args.image_size.get_or_insert(first.image_size);
