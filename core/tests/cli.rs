@@ -512,6 +512,79 @@ fn dataset_shapes_writes_an_image_folder() {
 /// The whole pipeline on a toy scale: data set → train-vq → extract-codes → train-gpt → card →
 /// generate → info; then a training process killed at random moments always leaves a
 /// checkpoint that loads, and `--resume` finishes the run.
+/// The training commands refuse an output they cannot write before any work starts (a
+/// classifier, a codes file, a run folder under a plain file), saying which folder; the error
+/// says each reason once.
+#[cfg(feature = "train")]
+#[test]
+fn training_outputs_that_cannot_be_written_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let under = |name: &str| file.join(name).display().to_string();
+    let data = dir.path().join("data");
+    for (args, folder) in [
+        (
+            vec![
+                "train-classifier".into(),
+                "--steps".into(),
+                "200".into(),
+                "--out".into(),
+                under("c.mpk"),
+            ],
+            file.display().to_string(),
+        ),
+        (
+            vec![
+                "train-gpt".into(),
+                "--codes".into(),
+                "x.codes".into(),
+                "--steps".into(),
+                "1".into(),
+                "--out".into(),
+                under("run"),
+            ],
+            under("run"),
+        ),
+        (
+            vec![
+                "extract-codes".into(),
+                "--data".into(),
+                data.display().to_string(),
+                "--vq-ckpt".into(),
+                "vq".into(),
+                "--out".into(),
+                under("x.codes"),
+            ],
+            file.display().to_string(),
+        ),
+    ] {
+        let out = llamagen().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            err.contains(&format!("output folder {folder}")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("step "), "{args:?} trained: {err}");
+        let reason = err
+            .lines()
+            .last()
+            .unwrap()
+            .rsplit(": ")
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(err.matches(&reason).count(), 1, "{err}");
+    }
+    let out = llamagen()
+        .args(["eval-classes", "--num", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+}
+
 #[cfg(feature = "train")]
 mod training {
     use super::llamagen;

@@ -89,9 +89,20 @@ fn prune(out: &Path, current: &str) -> Result<(), TrainError> {
 
 /// Saves a burn record (model, optimizer, EMA) as `<path>.mpk`.
 pub fn save_record<B: Backend, R: Record<B>>(record: R, path: &Path) -> Result<(), TrainError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e.to_string()))?;
+    }
     NamedMpkFileRecorder::<FullPrecisionSettings>::new()
         .record(record, path.to_path_buf())
-        .map_err(|e| TrainError::io(path, format!("{e:?}")))
+        .map_err(|e| TrainError::io(path, recorder_reason(&e)))
+}
+
+/// The words of a burn recorder error, without the variant's name around them.
+fn recorder_reason(e: &burn::record::RecorderError) -> String {
+    use burn::record::RecorderError as E;
+    match e {
+        E::FileNotFound(s) | E::DeserializeError(s) | E::Unknown(s) => s.clone(),
+    }
 }
 
 /// Loads a record saved by [`save_record`].
@@ -103,7 +114,7 @@ pub fn load_record<B: Backend, R: Record<B>>(
         .load(path.to_path_buf(), device)
         .map_err(|e| TrainError::Resume {
             path: path.to_path_buf(),
-            reason: format!("{e:?}"),
+            reason: recorder_reason(&e),
         })
 }
 

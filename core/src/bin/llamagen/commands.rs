@@ -633,7 +633,12 @@ fn check_output(args: &GenerateArgs) -> Result<()> {
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
         (None, None) => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir)
+    ensure_writable_folder(&dir)
+}
+
+/// Makes `dir` when it is missing and checks that it takes a file (one written and removed).
+pub fn ensure_writable_folder(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot make the output folder {}", dir.display()))?;
     let probe = dir.join(format!(".llamagen-write-check-{}", std::process::id()));
     std::fs::write(&probe, b"")

@@ -249,7 +249,22 @@ pub struct TrainVqArgs {
     pub backend: BackendArg,
 }
 
+/// Checked before any training or encoding starts, so that no finished work is lost to an
+/// output that cannot be written: the folder (`folder`) or the file's folder exists or can be
+/// made, and takes a file.
+fn check_output(path: &Path, folder: bool) -> Result<()> {
+    let dir = if folder {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    crate::commands::ensure_writable_folder(&dir)
+}
+
 pub fn train_vq(args: TrainVqArgs) -> Result<()> {
+    check_output(&args.out, true)?;
     let kind = resolve_backend(args.backend)?;
     with_backend!(kind, |device: B| run_train_vq::<B>(&args, kind, &device))
 }
@@ -517,6 +532,7 @@ pub fn resolve_weights(path: &Path) -> Result<PathBuf> {
 }
 
 pub fn extract_codes(args: ExtractCodesArgs) -> Result<()> {
+    check_output(&args.out, false)?;
     let kind = resolve_backend(args.backend)?;
     with_backend!(kind, |device: B| run_extract::<B>(&args, &device))
 }
@@ -800,6 +816,7 @@ fn replica_plan<B: Backend>(
 }
 
 pub fn train_gpt(args: TrainGptArgs) -> Result<()> {
+    check_output(&args.out, true)?;
     let kind = resolve_backend(args.backend)?;
     with_backend!(kind, |device: B| run_train_gpt::<B>(&args, kind, &device))
 }
@@ -1167,6 +1184,7 @@ where
 }
 
 pub fn train_classifier(args: TrainClassifierArgs) -> Result<()> {
+    check_output(&args.out, false)?;
     let device = Default::default();
     let model = fit_shape_net(
         ShapeClassifier::init,
@@ -1210,6 +1228,7 @@ pub struct TrainPerceptualArgs {
 /// Trains on images as drawn (no degradations: the features must notice blur, which is what
 /// the perceptual loss is for).
 pub fn train_perceptual(args: TrainPerceptualArgs) -> Result<()> {
+    check_output(&args.out, false)?;
     let device = Default::default();
     let model = fit_shape_net(
         PerceptualNet::init,
@@ -1403,6 +1422,9 @@ fn frame_colour(img: &image::RgbImage) -> usize {
 }
 
 pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
+    if args.num == 0 || args.batch_size == 0 {
+        bail!("--num and --batch-size must be at least 1");
+    }
     type B = llamagen::backend::Cpu;
     let device = Default::default();
     if args.classifier.is_empty() {
