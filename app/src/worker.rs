@@ -201,6 +201,18 @@ impl Drop for WorkerHandle {
     }
 }
 
+/// Runs `f`, turning a panic inside it (a backend that runs out of memory, say) into the
+/// panic's message, so that the worker reports it and goes on instead of dying silently.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the backend stopped with an unknown error".into())
+    })
+}
+
 struct Worker {
     compute: Compute,
     commands: Receiver<Command>,
@@ -259,7 +271,12 @@ impl Worker {
                 },
                 Some(Command::Load(spec)) => {
                     drop(model.take()); // free the old model first
-                    model = self.load(spec);
+                    model = guarded(|| self.load(spec)).unwrap_or_else(|why| {
+                        self.emit(Event::LoadFailed(format!(
+                            "the model could not load: {why}"
+                        )));
+                        None
+                    });
                 }
                 Some(Command::LoadText(dir)) => match &mut model {
                     Some(Loaded::Cpu(m)) => self.load_text(m, dir),
@@ -274,14 +291,25 @@ impl Worker {
                     }
                     self.emit(Event::TextReleased);
                 }
-                Some(Command::Generate(job)) => match &mut model {
-                    Some(Loaded::Cpu(m)) => self.generate(m, job),
-                    Some(Loaded::Wgpu(m)) => self.generate(m, job),
-                    None => self.emit(Event::Failed {
-                        job: job.id,
-                        error: "no model is loaded".into(),
-                    }),
-                },
+                Some(Command::Generate(job)) => {
+                    let id = job.id;
+                    let ran = guarded(|| match &mut model {
+                        Some(Loaded::Cpu(m)) => self.generate(m, job),
+                        Some(Loaded::Wgpu(m)) => self.generate(m, job),
+                        None => self.emit(Event::Failed {
+                            job: id,
+                            error: "no model is loaded".into(),
+                        }),
+                    });
+                    if let Err(why) = ran {
+                        self.emit(Event::Failed {
+                            job: id,
+                            error: format!(
+                                "{why} (fewer images at once may fit; the model stays loaded)"
+                            ),
+                        });
+                    }
+                }
             }
         }
     }
@@ -554,5 +582,19 @@ impl<B: Backend> Observer for JobObserver<'_, '_, B> {
                 images,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guarded;
+
+    #[test]
+    fn a_panic_in_the_worker_becomes_its_message() {
+        assert_eq!(guarded(|| 3), Ok(3));
+        let caught: Result<(), String> = guarded(|| panic!("out of memory: {} bytes", 5));
+        assert_eq!(caught, Err("out of memory: 5 bytes".to_string()));
+        let caught: Result<(), String> = guarded(|| panic!("plain"));
+        assert_eq!(caught, Err("plain".to_string()));
     }
 }
