@@ -179,6 +179,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A panic (a backend out of memory, say) is said as an error with a hint, not as a crash
+    // report; RUST_BACKTRACE keeps Rust's own report for debugging.
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let what = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown error".into());
+            eprintln!(
+                "error: llamagen stopped unexpectedly: {what}\nhint: if the device ran out of \
+                 memory, try a smaller --batch-size; otherwise please report it with the \
+                 command line (RUST_BACKTRACE=1 shows where it happened)"
+            );
+        }));
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
