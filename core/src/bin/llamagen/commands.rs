@@ -627,13 +627,17 @@ fn check_output(args: &GenerateArgs) -> Result<()> {
     }
     let dir = match (&args.out_dir, &args.out) {
         (Some(dir), _) => dir.clone(),
-        (None, Some(out)) => out
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        (None, Some(out)) => folder_of(out),
         (None, None) => PathBuf::from("."),
     };
     ensure_writable_folder(&dir)
+}
+
+/// The folder a file goes to (`.` for a bare name).
+pub fn folder_of(file: &Path) -> PathBuf {
+    file.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// Makes `dir` when it is missing and checks that it takes a file (one written and removed).

@@ -256,9 +256,7 @@ fn check_output(path: &Path, folder: bool) -> Result<()> {
     let dir = if folder {
         path.to_path_buf()
     } else {
-        path.parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        crate::commands::folder_of(path)
     };
     crate::commands::ensure_writable_folder(&dir)
 }
