@@ -77,7 +77,9 @@ pub struct View {
     pub job: Option<u64>,
     pub cancel: Arc<AtomicBool>,
     pub started: Instant,
+    /// Tokens of all the cells together: to make, and made so far (kept prefixes included).
     pub total: usize,
+    /// Tokens of each cell kept from an earlier image (a re-roll).
     pub prefix_len: usize,
     pub done: usize,
     pub status: RunStatus,
@@ -91,9 +93,10 @@ impl View {
     /// Generated tokens per second (all samples together) and the seconds left.
     pub fn speed(&self) -> (f64, f64) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-6);
-        let made = (self.done.saturating_sub(self.prefix_len) * self.cells.len()) as f64;
+        let kept = self.prefix_len * self.cells.len();
+        let made = self.done.saturating_sub(kept) as f64;
         let rate = made / secs;
-        let left = (self.total.saturating_sub(self.done) * self.cells.len()) as f64;
+        let left = self.total.saturating_sub(self.done) as f64;
         (rate, if rate > 0.0 { left / rate } else { f64::NAN })
     }
 }
@@ -518,6 +521,7 @@ impl StudioApp {
     ) {
         let Some(info) = self.info() else { return };
         let total = info.grid_size * info.grid_size;
+        let n = cells.len();
         let requests: Vec<Request> = cells
             .iter()
             .map(|c| Request {
@@ -536,6 +540,7 @@ impl StudioApp {
         let job = Job {
             id,
             requests,
+            batch_size: self.settings.batch_size,
             decode_every: self.settings.decode_every,
             cancel: cancel.clone(),
             prompts: cells.iter().map(|c| c.prompt.clone()).collect(),
@@ -550,9 +555,9 @@ impl StudioApp {
             job: Some(id),
             cancel,
             started: Instant::now(),
-            total,
+            total: total * n,
             prefix_len: prefix.len(),
-            done: prefix.len(),
+            done: prefix.len() * n,
             status: RunStatus::Running,
         });
     }
@@ -659,6 +664,7 @@ impl StudioApp {
             Event::Patches(p) => self.atlas.lock().expect("atlas lock").insert(&p),
             Event::Token {
                 job,
+                first,
                 index,
                 new,
                 probs,
@@ -666,28 +672,29 @@ impl StudioApp {
                 ..
             } => {
                 if let Some(v) = self.view.as_mut().filter(|v| v.job == Some(job)) {
-                    for (i, c) in v.cells.iter_mut().enumerate() {
+                    for (i, c) in v.cells.iter_mut().skip(first).take(new.len()).enumerate() {
                         if c.tokens.len() == index {
                             c.tokens.push(new[i]);
                             c.probs.push(probs.get(i).copied().unwrap_or(f32::NAN));
                             c.entropy.push(entropy.get(i).copied().unwrap_or(f32::NAN));
+                            v.done += 1;
                         }
                     }
-                    v.done = index + 1;
                 }
             }
             Event::Partial {
                 job,
+                first,
                 tokens_done,
                 images,
             } => {
                 let textures: Vec<TextureHandle> = images
                     .iter()
                     .enumerate()
-                    .map(|(i, img)| self.texture(&format!("partial-{job}-{i}"), img))
+                    .map(|(i, img)| self.texture(&format!("partial-{job}-{}", first + i), img))
                     .collect();
                 if let Some(v) = self.view.as_mut().filter(|v| v.job == Some(job)) {
-                    for (c, t) in v.cells.iter_mut().zip(textures) {
+                    for (c, t) in v.cells.iter_mut().skip(first).zip(textures) {
                         c.partial = Some((t, tokens_done));
                     }
                 }

@@ -34,6 +34,9 @@ pub struct Settings {
     pub seed_locked: bool,
     /// Images per selected class.
     pub num_images: usize,
+    /// Images generated together: a run of more goes batch after batch (memory grows with
+    /// the batch, the attention cache above all).
+    pub batch_size: usize,
     /// A true VQ decode of the partial image every this many tokens (0 = only at the end).
     pub decode_every: usize,
     pub classes: Vec<usize>,
@@ -59,6 +62,7 @@ impl Default for Settings {
             sampler: SamplerParams::default(),
             seed_locked: false,
             num_images: 4,
+            batch_size: 16,
             decode_every: 16,
             classes: Vec::new(),
             class_search: String::new(),

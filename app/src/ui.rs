@@ -421,6 +421,11 @@ fn sampler_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
         }
     });
     ui.add(Slider::new(&mut app.settings.num_images, 1..=16).text("Images per class"));
+    ui.add(Slider::new(&mut app.settings.batch_size, 1..=64).text("Batch size"))
+        .on_hover_text(
+            "images generated together; a run of more goes batch after batch (a bigger batch \
+             is faster per image and needs more memory)",
+        );
     ui.add(Slider::new(&mut app.settings.decode_every, 0..=256).text("Decode every"))
         .on_hover_text(
             "a true VQ decode of the partial image every N tokens (0 = only at the end)",

@@ -83,6 +83,8 @@ pub struct ModelInfo {
 pub struct Job {
     pub id: u64,
     pub requests: Vec<Request>,
+    /// Requests generated together; more go batch after batch (0 = all at once).
+    pub batch_size: usize,
     /// A true VQ decode of the partial grids every this many tokens (0 = only at the end).
     pub decode_every: usize,
     pub cancel: Arc<AtomicBool>,
@@ -125,9 +127,11 @@ pub enum Event {
     TextReleased,
     /// Atlas entries for the live preview.
     Patches(Patches),
-    /// Tokens the generator made, for every sample of the batch.
+    /// Tokens the generator made, for every sample of the batch that starts at request
+    /// `first` of the job.
     Token {
         job: u64,
+        first: usize,
         index: usize,
         total: usize,
         new: Vec<u32>,
@@ -137,6 +141,8 @@ pub enum Event {
     /// A VQ decode of the grids so far (positions not yet generated decode from code 0).
     Partial {
         job: u64,
+        /// The job's request the batch starts at.
+        first: usize,
         tokens_done: usize,
         images: Vec<RgbImage>,
     },
@@ -412,36 +418,59 @@ impl Worker {
         }
         let generator = Generator::new(&bundle.gpt);
         let grid = bundle.grid_size();
-        let mut observer = JobObserver {
-            worker: self,
-            vq: &bundle.vq,
-            sent,
-            job: job.id,
-            decode_every: job.decode_every,
-            grid,
-        };
-        let result = generator.generate(&job.requests, &mut observer, Some(&job.cancel));
-        match result {
-            Ok(out) => {
-                let cancelled = out.cancelled;
-                let images = if cancelled {
-                    Vec::new()
-                } else {
-                    tensor_to_images(decode_tokens(&bundle.vq, &out.tokens, grid))
-                };
-                self.emit(Event::Finished {
-                    job: job.id,
-                    tokens: out.tokens,
-                    images,
-                    cancelled,
-                    seconds: t0.elapsed().as_secs_f64(),
-                });
-            }
-            Err(e) => self.emit(Event::Failed {
-                job: job.id,
-                error: e.to_string(),
-            }),
+        let per_batch = match job.batch_size {
+            0 => job.requests.len(),
+            n => n,
         }
+        .max(1);
+        let mut tokens = Vec::with_capacity(job.requests.len());
+        let mut images = Vec::with_capacity(job.requests.len());
+        for (k, batch) in job.requests.chunks(per_batch).enumerate() {
+            let mut observer = JobObserver {
+                worker: self,
+                vq: &bundle.vq,
+                sent,
+                job: job.id,
+                first: k * per_batch,
+                decode_every: job.decode_every,
+                grid,
+            };
+            match generator.generate(batch, &mut observer, Some(&job.cancel)) {
+                Ok(out) if out.cancelled => {
+                    self.emit(Event::Finished {
+                        job: job.id,
+                        tokens: Vec::new(),
+                        images: Vec::new(),
+                        cancelled: true,
+                        seconds: t0.elapsed().as_secs_f64(),
+                    });
+                    return;
+                }
+                Ok(out) => {
+                    // Each batch decoded on its own: the decoder's memory stays a batch's.
+                    images.extend(tensor_to_images(decode_tokens(
+                        &bundle.vq,
+                        &out.tokens,
+                        grid,
+                    )));
+                    tokens.extend(out.tokens);
+                }
+                Err(e) => {
+                    self.emit(Event::Failed {
+                        job: job.id,
+                        error: e.to_string(),
+                    });
+                    return;
+                }
+            }
+        }
+        self.emit(Event::Finished {
+            job: job.id,
+            tokens,
+            images,
+            cancelled: false,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
     }
 }
 
@@ -531,6 +560,8 @@ struct JobObserver<'w, 'm, B: Backend> {
     vq: &'m VqModel<B>,
     sent: &'m mut [bool],
     job: u64,
+    /// The job's request this batch starts at.
+    first: usize,
     decode_every: usize,
     grid: usize,
 }
@@ -558,6 +589,7 @@ impl<B: Backend> Observer for JobObserver<'_, '_, B> {
         }
         self.worker.emit(Event::Token {
             job: self.job,
+            first: self.first,
             index: event.index,
             total: event.total,
             new,
@@ -578,6 +610,7 @@ impl<B: Backend> Observer for JobObserver<'_, '_, B> {
             let images = tensor_to_images(decode_tokens(self.vq, &padded, self.grid));
             self.worker.emit(Event::Partial {
                 job: self.job,
+                first: self.first,
                 tokens_done: done,
                 images,
             });

@@ -252,6 +252,45 @@ fn cancel_stops_a_run_the_ui_keeps_answering_and_the_worker_is_reusable() {
     generate_one(&mut h);
 }
 
+/// A run of more images than the batch size goes batch after batch in the one job: every
+/// cell fills in, the progress counts all of them, and the images are the ones a single batch
+/// makes (every sample draws from its own seed).
+#[test]
+fn a_run_larger_than_the_batch_goes_batch_after_batch_with_the_same_images() {
+    let mut h = studio(Settings {
+        num_images: 5,
+        batch_size: 2,
+        seed_locked: true,
+        ..Settings::default()
+    });
+    h.state_mut().settings.sampler.seed = 77;
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(&mut h, finished);
+    let v = h.state().view.as_ref().unwrap();
+    assert_eq!(v.cells.len(), 5);
+    assert_eq!((v.done, v.total), (v.total, 5 * 64));
+    let batched: Vec<Vec<u32>> = h
+        .state()
+        .gallery
+        .iter()
+        .map(|g| g.record.tokens.clone())
+        .collect();
+    assert_eq!(batched.len(), 5);
+    assert!(batched.iter().all(|t| t.len() == 64));
+
+    h.state_mut().settings.batch_size = 16;
+    h.get_by_label("Generate").click();
+    h.step();
+    step_until(&mut h, finished);
+    let together: Vec<Vec<u32>> = h.state().gallery[5..]
+        .iter()
+        .map(|g| g.record.tokens.clone())
+        .collect();
+    assert_eq!(batched, together);
+    assert_eq!(h.state().sent_jobs.len(), 2);
+}
+
 #[test]
 fn a_saved_png_restores_its_parameters_when_dropped() {
     let mut h = studio(Settings {
