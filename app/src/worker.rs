@@ -311,7 +311,7 @@ impl Worker {
                         self.emit(Event::Failed {
                             job: id,
                             error: format!(
-                                "{why} (fewer images at once may fit; the model stays loaded)"
+                                "{why} (a smaller Batch size may fit; the model stays loaded)"
                             ),
                         });
                     }
