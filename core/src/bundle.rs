@@ -177,9 +177,27 @@ fn normalize(rel: &Path) -> String {
     parts.join("/")
 }
 
-/// Whether a record's model path names a bundled file (`bundled:…`).
-pub fn is_bundled(recorded: &str) -> bool {
-    recorded.starts_with(BUNDLED_PREFIX)
+/// Whether a record names a file of the bundled demo models: `bundled:…`, or (records written
+/// before those names) a path that is not here but ends in `<demo folder>/<file>` of a bundled
+/// file of the same size.
+pub fn is_bundled(file: &crate::image_io::ModelFile) -> bool {
+    if file.path.starts_with(BUNDLED_PREFIX) {
+        return true;
+    }
+    let path = Path::new(&file.path);
+    if path.exists() {
+        return false;
+    }
+    let (Some(name), Some(folder)) = (path.file_name(), path.parent().and_then(Path::file_name))
+    else {
+        return false;
+    };
+    [Demo::Classes, Demo::Text]
+        .iter()
+        .any(|d| folder == d.folder())
+        && asset_path(&Path::new(folder).join(name))
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.len() == file.bytes)
 }
 
 /// What the user may say about the checkpoints.

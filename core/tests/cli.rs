@@ -1370,6 +1370,49 @@ fn generate_uses_the_bundled_demo_model_by_default() {
             "{key}"
         );
     }
+    // A record from before the `bundled:` names, made on a checkout that lies elsewhere:
+    // `--from` still finds the demo files here (same folder, name and size) and remakes it.
+    let mut old = llamagen::image_io::read_png_record(&png).unwrap();
+    for s in &mut old.samples {
+        s.gpt.path = "/elsewhere/llamagen/assets/demo/gpt.safetensors".into();
+        s.vq.path = "/elsewhere/llamagen/assets/demo/vq.safetensors".into();
+    }
+    let image = image::open(&png).unwrap().to_rgb8();
+    let moved = dir.path().join("moved.png");
+    llamagen::image_io::save_png(&moved, &image, &old).unwrap();
+    let again = dir.path().join("again.png");
+    let out = llamagen()
+        .args(["generate", "--backend", "cpu", "--from"])
+        .arg(&moved)
+        .arg("--out")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(image::open(&again).unwrap().to_rgb8(), image);
+    // A size that is not the bundled file's is another model: its path is tried, and missing.
+    for s in &mut old.samples {
+        s.gpt.bytes += 1;
+    }
+    llamagen::image_io::save_png(&moved, &image, &old).unwrap();
+    let out = llamagen()
+        .args(["generate", "--backend", "cpu", "--from"])
+        .arg(&moved)
+        .arg("--out")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/elsewhere/llamagen/assets/demo"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Without --out: samples.png, then samples-1.png; the first run's image stays.
     for _ in 0..2 {
         let out = llamagen()

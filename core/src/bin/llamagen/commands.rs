@@ -317,7 +317,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("{} holds no samples", png.display()))?;
         // A bundled demo model is found in this machine's assets (the record names it by its
         // place there); any other model by its recorded path.
-        let bundled = llamagen::bundle::is_bundled(&first.gpt.path);
+        let bundled = llamagen::bundle::is_bundled(&first.gpt);
         if args.gpt_ckpt.is_none() && !bundled {
             args.gpt_ckpt = Some(PathBuf::from(&first.gpt.path));
         }
