@@ -210,13 +210,8 @@ impl Drop for WorkerHandle {
 /// Runs `f`, turning a panic inside it (a backend that runs out of memory, say) into the
 /// panic's message, so that the worker reports it and goes on instead of dying silently.
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
-        payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "the backend stopped with an unknown error".into())
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|payload| llamagen::error::panic_message(payload.as_ref()))
 }
 
 struct Worker {

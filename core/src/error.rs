@@ -111,3 +111,13 @@ impl CheckReport {
         }
     }
 }
+
+/// The words of a caught panic (`catch_unwind`'s payload, or a panic hook's), for binaries
+/// that report a panic as an error rather than a crash.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "an unknown error".into())
+}

@@ -183,12 +183,7 @@ fn main() -> ExitCode {
     // report; RUST_BACKTRACE keeps Rust's own report for debugging.
     if std::env::var_os("RUST_BACKTRACE").is_none() {
         std::panic::set_hook(Box::new(|info| {
-            let what = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown error".into());
+            let what = llamagen::error::panic_message(info.payload());
             eprintln!(
                 "error: llamagen stopped unexpectedly: {what}\nhint: if the device ran out of \
                  memory, try a smaller --batch-size; otherwise please report it with the \
