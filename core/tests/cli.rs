@@ -197,6 +197,23 @@ mod generate {
         llamagen().args(args).output().unwrap()
     }
 
+    /// Runs `args`, which must succeed (its stderr shown otherwise).
+    fn run_ok(args: &[&str]) {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The record `llamagen info --json` reads from a PNG.
+    fn record_of(png: &str) -> serde_json::Value {
+        let info = run(&["info", png, "--json"]);
+        assert!(info.status.success());
+        serde_json::from_slice(&info.stdout).unwrap()
+    }
+
     #[test]
     fn generate_info_and_reproduce_from_png() {
         let dir = tempfile::tempdir().unwrap();
@@ -262,9 +279,7 @@ mod generate {
         assert_eq!(std::fs::read(&files[0]).unwrap(), before);
         assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 8);
 
-        let info = run(&["info", &files[2], "--json"]);
-        assert!(info.status.success());
-        let record: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let record = record_of(&files[2]);
         let sample = &record["samples"][0];
         assert_eq!(sample["class"], 7);
         assert_eq!(sample["params"]["seed"], 7);
@@ -275,22 +290,17 @@ mod generate {
 
         // --from regenerates the same image, pixel for pixel.
         let again = dir.path().join("again.png");
-        let out = run(&[
+        let again_s = again.to_str().unwrap();
+        run_ok(&[
             "generate",
             "--from",
             &files[2],
             "--backend",
             "cpu",
             "--out",
-            again.to_str().unwrap(),
+            again_s,
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let info2 = run(&["info", again.to_str().unwrap(), "--json"]);
-        let record2: serde_json::Value = serde_json::from_slice(&info2.stdout).unwrap();
+        let record2 = record_of(again_s);
         assert_eq!(record2["samples"][0]["params"], sample["params"]);
         assert_eq!(record2["samples"][0]["tokens"], sample["tokens"]);
         let a = image::open(&files[2]).unwrap().to_rgb8();
@@ -300,7 +310,8 @@ mod generate {
 
         // Sampler options beside --from replace the PNG's; the rest (seed, class) stays.
         let other = dir.path().join("other.png");
-        let out = run(&[
+        let other_s = other.to_str().unwrap();
+        run_ok(&[
             "generate",
             "--from",
             &files[2],
@@ -311,15 +322,9 @@ mod generate {
             "--backend",
             "cpu",
             "--out",
-            other.to_str().unwrap(),
+            other_s,
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let info3 = run(&["info", other.to_str().unwrap(), "--json"]);
-        let record3: serde_json::Value = serde_json::from_slice(&info3.stdout).unwrap();
+        let record3 = record_of(other_s);
         let params = &record3["samples"][0]["params"];
         assert_eq!(params["cfg_scale"], 1.5);
         assert_eq!(params["top_k"], 3);
