@@ -1184,11 +1184,9 @@ mod training {
         );
     }
 
-    #[test]
-    fn a_killed_training_run_leaves_a_loadable_checkpoint_and_resumes() {
+    /// A codes file of 8 images of two classes, 4×4 tokens of a 16-entry codebook.
+    fn toy_codes(codes: &Path) {
         use llamagen::train::data::{CodeSet, CodesMeta};
-        let dir = tempfile::tempdir().unwrap();
-        let codes = dir.path().join("codes");
         CodeSet {
             meta: CodesMeta {
                 num_images: 8,
@@ -1203,8 +1201,15 @@ mod training {
             labels: (0..8).map(|i| i % 2).collect(),
             codes: (0..8 * 2 * 16).map(|i| (i % 16) as u16).collect(),
         }
-        .write(&codes)
+        .write(codes)
         .unwrap();
+    }
+
+    #[test]
+    fn a_killed_training_run_leaves_a_loadable_checkpoint_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let codes = dir.path().join("codes");
+        toy_codes(&codes);
         let run = dir.path().join("run");
         let train = |resume: bool, steps: &str| {
             let mut c = llamagen();
@@ -1263,6 +1268,141 @@ mod training {
             llamagen::train::checkpoint::load_state(&latest).unwrap()["step"],
             step + 2
         );
+    }
+
+    /// The step of `run`'s latest checkpoint.
+    fn saved_step(run: &Path) -> u64 {
+        let latest = llamagen::train::checkpoint::latest(run).unwrap().unwrap();
+        llamagen::train::checkpoint::load_state(&latest).unwrap()["step"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Starts `cmd` (a training run far too long to finish), waits until it has logged step 3,
+    /// sends it SIGINT as a terminal's Ctrl-C does, and returns the step it said it stopped at
+    /// after checking that it ended with status 130 and said how to go on.
+    #[cfg(unix)]
+    fn stop_with_ctrl_c(cmd: &mut std::process::Command) -> u64 {
+        use std::io::BufRead;
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            log.push_str(&line);
+            log.push('\n');
+            if line.starts_with("step 3/") {
+                break;
+            }
+        }
+        assert!(log.contains("step 3/"), "the run ended early:\n{log}");
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        for line in lines {
+            log.push_str(&line.unwrap());
+            log.push('\n');
+        }
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130), "{log}");
+        assert!(log.contains("stopping after this step"), "{log}");
+        assert!(log.contains("with --resume"), "{log}");
+        assert!(!log.contains("error"), "{log}");
+        let at = log
+            .split("stopped at step ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no stopping step in:\n{log}"));
+        assert!(at >= 3, "{log}");
+        at
+    }
+
+    /// Ctrl-C in train-gpt and train-vq saves a checkpoint at the step it stops at (none would
+    /// be due for a million steps), and `--resume` goes on from exactly there.
+    #[cfg(unix)]
+    #[test]
+    fn ctrl_c_saves_the_step_it_stops_at_and_resume_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let codes = d.join("codes");
+        toy_codes(&codes);
+        let gpt = |run: &Path, steps: u64| {
+            let mut c = llamagen();
+            c.args(["train-gpt", "--codes"])
+                .arg(&codes)
+                .arg("--out")
+                .arg(run)
+                .args(TINY_GPT)
+                .args([
+                    "--save-every",
+                    "1000000",
+                    "--log-every",
+                    "1",
+                    "--backend",
+                    "cpu",
+                ])
+                .args(["--steps", &steps.to_string()]);
+            c
+        };
+        let run = d.join("gpt");
+        let at = stop_with_ctrl_c(&mut gpt(&run, 1_000_000));
+        assert_eq!(saved_step(&run), at);
+        ok(gpt(&run, at + 2).arg("--resume"));
+        assert_eq!(saved_step(&run), at + 2);
+
+        ok(llamagen()
+            .args([
+                "dataset",
+                "shapes",
+                "--per-class",
+                "1",
+                "--size",
+                "16",
+                "--out",
+            ])
+            .arg(d.join("data")));
+        let vq = |run: &Path, steps: u64| {
+            let mut c = llamagen();
+            c.args(["train-vq", "--data"])
+                .arg(d.join("data"))
+                .arg("--out")
+                .arg(run)
+                .args(["--config", "VQ-8", "--ch", "16", "--ch-mult", "1,2"])
+                .args([
+                    "--z-channels",
+                    "8",
+                    "--num-res-blocks",
+                    "1",
+                    "--norm-groups",
+                    "4",
+                ])
+                .args([
+                    "--codebook-size",
+                    "16",
+                    "--image-size",
+                    "16",
+                    "--batch-size",
+                    "2",
+                ])
+                .args([
+                    "--save-every",
+                    "1000000",
+                    "--sample-every",
+                    "0",
+                    "--log-every",
+                    "1",
+                ])
+                .args(["--backend", "cpu", "--steps", &steps.to_string()]);
+            c
+        };
+        let run = d.join("vq");
+        let at = stop_with_ctrl_c(&mut vq(&run, 1_000_000));
+        assert_eq!(saved_step(&run), at);
+        ok(vq(&run, at + 1).arg("--resume"));
+        assert_eq!(saved_step(&run), at + 1);
     }
 }
 

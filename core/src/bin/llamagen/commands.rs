@@ -29,7 +29,7 @@ pub enum BackendArg {
     Auto,
     /// Vulkan / Metal / DX12 through wgpu.
     Wgpu,
-    /// The CPU (burn-ndarray).
+    /// The CPU (burn-flex: SIMD kernels, all cores).
     Cpu,
     /// NVIDIA GPUs (builds with `--features cuda`).
     Cuda,

@@ -11,6 +11,8 @@ use serde_json::json;
 
 mod commands;
 #[cfg(feature = "train")]
+mod interrupt;
+#[cfg(feature = "train")]
 mod train;
 use commands::{BenchArgs, GenerateArgs};
 
@@ -195,6 +197,13 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            #[cfg(feature = "train")]
+            if let Some(stop) = e.downcast_ref::<interrupt::Stopped>() {
+                eprintln!(
+                    "{stop}\nto go on from there: the same command with --resume (nothing is lost)"
+                );
+                return ExitCode::from(interrupt::EXIT_CODE);
+            }
             eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }

@@ -117,6 +117,11 @@ impl Progress {
     }
 }
 
+/// The error of a run stopped by Ctrl-C after saving `dir`, with the way on.
+fn stopped(step: u64, total: u64, saved: PathBuf) -> anyhow::Error {
+    anyhow::Error::new(crate::interrupt::Stopped { step, total, saved })
+}
+
 fn parse_mult(s: &str) -> Result<Vec<usize>> {
     s.split(',')
         .map(|p| {
@@ -427,6 +432,7 @@ fn run_train_vq<B: Backend>(
         .collect();
     let first = trainer.step;
     let progress = Progress::new(first, args.steps, args.log_every);
+    crate::interrupt::install();
     while trainer.step < args.steps {
         let step = trainer.step;
         let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
@@ -476,9 +482,14 @@ fn run_train_vq<B: Backend>(
             std::fs::create_dir_all(path.parent().expect("has parent"))?;
             make_grid(&all, probe.len()).save(&path)?;
         }
-        if trainer.step % args.save_every == 0 || done {
+        let stop = !done && crate::interrupt::requested();
+        if trainer.step % args.save_every == 0 || done || stop {
             let dir = trainer.save(&args.out, serde_json::json!({"data": args.data}))?;
             progress.println(format!("saved {}", dir.display()));
+            if stop {
+                progress.finish();
+                return Err(stopped(trainer.step, args.steps, dir));
+            }
         }
     }
     progress.bar.finish_and_clear();
@@ -1025,6 +1036,7 @@ fn run_train_gpt<B: Backend>(
         ));
     };
     report_held_out(&trainer, None);
+    crate::interrupt::install();
     while trainer.step < args.steps {
         let batch = batcher.batch(trainer.step);
         let s = trainer.train_step(&batch, &devices)?;
@@ -1057,7 +1069,8 @@ fn run_train_gpt<B: Backend>(
         if done || (args.val_every > 0 && trainer.step % args.val_every == 0) {
             report_held_out(&trainer, Some(sm));
         }
-        if trainer.step % args.save_every == 0 || done {
+        let stop = !done && crate::interrupt::requested();
+        if trainer.step % args.save_every == 0 || done || stop {
             let dir = trainer.save(
                 &args.out,
                 serde_json::json!({
@@ -1069,6 +1082,10 @@ fn run_train_gpt<B: Backend>(
                 }),
             )?;
             progress.println(format!("saved {}", dir.display()));
+            if stop {
+                progress.finish();
+                return Err(stopped(trainer.step, args.steps, dir));
+            }
         }
     }
     progress.bar.finish_and_clear();
