@@ -54,8 +54,19 @@ fn opts(lr: f64) -> GptTrainOptions {
 
 #[test]
 fn gpt_overfits_a_tiny_batch() {
-    let device = Default::default();
-    let mut t = GptTrainer::<AB>::new(&tiny_gpt(), opts(1e-2), &device).unwrap();
+    gpt_overfits_on::<AB>(&Default::default());
+}
+
+/// Training runs on wgpu too (here on whatever adapter there is; Mesa's software one in CI):
+/// the same tiny batch is learnt there.
+#[cfg(feature = "wgpu")]
+#[test]
+fn gpt_overfits_a_tiny_batch_on_wgpu() {
+    gpt_overfits_on::<Autodiff<llamagen::backend::Wgpu>>(&Default::default());
+}
+
+fn gpt_overfits_on<AB: AutodiffBackend>(device: &AB::Device) {
+    let mut t = GptTrainer::<AB>::new(&tiny_gpt(), opts(1e-2), device).unwrap();
     let batch = fixed_batch();
     let first = t.train_step(&batch, &[]).unwrap().loss;
     // A zero head starts at the uniform loss ln(16).
@@ -81,7 +92,7 @@ fn gpt_overfits_a_tiny_batch() {
         labels: batch.labels.iter().map(|&l| l as u32).collect(),
         codes: batch.codes.iter().map(|&c| c as u16).collect(),
     };
-    let held_out = held_out_loss(&t.model.valid(), &set, None, 3, &device);
+    let held_out = held_out_loss(&t.model.valid(), &set, None, 3, device);
     let measured = t.train_step(&batch, &[]).unwrap().loss;
     assert!(
         (held_out - measured).abs() < (1e-4 * measured).max(1e-5),
@@ -177,13 +188,14 @@ fn tiny_vq() -> VqConfig {
 
 /// A trainer for `cfg` on batches of two 16×16 images, and one random batch.
 fn tiny_vq_trainer(cfg: VqConfig, lr: f64) -> (VqTrainer<AB>, Tensor<AB, 4>) {
-    tiny_vq_trainer_with(cfg, lr, ReconstructionLoss::L2)
+    tiny_vq_trainer_with(cfg, lr, ReconstructionLoss::L2, &Default::default())
 }
 
-fn tiny_vq_trainer_with(
+fn tiny_vq_trainer_with<AB: AutodiffBackend>(
     cfg: VqConfig,
     lr: f64,
     reconstruction_loss: ReconstructionLoss,
+    device: &AB::Device,
 ) -> (VqTrainer<AB>, Tensor<AB, 4>) {
     let o = VqTrainOptions {
         lr,
@@ -192,12 +204,11 @@ fn tiny_vq_trainer_with(
         image_size: 16,
         ..VqTrainOptions::default()
     };
-    let device = Default::default();
-    let t = VqTrainer::<AB>::new(&cfg, o, None, &device).unwrap();
+    let t = VqTrainer::<AB>::new(&cfg, o, None, device).unwrap();
     let x = Tensor::<AB, 4>::random(
         [2, 3, 16, 16],
         burn::tensor::Distribution::Uniform(-1.0, 1.0),
-        &device,
+        device,
     );
     (t, x)
 }
@@ -205,26 +216,39 @@ fn tiny_vq_trainer_with(
 #[test]
 fn vq_overfits_a_tiny_batch() {
     for loss in [ReconstructionLoss::L2, ReconstructionLoss::L1] {
-        let (mut t, x) = tiny_vq_trainer_with(tiny_vq(), 2e-3, loss);
-        // Smooth images (a 4×4 pattern blown up) so that 2× downsampling can hold them.
-        let x = burn::tensor::module::interpolate(
-            x.slice([0..2, 0..3, 0..4, 0..4]),
-            [16, 16],
-            burn::tensor::ops::InterpolateOptions::new(burn::tensor::ops::InterpolateMode::Nearest),
-        );
-        let first = t.train_step(x.clone()).unwrap();
-        let mut last = first;
-        for _ in 0..40 {
-            last = t.train_step(x.clone()).unwrap();
-        }
-        assert!(
-            last.reconstruction < first.reconstruction / 4.0,
-            "{loss:?}: reconstruction {} → {}",
-            first.reconstruction,
-            last.reconstruction
-        );
-        assert_eq!(t.step, 41);
+        vq_overfits_on::<AB>(&Default::default(), loss);
     }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn vq_overfits_a_tiny_batch_on_wgpu() {
+    vq_overfits_on::<Autodiff<llamagen::backend::Wgpu>>(
+        &Default::default(),
+        ReconstructionLoss::L2,
+    );
+}
+
+fn vq_overfits_on<AB: AutodiffBackend>(device: &AB::Device, loss: ReconstructionLoss) {
+    let (mut t, x) = tiny_vq_trainer_with::<AB>(tiny_vq(), 2e-3, loss, device);
+    // Smooth images (a 4×4 pattern blown up) so that 2× downsampling can hold them.
+    let x = burn::tensor::module::interpolate(
+        x.slice([0..2, 0..3, 0..4, 0..4]),
+        [16, 16],
+        burn::tensor::ops::InterpolateOptions::new(burn::tensor::ops::InterpolateMode::Nearest),
+    );
+    let first = t.train_step(x.clone()).unwrap();
+    let mut last = first;
+    for _ in 0..40 {
+        last = t.train_step(x.clone()).unwrap();
+    }
+    assert!(
+        last.reconstruction < first.reconstruction / 4.0,
+        "{loss:?}: reconstruction {} → {}",
+        first.reconstruction,
+        last.reconstruction
+    );
+    assert_eq!(t.step, 41);
 }
 
 #[test]
