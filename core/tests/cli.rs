@@ -1205,6 +1205,18 @@ mod training {
         .unwrap();
     }
 
+    /// `train-gpt` of the tiny generator on `codes` into `run`, on the CPU.
+    fn toy_gpt_run(codes: &Path, run: &Path, steps: &str) -> std::process::Command {
+        let mut c = llamagen();
+        c.args(["train-gpt", "--codes"])
+            .arg(codes)
+            .arg("--out")
+            .arg(run)
+            .args(TINY_GPT)
+            .args(["--steps", steps, "--backend", "cpu"]);
+        c
+    }
+
     #[test]
     fn a_killed_training_run_leaves_a_loadable_checkpoint_and_resumes() {
         let dir = tempfile::tempdir().unwrap();
@@ -1212,13 +1224,8 @@ mod training {
         toy_codes(&codes);
         let run = dir.path().join("run");
         let train = |resume: bool, steps: &str| {
-            let mut c = llamagen();
-            c.args(["train-gpt", "--codes"])
-                .arg(&codes)
-                .arg("--out")
-                .arg(&run)
-                .args(TINY_GPT)
-                .args(["--steps", steps, "--save-every", "1", "--backend", "cpu"]);
+            let mut c = toy_gpt_run(&codes, &run, steps);
+            c.args(["--save-every", "1"]);
             if resume {
                 c.arg("--resume");
             }
@@ -1257,17 +1264,9 @@ mod training {
             )
             .unwrap();
         }
-        let latest = llamagen::train::checkpoint::latest(&run).unwrap().unwrap();
-        let step = llamagen::train::checkpoint::load_state(&latest).unwrap()["step"]
-            .as_u64()
-            .unwrap();
-        let out = ok(&mut train(true, &(step + 2).to_string()));
-        let _ = out;
-        let latest = llamagen::train::checkpoint::latest(&run).unwrap().unwrap();
-        assert_eq!(
-            llamagen::train::checkpoint::load_state(&latest).unwrap()["step"],
-            step + 2
-        );
+        let step = saved_step(&run);
+        ok(&mut train(true, &(step + 2).to_string()));
+        assert_eq!(saved_step(&run), step + 2);
     }
 
     /// The step of `run`'s latest checkpoint.
@@ -1330,21 +1329,8 @@ mod training {
         let codes = d.join("codes");
         toy_codes(&codes);
         let gpt = |run: &Path, steps: u64| {
-            let mut c = llamagen();
-            c.args(["train-gpt", "--codes"])
-                .arg(&codes)
-                .arg("--out")
-                .arg(run)
-                .args(TINY_GPT)
-                .args([
-                    "--save-every",
-                    "1000000",
-                    "--log-every",
-                    "1",
-                    "--backend",
-                    "cpu",
-                ])
-                .args(["--steps", &steps.to_string()]);
+            let mut c = toy_gpt_run(&codes, run, &steps.to_string());
+            c.args(["--save-every", "1000000", "--log-every", "1"]);
             c
         };
         let run = d.join("gpt");
