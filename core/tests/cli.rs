@@ -1,10 +1,26 @@
 //! The `llamagen` binary end to end: help, inspect, exit codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn llamagen() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llamagen"))
+}
+
+/// `generate --from png --out out` on the CPU; its stderr is printed when it fails, so a
+/// failure the caller did not expect shows why.
+fn remake(png: &Path, out: &Path) -> std::process::Output {
+    let output = llamagen()
+        .args(["generate", "--backend", "cpu", "--from"])
+        .arg(png)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    }
+    output
 }
 
 fn reference_dir() -> PathBuf {
@@ -1426,18 +1442,7 @@ fn a_prompt_uses_the_bundled_text_demo_by_default() {
         "{text}"
     );
     let again = dir.path().join("again.png");
-    let out = llamagen()
-        .args(["generate", "--backend", "cpu", "--from"])
-        .arg(&png)
-        .arg("--out")
-        .arg(&again)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(remake(&png, &again).status.success());
     assert_eq!(
         image::open(&png).unwrap().to_rgb8(),
         image::open(&again).unwrap().to_rgb8()
@@ -1512,31 +1517,14 @@ fn generate_uses_the_bundled_demo_model_by_default() {
     let moved = dir.path().join("moved.png");
     llamagen::image_io::save_png(&moved, &image, &old).unwrap();
     let again = dir.path().join("again.png");
-    let out = llamagen()
-        .args(["generate", "--backend", "cpu", "--from"])
-        .arg(&moved)
-        .arg("--out")
-        .arg(&again)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(remake(&moved, &again).status.success());
     assert_eq!(image::open(&again).unwrap().to_rgb8(), image);
     // A size that is not the bundled file's is another model: its path is tried, and missing.
     for s in &mut old.samples {
         s.gpt.bytes += 1;
     }
     llamagen::image_io::save_png(&moved, &image, &old).unwrap();
-    let out = llamagen()
-        .args(["generate", "--backend", "cpu", "--from"])
-        .arg(&moved)
-        .arg("--out")
-        .arg(&again)
-        .output()
-        .unwrap();
+    let out = remake(&moved, &again);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("/elsewhere/llamagen/assets/demo"),
