@@ -3,13 +3,14 @@
 //! doubling the batch as the official code does; one event per token; cancellable between
 //! tokens; resampling from a kept prefix.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burn::prelude::*;
 use burn::tensor::{Bool, TensorData};
 
 use crate::config::ModelType;
-use crate::gpt::{Condition, Transformer};
+use crate::gpt::{CacheLayout, Condition, Transformer};
+use crate::kernels::DeviceSampler;
 use crate::sampling::{SamplerParams, SamplingError, TokenSampler};
 use crate::vq::VqModel;
 
@@ -123,6 +124,11 @@ impl Generation {
         !self.cancelled && self.tokens.iter().all(|t| t.len() == block_size)
     }
 }
+
+/// Device-to-host reads made by the decode loops of [`Generator::generate`] since the process
+/// started (one per step on GPU backends, with device sampling; one per step on the host
+/// sampler's path too, where the whole logits come back). `llamagen bench` reports it per step.
+pub static HOST_READS: AtomicU64 = AtomicU64::new(0);
 
 /// Generates image tokens with a transformer; reusable across runs (each run has its own cache).
 pub struct Generator<'a, B: Backend> {
@@ -317,62 +323,119 @@ impl<'a, B: Backend> Generator<'a, B> {
             last = out.slice([0..rows, prefix_len - 1..prefix_len, 0..v]);
         }
 
-        for index in prefix_len..total {
-            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                cancelled = true;
-                break;
-            }
-            let host: Vec<f32> = last
-                .clone()
-                .reshape([rows, v])
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .expect("f32 logits");
-            let mut step_logits: Vec<Vec<f32>> = Vec::with_capacity(b);
-            let mut step_probs = Vec::with_capacity(b);
-            let mut step_entropy = Vec::with_capacity(b);
-            let mut next = Vec::with_capacity(rows);
-            for (i, sampler) in samplers.iter_mut().enumerate() {
-                let cond_row = &host[i * v..(i + 1) * v];
-                let combined: Vec<f32> = if use_cfg && sampler.params.cfg_active(index) {
-                    let uncond_row = &host[(b + i) * v..(b + i + 1) * v];
-                    let s = sampler.params.cfg_scale;
-                    uncond_row
-                        .iter()
-                        .zip(cond_row)
-                        .map(|(&u, &c)| u + (c - u) * s)
-                        .collect()
-                } else {
-                    cond_row.to_vec()
-                };
-                let choice = sampler.sample(&combined);
-                tokens[i].push(choice.token as u32);
-                probs[i].push(choice.prob);
-                entropy[i].push(choice.entropy);
-                step_probs.push(choice.prob);
-                step_entropy.push(choice.entropy);
-                next.push(choice.token as i64);
-                if detail.logits {
-                    step_logits.push(combined);
+        // GPU backends: tokens drawn on the device and fed straight back; only each step's
+        // (token, probability, entropy) comes back, one step behind. Observers that want the
+        // logits get the host sampler.
+        let device_sampler = (!detail.logits
+            && cache.layout == CacheLayout::Fixed
+            && DeviceSampler::<B>::supported())
+        .then(|| {
+            let params: Vec<SamplerParams> = requests.iter().map(|r| r.params).collect();
+            DeviceSampler::<B>::new(&params, v, &device)
+        });
+        if let Some(sampler) = device_sampler {
+            let bias = crate::kernels::key_bias(&cache.allowed);
+            let mut last = last.reshape([rows, v]);
+            let mut pending: Option<(usize, Tensor<B, 2>)> = None;
+            let mut record = |index: usize, info: Tensor<B, 2>| {
+                let host: Vec<f32> = info.into_data().convert::<f32>().to_vec().expect("f32");
+                HOST_READS.fetch_add(1, Ordering::Relaxed);
+                let mut step_probs = Vec::with_capacity(b);
+                let mut step_entropy = Vec::with_capacity(b);
+                for i in 0..b {
+                    tokens[i].push(host[i * 3] as u32);
+                    probs[i].push(host[i * 3 + 1]);
+                    entropy[i].push(host[i * 3 + 2]);
+                    step_probs.push(host[i * 3 + 1]);
+                    step_entropy.push(host[i * 3 + 2]);
                 }
+                observer.on_token(&TokenEvent {
+                    index,
+                    total,
+                    tokens: &tokens,
+                    probs: detail.confidence.then_some(&step_probs[..]),
+                    entropy: detail.confidence.then_some(&step_entropy[..]),
+                    logits: None,
+                });
+            };
+            for index in prefix_len..total {
+                if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    cancelled = true;
+                    break;
+                }
+                let draw = sampler
+                    .sample(last.clone(), index, use_cfg)
+                    .expect("device sampler supported");
+                if index + 1 < total {
+                    last = gpt.decode_fused(draw.ids, t + index, &mut cache, &bias);
+                }
+                if let Some((at, info)) = pending.take() {
+                    record(at, info);
+                }
+                pending = Some((index, draw.info));
             }
-            observer.on_token(&TokenEvent {
-                index,
-                total,
-                tokens: &tokens,
-                probs: detail.confidence.then_some(&step_probs[..]),
-                entropy: detail.confidence.then_some(&step_entropy[..]),
-                logits: detail.logits.then_some(&step_logits[..]),
-            });
-            if index + 1 == total {
-                break;
+            if let Some((at, info)) = pending.take() {
+                record(at, info);
             }
-            if use_cfg {
-                next.extend_from_within(..);
+        } else {
+            for index in prefix_len..total {
+                if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    cancelled = true;
+                    break;
+                }
+                let host: Vec<f32> = last
+                    .clone()
+                    .reshape([rows, v])
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32 logits");
+                HOST_READS.fetch_add(1, Ordering::Relaxed);
+                let mut step_logits: Vec<Vec<f32>> = Vec::with_capacity(b);
+                let mut step_probs = Vec::with_capacity(b);
+                let mut step_entropy = Vec::with_capacity(b);
+                let mut next = Vec::with_capacity(rows);
+                for (i, sampler) in samplers.iter_mut().enumerate() {
+                    let cond_row = &host[i * v..(i + 1) * v];
+                    let combined: Vec<f32> = if use_cfg && sampler.params.cfg_active(index) {
+                        let uncond_row = &host[(b + i) * v..(b + i + 1) * v];
+                        let s = sampler.params.cfg_scale;
+                        uncond_row
+                            .iter()
+                            .zip(cond_row)
+                            .map(|(&u, &c)| u + (c - u) * s)
+                            .collect()
+                    } else {
+                        cond_row.to_vec()
+                    };
+                    let choice = sampler.sample(&combined);
+                    tokens[i].push(choice.token as u32);
+                    probs[i].push(choice.prob);
+                    entropy[i].push(choice.entropy);
+                    step_probs.push(choice.prob);
+                    step_entropy.push(choice.entropy);
+                    next.push(choice.token as i64);
+                    if detail.logits {
+                        step_logits.push(combined);
+                    }
+                }
+                observer.on_token(&TokenEvent {
+                    index,
+                    total,
+                    tokens: &tokens,
+                    probs: detail.confidence.then_some(&step_probs[..]),
+                    entropy: detail.confidence.then_some(&step_entropy[..]),
+                    logits: detail.logits.then_some(&step_logits[..]),
+                });
+                if index + 1 == total {
+                    break;
+                }
+                if use_cfg {
+                    next.extend_from_within(..);
+                }
+                let input = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [rows, 1]), &device);
+                last = gpt.decode(input, t + index, &mut cache);
             }
-            let input = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [rows, 1]), &device);
-            last = gpt.decode(input, t + index, &mut cache);
         }
         Ok(Generation {
             tokens,

@@ -2,6 +2,7 @@
 //! tokens one by one, conditioned on a class or a caption; official checkpoints load unchanged.
 
 pub mod backend;
+pub mod bench;
 pub mod bundle;
 pub mod checkpoint;
 pub mod classes;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod generate;
 pub mod gpt;
 pub mod image_io;
+pub mod kernels;
 pub mod sampling;
 pub mod text;
 #[cfg(feature = "train")]

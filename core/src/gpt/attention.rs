@@ -96,7 +96,7 @@ impl<B: Backend> Attention<B> {
             Some((kv, start)) => {
                 debug_assert_eq!(kv.len(), start, "the cache is written in position order");
                 kv.append(k, v);
-                (kv.parts().cloned().collect::<Vec<_>>(), start)
+                (kv.parts(), start)
             }
             None => (vec![KvPart { k, v }], 0),
         };

@@ -28,21 +28,47 @@ impl<B: Backend> KvPart<B> {
 /// Positions gathered in `recent` before they are folded into `settled`.
 pub const RECENT_ROWS: usize = 16;
 
-/// Keys and values of one layer in two parts: `settled` (every position up to the last fold)
-/// and `recent` (the positions since, fewer than [`RECENT_ROWS`]). A decode step appends to
-/// `recent` only, so it copies at most a few rows; every [`RECENT_ROWS`] positions `recent` is
-/// folded into `settled`. Attention reads both parts where they lie. (A single pre-allocated
-/// buffer written with `slice_assign` was copied whole at every step by the CPU backend:
-/// about 1.2 GB a step for GPT-B at batch 32 with CFG.)
+/// How a cache holds its keys and values. A backend picks the faster one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLayout {
+    /// Settled + recent parts grown by concatenation (the CPU backend: a whole-buffer
+    /// `slice_assign` copied about 1.2 GB a step there for GPT-B at batch 32 with CFG).
+    Growing,
+    /// One buffer per layer for the whole sequence, allocated once and written in place at each
+    /// position; attention reads every column with the unwritten ones masked. No shape changes
+    /// from one step to the next, so GPU kernels are compiled and tuned once (GPU backends).
+    Fixed,
+}
+
+impl CacheLayout {
+    /// The layout for backend `B`: growing on the CPU, fixed elsewhere.
+    pub fn for_backend<B: Backend>() -> Self {
+        if crate::kernels::is_cpu::<B>() {
+            CacheLayout::Growing
+        } else {
+            CacheLayout::Fixed
+        }
+    }
+}
+
+/// Keys and values of one layer.
 #[derive(Debug, Clone)]
-pub struct LayerKv<B: Backend> {
-    pub settled: Option<KvPart<B>>,
-    pub recent: Option<KvPart<B>>,
+pub enum LayerKv<B: Backend> {
+    /// Two parts: `settled` (every position up to the last fold) and `recent` (the positions
+    /// since, fewer than [`RECENT_ROWS`]). A decode step appends to `recent` only, so it copies
+    /// at most a few rows; every [`RECENT_ROWS`] positions `recent` is folded into `settled`.
+    /// Attention reads both parts where they lie.
+    Growing {
+        settled: Option<KvPart<B>>,
+        recent: Option<KvPart<B>>,
+    },
+    /// `[batch, n_kv_head, max_len, head_dim]` buffers and the positions written so far.
+    Fixed { buf: KvPart<B>, len: usize },
 }
 
 impl<B: Backend> Default for LayerKv<B> {
     fn default() -> Self {
-        Self {
+        LayerKv::Growing {
             settled: None,
             recent: None,
         }
@@ -52,33 +78,62 @@ impl<B: Backend> Default for LayerKv<B> {
 impl<B: Backend> LayerKv<B> {
     /// Positions held.
     pub fn len(&self) -> usize {
-        self.parts().map(KvPart::len).sum()
+        match self {
+            LayerKv::Growing { settled, recent } => settled
+                .iter()
+                .chain(recent.iter())
+                .map(KvPart::len)
+                .sum(),
+            LayerKv::Fixed { len, .. } => *len,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Appends the keys and values of the next positions.
+    /// Writes the keys and values of positions `[start, start + n)` (in position order).
     pub fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) {
-        let new = KvPart { k, v };
-        let recent = match self.recent.take() {
-            Some(r) => r.join(new),
-            None => new,
-        };
-        if recent.len() >= RECENT_ROWS {
-            self.settled = Some(match self.settled.take() {
-                Some(s) => s.join(recent),
-                None => recent,
-            });
-        } else {
-            self.recent = Some(recent);
+        match self {
+            LayerKv::Growing { settled, recent } => {
+                let new = KvPart { k, v };
+                let joined = match recent.take() {
+                    Some(r) => r.join(new),
+                    None => new,
+                };
+                if joined.len() >= RECENT_ROWS {
+                    *settled = Some(match settled.take() {
+                        Some(s) => s.join(joined),
+                        None => joined,
+                    });
+                } else {
+                    *recent = Some(joined);
+                }
+            }
+            LayerKv::Fixed { buf, len } => {
+                let [b, h, n, d] = k.dims();
+                let at = [0..b, 0..h, *len..*len + n, 0..d];
+                // Moved out so that the buffers are not shared: written in place.
+                let empty = || Tensor::empty([1, 1, 1, 1], &k.device());
+                let old = std::mem::replace(buf, KvPart { k: empty(), v: empty() });
+                *buf = KvPart {
+                    k: old.k.slice_assign(at.clone(), k),
+                    v: old.v.slice_assign(at, v),
+                };
+                *len += n;
+            }
         }
     }
 
-    /// The parts in position order.
-    pub fn parts(&self) -> impl Iterator<Item = &KvPart<B>> {
-        self.settled.iter().chain(self.recent.iter())
+    /// The parts in position order. A fixed buffer is one part of `max_len` positions, the
+    /// unwritten ones included (the attention mask hides them).
+    pub fn parts(&self) -> Vec<KvPart<B>> {
+        match self {
+            LayerKv::Growing { settled, recent } => {
+                settled.iter().chain(recent.iter()).cloned().collect()
+            }
+            LayerKv::Fixed { buf, .. } => vec![buf.clone()],
+        }
     }
 }
 
@@ -92,12 +147,36 @@ pub struct KvCache<B: Backend> {
     pub allowed: Tensor<B, 3, Bool>,
     pub batch: usize,
     pub max_len: usize,
+    pub layout: CacheLayout,
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(n_layer: usize, batch: usize, seq_len: usize, device: &B::Device) -> Self {
+    /// A cache of `n_layer` layers for `batch` rows and `seq_len` positions; a fixed layout
+    /// allocates `[batch, n_kv_head, max_len, head_dim]` buffers at once.
+    pub fn new(
+        n_layer: usize,
+        batch: usize,
+        seq_len: usize,
+        (n_kv_head, head_dim): (usize, usize),
+        layout: CacheLayout,
+        device: &B::Device,
+    ) -> Self {
         let max_len = crate::config::find_multiple(seq_len.max(1), 8);
-        let layers = (0..n_layer).map(|_| LayerKv::default()).collect();
+        let layers = (0..n_layer)
+            .map(|_| match layout {
+                CacheLayout::Growing => LayerKv::default(),
+                CacheLayout::Fixed => {
+                    let zeros = || Tensor::zeros([batch, n_kv_head, max_len, head_dim], device);
+                    LayerKv::Fixed {
+                        buf: KvPart {
+                            k: zeros(),
+                            v: zeros(),
+                        },
+                        len: 0,
+                    }
+                }
+            })
+            .collect();
         let allowed = Tensor::<B, 2, Bool>::tril_mask([max_len, max_len], 0, device)
             .bool_not()
             .unsqueeze::<3>()
@@ -107,6 +186,7 @@ impl<B: Backend> KvCache<B> {
             allowed,
             batch,
             max_len,
+            layout,
         }
     }
 
@@ -129,12 +209,17 @@ impl<B: Backend> KvCache<B> {
         self.allowed = allowed.bool_or(diag);
     }
 
-    /// Positions `[start, start+len)` as query rows over key columns `[0, start+len)`: the
-    /// "blocked" mask (true = not attended) for `mask_fill`, shaped `[batch, 1, len, start+len]`.
+    /// Positions `[start, start+len)` as query rows over the key columns attention reads
+    /// (`[0, start+len)` when growing, all `max_len` when fixed): the "blocked" mask (true = not
+    /// attended) for `mask_fill`, shaped `[batch, 1, len, columns]`.
     pub fn blocked(&self, start: usize, len: usize) -> Tensor<B, 4, Bool> {
+        let cols = match self.layout {
+            CacheLayout::Growing => start + len,
+            CacheLayout::Fixed => self.max_len,
+        };
         self.allowed
             .clone()
-            .slice([0..self.batch, start..start + len, 0..start + len])
+            .slice([0..self.batch, start..start + len, 0..cols])
             .bool_not()
             .unsqueeze_dim(1)
     }

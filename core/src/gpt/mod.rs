@@ -6,12 +6,13 @@ mod attention;
 mod cache;
 mod condition;
 mod feed_forward;
+mod fused;
 mod model;
 mod norm;
 pub mod rope;
 
 pub use attention::Attention;
-pub use cache::KvCache;
+pub use cache::{CacheLayout, KvCache, KvPart, LayerKv};
 pub use condition::{CaptionEmbedder, Condition, ConditionEmbedder, LabelEmbedder};
 pub use feed_forward::FeedForward;
 pub use model::{Transformer, TransformerBlock, cross_entropy};

@@ -4,7 +4,7 @@ use burn::tensor::Bool;
 use burn::tensor::activation::log_softmax;
 
 use super::attention::{Attention, AttnMask};
-use super::cache::KvCache;
+use super::cache::{CacheLayout, KvCache};
 use super::condition::{Condition, ConditionEmbedder};
 use super::feed_forward::FeedForward;
 use super::norm::RmsNorm;
@@ -216,13 +216,21 @@ impl<B: Backend> Transformer<B> {
         logits.slice([0..b, first..len, 0..v])
     }
 
-    /// A KV cache for `batch` rows and a whole sequence (condition + image tokens).
+    /// A KV cache for `batch` rows and a whole sequence (condition + image tokens), in the
+    /// layout of this backend ([`CacheLayout::for_backend`]).
     pub fn new_cache(&self, batch: usize) -> KvCache<B> {
+        self.new_cache_with(batch, CacheLayout::for_backend::<B>())
+    }
+
+    /// A KV cache in a chosen layout.
+    pub fn new_cache_with(&self, batch: usize, layout: CacheLayout) -> KvCache<B> {
         let cfg = &self.config;
         KvCache::new(
             cfg.n_layer,
             batch,
             cfg.cls_token_num + cfg.block_size,
+            (cfg.kv_heads(), cfg.head_dim()),
+            layout,
             &self.device(),
         )
     }

@@ -91,6 +91,14 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
             let label = format!("[{backend}]");
             let flat: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
             report.check_exact(&case, &label, &tokens_name, flat);
+            if llamagen::kernels::DeviceSampler::<B>::supported() {
+                // No logits asked for: the fused decode step and the device sampler.
+                let out = generator.generate(&reqs, &mut (), None).unwrap();
+                assert!(out.is_complete(cfg.block_size));
+                let flat: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
+                let label = format!("[{backend}, device sampler]");
+                report.check_exact(&case, &label, &tokens_name, flat);
+            }
             let logits_name = format!("{prefix}_step_logits");
             if case.has(&logits_name) {
                 // [step][sample][vocab] → [sample][step][vocab]

@@ -11,9 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use llamagen::backend::{BackendKind, wgpu_adapter};
 use llamagen::bundle::{BundleError, Demo, LoadOptions, ModelBundle, ModelCard};
 use llamagen::checkpoint::{StateDict, WeightsChoice};
-use llamagen::config::{GptConfig, ModelType, VqConfig};
+use llamagen::config::{GptConfig, ModelType};
 use llamagen::generate::{Generator, Observer, Request, TokenEvent, decode_tokens};
-use llamagen::gpt::Transformer;
 use llamagen::image_io::{
     PngRecord, SampleRecord, image_to_tensor, make_grid, next_file_number, read_png_record,
     sample_file_name, save_png, tensor_to_images,
@@ -764,118 +763,6 @@ pub fn convert(input: &Path, output: &Path, ema: bool) -> Result<()> {
         sd.wrapper,
         output.display()
     );
-    Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    /// Named generator configuration.
-    #[arg(long, default_value = "GPT-B")]
-    pub config: String,
-    /// Token grid side (16 → 256 tokens per image).
-    #[arg(long, default_value_t = 16)]
-    pub grid: usize,
-    /// Images per batch.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    /// CFG scale (> 1 doubles the batch, as in real use).
-    #[arg(long, default_value_t = 4.0)]
-    pub cfg_scale: f32,
-    /// Tokenizer configuration for the decode timing (VQ-16 or VQ-8).
-    #[arg(long, default_value = "VQ-16")]
-    pub vq: String,
-    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
-    pub backend: BackendArg,
-    /// Timed runs (the median is reported), after one warm-up run.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn bench(args: BenchArgs) -> Result<()> {
-    let kind = resolve_backend(args.backend)?;
-    with_backend!(kind, |device: B| run_bench::<B>(&args, kind, &device))
-}
-
-fn run_bench<B: Backend>(args: &BenchArgs, kind: BackendKind, device: &B::Device) -> Result<()> {
-    let mut cfg = GptConfig::named(&args.config)?;
-    cfg.block_size = args.grid * args.grid;
-    let gpt = Transformer::<B>::init(&cfg, device)?;
-    let vq_cfg = VqConfig::named(&args.vq)?;
-    let vq = VqModel::<B>::init(&vq_cfg, device)?;
-    let generator = Generator::new(&gpt);
-    let requests: Vec<Request> = (0..args.batch)
-        .map(|i| {
-            Request::class(
-                i % cfg.num_classes,
-                SamplerParams {
-                    cfg_scale: args.cfg_scale,
-                    seed: i as u64,
-                    ..SamplerParams::default()
-                },
-            )
-        })
-        .collect();
-    // Warm-up (weights materialised, kernels compiled), then timed runs.
-    let mut warm = requests.clone();
-    for r in &mut warm {
-        r.prefix = vec![0; cfg.block_size.saturating_sub(4)];
-    }
-    generator.generate(&warm, &mut (), None)?;
-    let mut gen_times = Vec::new();
-    let mut dec_times = Vec::new();
-    for _ in 0..args.runs.max(1) {
-        let t = Instant::now();
-        let out = generator.generate(&requests, &mut (), None)?;
-        gen_times.push(t.elapsed().as_secs_f64());
-        if !args.json {
-            eprintln!("generation: {:.2}s", t.elapsed().as_secs_f64());
-        }
-        let t = Instant::now();
-        let pixels = decode_tokens(&vq, &out.tokens, args.grid);
-        let _ = pixels.into_data();
-        dec_times.push(t.elapsed().as_secs_f64());
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let seconds = median(&mut gen_times);
-    let vq_decode_seconds = median(&mut dec_times);
-    let tokens = (args.batch * cfg.block_size) as f64;
-    let value = json!({
-        "config": args.config,
-        "grid": args.grid,
-        "batch": args.batch,
-        "cfg_scale": args.cfg_scale,
-        "backend": kind.name(),
-        "runs": args.runs.max(1),
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
-        "tokens_per_s_per_image": cfg.block_size as f64 / seconds,
-        "vq": args.vq,
-        "vq_decode_seconds": vq_decode_seconds,
-    });
-    if args.json {
-        println!("{value}");
-    } else {
-        println!(
-            "{} {}×{} batch {} cfg {} on {}: {:.2}s, {:.1} tokens/s per image, {:.1} tokens/s in all; {} decode {:.2}s",
-            args.config,
-            args.grid,
-            args.grid,
-            args.batch,
-            args.cfg_scale,
-            kind.name(),
-            seconds,
-            cfg.block_size as f64 / seconds,
-            tokens / seconds,
-            args.vq,
-            vq_decode_seconds
-        );
-    }
     Ok(())
 }
 

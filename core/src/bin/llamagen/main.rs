@@ -9,12 +9,14 @@ use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use serde_json::json;
 
+mod bench;
 mod commands;
 #[cfg(feature = "train")]
 mod interrupt;
 #[cfg(feature = "train")]
 mod train;
-use commands::{BenchArgs, GenerateArgs};
+use bench::BenchArgs;
+use commands::GenerateArgs;
 
 #[derive(Parser)]
 #[command(
@@ -233,7 +235,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { png, json } => commands::info(&png, json),
         Command::Reconstruct(args) => commands::reconstruct(args),
         Command::Convert { input, output, ema } => commands::convert(&input, &output, ema),
-        Command::Bench(args) => commands::bench(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Dataset(DatasetCommand::Shapes {
             out,
             per_class,

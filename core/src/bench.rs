@@ -1,0 +1,135 @@
+//! Generation benchmark: warm-up runs, timed runs, and per-step counts of GPU work from
+//! CubeCL's own loggers (kernel launches, compilations, autotune runs) and of device-to-host
+//! reads.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::prelude::*;
+
+use crate::generate::{GenerateError, Generator, HOST_READS, Request, TokenEvent, decode_tokens};
+use crate::vq::VqModel;
+
+/// What a benchmark measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// Median seconds of a whole generation (prefill + every token) over the timed runs.
+    pub seconds: f64,
+    /// Median seconds of the tokenizer's decode of the generated grids.
+    pub vq_decode_seconds: f64,
+    /// Tokens per image.
+    pub tokens_per_image: usize,
+    /// Device-to-host reads per decode step.
+    pub host_syncs_per_step: f64,
+    /// GPU work per decode step and after warm-up (`None` without CubeCL's loggers: the CPU
+    /// backend, or a configuration already fixed by a `cubecl.toml`).
+    pub kernels: Option<KernelCounts>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelCounts {
+    /// Kernel launches per decode step (the difference of two runs stopped at different
+    /// tokens, so the prefill cancels out).
+    pub launches_per_step: f64,
+    /// Kernels compiled after the warm-up runs, in the timed and counting runs.
+    pub compilations_after_warmup: u64,
+    /// Autotune runs after the warm-up runs.
+    pub autotunes_after_warmup: u64,
+}
+
+/// Reads the totals of CubeCL's loggers, when they are installed.
+pub trait LaunchCounter {
+    /// `(launches, compilations, autotunes)` so far.
+    fn totals(&self) -> (u64, u64, u64);
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl LaunchCounter for crate::kernels::counters::KernelLog {
+    fn totals(&self) -> (u64, u64, u64) {
+        let c = self.counts();
+        (c.launches, c.compilations, c.autotunes)
+    }
+}
+
+/// A generation stopped once the observer has seen token `stop`.
+fn run_until<B: Backend>(
+    generator: &Generator<'_, B>,
+    requests: &[Request],
+    stop: usize,
+) -> Result<(), GenerateError> {
+    let cancel = AtomicBool::new(false);
+    let mut observer = |e: &TokenEvent<'_>| {
+        if e.index >= stop {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    };
+    generator.generate(requests, &mut observer, Some(&cancel))?;
+    Ok(())
+}
+
+/// Runs `warmup` whole generations, then `runs` timed ones (each followed by the tokenizer's
+/// decode), then two counting generations stopped at a quarter and at three quarters of the
+/// tokens: their difference gives the per-step counts.
+pub fn run<B: Backend>(
+    generator: &Generator<'_, B>,
+    vq: &VqModel<B>,
+    requests: &[Request],
+    warmup: usize,
+    runs: usize,
+    counter: Option<&dyn LaunchCounter>,
+    mut on_run: impl FnMut(f64),
+) -> Result<BenchReport, GenerateError> {
+    let cfg = &generator.gpt.config;
+    let total = cfg.block_size;
+    let grid = cfg.grid_size();
+    for _ in 0..warmup {
+        generator.generate(requests, &mut (), None)?;
+    }
+    let after_warmup = counter.map(|c| c.totals());
+
+    let mut gen_times = Vec::new();
+    let mut dec_times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let out = generator.generate(requests, &mut (), None)?;
+        let seconds = t.elapsed().as_secs_f64();
+        gen_times.push(seconds);
+        on_run(seconds);
+        let t = Instant::now();
+        let pixels = decode_tokens(vq, &out.tokens, grid);
+        let _ = pixels.into_data();
+        dec_times.push(t.elapsed().as_secs_f64());
+    }
+
+    // Counting runs: stopped after token `lo` and after token `hi`.
+    let (lo, hi) = (total / 4, (3 * total / 4).max(total / 4 + 1).min(total - 1));
+    let reads0 = HOST_READS.load(Ordering::Relaxed);
+    let before_lo = counter.map(|c| c.totals());
+    run_until(generator, requests, lo)?;
+    let reads1 = HOST_READS.load(Ordering::Relaxed);
+    let after_lo = counter.map(|c| c.totals());
+    run_until(generator, requests, hi)?;
+    let reads2 = HOST_READS.load(Ordering::Relaxed);
+    let after_hi = counter.map(|c| c.totals());
+    let steps = (hi - lo) as f64;
+    let host_syncs_per_step = ((reads2 - reads1) as f64 - (reads1 - reads0) as f64) / steps;
+    let kernels = match (after_warmup, before_lo, after_lo, after_hi) {
+        (Some(w), Some(b), Some(l), Some(h)) => Some(KernelCounts {
+            launches_per_step: ((h.0 - l.0) as f64 - (l.0 - b.0) as f64) / steps,
+            compilations_after_warmup: h.1 - w.1,
+            autotunes_after_warmup: h.2 - w.2,
+        }),
+        _ => None,
+    };
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(BenchReport {
+        seconds: median(&mut gen_times),
+        vq_decode_seconds: median(&mut dec_times),
+        tokens_per_image: total,
+        host_syncs_per_step,
+        kernels,
+    })
+}
