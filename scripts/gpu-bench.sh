@@ -6,8 +6,8 @@
 #   scripts/gpu-bench.sh                       # the whole grid
 #   CONFIGS=GPT-B GRIDS=4 BATCHES=1 BACKENDS=wgpu scripts/gpu-bench.sh   # a quick check
 #
-# Environment: CONFIGS, GRIDS, BATCHES, BACKENDS (space-separated), PRECISIONS (f32 until half
-# precision lands), WARMUP (1), RUNS (1), FEATURES (cuda when BACKENDS has cuda), OUT_DIR.
+# Environment: CONFIGS, GRIDS, BATCHES, BACKENDS (space-separated), WARMUP (1), RUNS (1), FEATURES (cuda when BACKENDS has cuda), OUT_DIR,
+# PROFILE (release; dev reuses a test build, as on a machine without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,9 +24,10 @@ if [[ -z "${FEATURES:-}" ]]; then
 fi
 
 mkdir -p "$OUT_DIR"
-echo "building llamagen (release${FEATURES:+, features $FEATURES})" >&2
-cargo build --release -q -p llamagen ${FEATURES:+--features "$FEATURES"}
-BIN=target/release/llamagen
+PROFILE=${PROFILE:-release}
+echo "building llamagen ($PROFILE${FEATURES:+, features $FEATURES})" >&2
+cargo build --profile "$PROFILE" -q -p llamagen ${FEATURES:+--features "$FEATURES"}
+BIN=target/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")/llamagen
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
 
 : > "$OUT_DIR/bench.jsonl"

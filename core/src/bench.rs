@@ -67,7 +67,7 @@ fn run_until<B: Backend>(
     Ok(())
 }
 
-/// Runs `warmup` whole generations, then `runs` timed ones (each followed by the tokenizer's
+/// Runs `warmup` whole jobs (generation and the tokenizer's decode), then `runs` timed ones (each followed by the tokenizer's
 /// decode), then two counting generations stopped at a quarter and at three quarters of the
 /// tokens: their difference gives the per-step counts.
 pub fn run<B: Backend>(
@@ -83,7 +83,8 @@ pub fn run<B: Backend>(
     let total = cfg.block_size;
     let grid = cfg.grid_size();
     for _ in 0..warmup {
-        generator.generate(requests, &mut (), None)?;
+        let out = generator.generate(requests, &mut (), None)?;
+        let _ = decode_tokens(vq, &out.tokens, grid).into_data();
     }
     let after_warmup = counter.map(|c| c.totals());
 

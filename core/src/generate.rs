@@ -324,8 +324,8 @@ impl<'a, B: Backend> Generator<'a, B> {
         }
 
         // GPU backends: tokens drawn on the device and fed straight back; only each step's
-        // (token, probability, entropy) comes back, one step behind. Observers that want the
-        // logits get the host sampler.
+        // (token, probability, entropy) comes back, read while the next step is queued.
+        // Observers that want the logits get the host sampler.
         let device_sampler = (!detail.logits
             && cache.layout == CacheLayout::Fixed
             && DeviceSampler::<B>::supported())
@@ -336,9 +336,7 @@ impl<'a, B: Backend> Generator<'a, B> {
         if let Some(sampler) = device_sampler {
             let bias = crate::kernels::key_bias(&cache.allowed);
             let mut last = last.reshape([rows, v]);
-            let mut pending: Option<(usize, Tensor<B, 2>)> = None;
-            let mut record = |index: usize, info: Tensor<B, 2>| {
-                let host: Vec<f32> = info.into_data().convert::<f32>().to_vec().expect("f32");
+            let mut record = |index: usize, host: Vec<f32>| {
                 HOST_READS.fetch_add(1, Ordering::Relaxed);
                 let mut step_probs = Vec::with_capacity(b);
                 let mut step_entropy = Vec::with_capacity(b);
@@ -358,6 +356,9 @@ impl<'a, B: Backend> Generator<'a, B> {
                     logits: None,
                 });
             };
+            // Each step: draw on the device, request the draw's (token, probability, entropy)
+            // at once, queue the next decode step behind it, then wait for the read: the GPU
+            // runs the draw while the host queues the step.
             for index in prefix_len..total {
                 if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
                     cancelled = true;
@@ -366,16 +367,11 @@ impl<'a, B: Backend> Generator<'a, B> {
                 let draw = sampler
                     .sample(last.clone(), index, use_cfg)
                     .expect("device sampler supported");
+                let read = crate::kernels::PendingRead::start(draw.info);
                 if index + 1 < total {
                     last = gpt.decode_fused(draw.ids, t + index, &mut cache, &bias);
                 }
-                if let Some((at, info)) = pending.take() {
-                    record(at, info);
-                }
-                pending = Some((index, draw.info));
-            }
-            if let Some((at, info)) = pending.take() {
-                record(at, info);
+                record(index, read.wait());
             }
         } else {
             for index in prefix_len..total {

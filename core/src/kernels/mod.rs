@@ -475,3 +475,60 @@ pub mod counters {
         }
     }
 }
+
+/// A device-to-host read already requested: on CubeCL backends the copy is queued when the read
+/// is started, so work queued after it overlaps with the wait; elsewhere the data is read at
+/// once.
+pub struct PendingRead {
+    #[allow(clippy::type_complexity)]
+    inner: Result<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Option<burn::tensor::TensorData>> + Send>>,
+        burn::tensor::TensorData,
+    >,
+}
+
+impl PendingRead {
+    /// Starts reading `t` (f32).
+    pub fn start<B: Backend>(t: Tensor<B, 2>) -> Self {
+        on_cube!(B, dispatch::f32_of::<B, R, 2>(&t), |R| {
+            let t = burn_cubecl::kernel::into_contiguous_aligned(dispatch::float_in::<B, R, 2>(t));
+            let shape = t.meta.shape().clone();
+            let descriptor = cubecl::server::CopyDescriptor::new(
+                t.handle.clone().binding(),
+                shape.clone(),
+                t.meta.strides().clone(),
+                t.elem_size(),
+            );
+            let dtype = t.dtype;
+            let client = t.client.clone();
+            let mut fut: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+                Box::pin(async move {
+                    let bytes = client.read_one_tensor_async(descriptor).await.ok()?;
+                    Some(burn::tensor::TensorData::from_bytes(bytes, shape, dtype))
+                });
+            // The first poll makes the request (the copy is queued now); the wait comes later.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            PendingRead {
+                inner: match fut.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(data) => Err(data.expect("device read")),
+                    std::task::Poll::Pending => Ok(fut),
+                },
+            }
+        });
+        PendingRead {
+            inner: Err(t.into_data()),
+        }
+    }
+
+    /// Waits for the data.
+    pub fn wait(self) -> Vec<f32> {
+        let data = match self.inner {
+            #[cfg(any(feature = "wgpu", feature = "cuda"))]
+            Ok(fut) => cubecl::future::block_on(fut).expect("device read"),
+            #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+            Ok(_) => unreachable!("no device reads without a GPU backend"),
+            Err(data) => data,
+        };
+        data.convert::<f32>().to_vec().expect("f32 values")
+    }
+}

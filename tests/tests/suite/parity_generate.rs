@@ -98,6 +98,24 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
                 let flat: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
                 let label = format!("[{backend}, device sampler]");
                 report.check_exact(&case, &label, &tokens_name, flat);
+                // Seeded sampling reproduces on the same backend, and the seed matters.
+                let sampled = |seed: u64| {
+                    let params = SamplerParams {
+                        cfg_interval,
+                        cfg_scale: scale,
+                        top_k: 0,
+                        seed,
+                        ..SamplerParams::default()
+                    };
+                    let reqs = requests(&case, cfg.model_type, params);
+                    generator.generate(&reqs, &mut (), None).unwrap().tokens
+                };
+                assert_eq!(sampled(7), sampled(7), "{label}: same seed, same tokens");
+                let first = sampled(7);
+                assert!(
+                    (8..12).any(|seed| sampled(seed) != first),
+                    "{label}: other seeds, other tokens"
+                );
             }
             let logits_name = format!("{prefix}_step_logits");
             if case.has(&logits_name) {
