@@ -12,9 +12,12 @@
 //!
 //! During a run it is held to a time budget ([`PreviewPolicy::budget`]): a decode starts only
 //! when the decodes so far cost at most that share of the machine's time since the run began.
-//! On the CPU its threads are a rayon pool of its own (burn-flex and gemm run on the current
-//! pool, so its work never queues on the generator's threads) at idle priority (Linux
-//! `SCHED_IDLE`: they run only on a core nothing else wants).
+//! On the CPU its threads are rayon pools of its own (burn-flex and gemm run on the current
+//! pool, so its work never queues on the generator's threads): the small, urgent decodes (the
+//! colours, the patches of a run's codes) on one thread at normal priority, the big ones (the
+//! refreshes, the atlas fill) on a pool as wide as the machine at the lowest priority (nice
+//! 19), so that they take what the generator leaves. (Linux's `SCHED_IDLE` was tried: it
+//! starved the preview entirely whenever any other process kept the cores busy.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc::Sender;
@@ -39,10 +42,10 @@ pub struct PreviewPolicy {
     pub budget: f64,
     /// How the budget is counted.
     pub clock: BudgetClock,
-    /// Threads of the decoder's own pool.
+    /// Threads of the decoder's pool for the big decodes (refreshes, the atlas fill).
     pub threads: usize,
-    /// Ask the operating system to run the pool only on otherwise idle cores (Linux).
-    pub idle_priority: bool,
+    /// Run the big decodes at the lowest priority (nice 19, where the system has it).
+    pub low_priority: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,14 +57,14 @@ pub enum BudgetClock {
 }
 
 impl PreviewPolicy {
-    /// On the CPU: 15 % of the machine, a pool as wide as the machine, idle priority.
+    /// On the CPU: 15 % of the machine, a pool as wide as the machine, lowest priority.
     pub fn cpu() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             budget: 0.15,
             clock: BudgetClock::Cpu { cores },
             threads: cores,
-            idle_priority: true,
+            low_priority: true,
         }
     }
 
@@ -71,7 +74,7 @@ impl PreviewPolicy {
             budget: 0.10,
             clock: BudgetClock::Wall,
             threads: 1,
-            idle_priority: false,
+            low_priority: false,
         }
     }
 }
@@ -152,14 +155,17 @@ impl PreviewDecoder {
         let thread = std::thread::Builder::new()
             .name("llamagen-preview".into())
             .spawn(move || {
-                let pool = preview_pool(&policy);
+                let pools = Pools {
+                    quick: preview_pool(1, false, "quick"),
+                    big: preview_pool(policy.threads, policy.low_priority, "big"),
+                };
                 let codes = vq.config.codebook_size;
                 let mut state = DecoderThread {
                     vq,
                     policy,
                     outlet,
                     shared: inner,
-                    pool,
+                    pools,
                     sent: vec![false; codes],
                     colours_done: false,
                     used: 0.0,
@@ -234,15 +240,14 @@ impl Drop for PreviewDecoder {
     }
 }
 
-/// The decoder's pool: burn-flex and gemm split their work over the current rayon pool, so
+/// A pool of the decoder: burn-flex and gemm split their work over the current rayon pool, so
 /// inside it the preview uses these threads and never the global pool the generator runs on.
-fn preview_pool(policy: &PreviewPolicy) -> Option<rayon::ThreadPool> {
-    let idle = policy.idle_priority;
+fn preview_pool(threads: usize, low: bool, name: &'static str) -> Option<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(policy.threads.max(1))
-        .thread_name(|i| format!("llamagen-preview-{i}"))
+        .num_threads(threads.max(1))
+        .thread_name(move |i| format!("llamagen-preview-{name}-{i}"))
         .start_handler(move |_| {
-            if idle {
+            if low {
                 lower_priority();
             }
         })
@@ -250,13 +255,13 @@ fn preview_pool(policy: &PreviewPolicy) -> Option<rayon::ThreadPool> {
         .ok()
 }
 
-/// Runs the calling thread only when a core would otherwise be idle (Linux `SCHED_IDLE`).
+/// The calling thread at the lowest priority (nice 19; on Linux `setpriority` with 0 changes
+/// the calling thread only).
 #[cfg(target_os = "linux")]
 fn lower_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler with pid 0 changes the calling thread; `param` outlives the call.
+    // SAFETY: a plain system call on the calling thread.
     unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
     }
 }
 
@@ -285,12 +290,19 @@ enum Work {
     Refresh(Refresh),
 }
 
+struct Pools {
+    /// Small, urgent decodes: the colours, a run's patches.
+    quick: Option<rayon::ThreadPool>,
+    /// Big ones: refreshes, the atlas fill.
+    big: Option<rayon::ThreadPool>,
+}
+
 struct DecoderThread<B: Backend> {
     vq: VqModel<B>,
     policy: PreviewPolicy,
     outlet: Outlet,
     shared: Arc<Shared>,
-    pool: Option<rayon::ThreadPool>,
+    pools: Pools,
     /// Codes whose exact patch has been sent.
     sent: Vec<bool>,
     colours_done: bool,
@@ -408,12 +420,13 @@ impl<B: Backend> DecoderThread<B> {
 
     /// Runs `f` on the decoder's pool with (a handle on) the tokenizer; returns its result and
     /// what it cost on the budget's clock.
-    fn measured<T: Send>(&self, f: impl FnOnce(VqModel<B>) -> T + Send) -> (T, f64) {
+    fn measured<T: Send>(&self, big: bool, f: impl FnOnce(VqModel<B>) -> T + Send) -> (T, f64) {
         let start = Instant::now();
         // Modules are Send but not Sync: the pool gets its own handle (the weights are shared).
         let vq = self.vq.clone();
         let f = move || f(vq);
-        let Some(pool) = &self.pool else {
+        let pool = if big { &self.pools.big } else { &self.pools.quick };
+        let Some(pool) = pool else {
             let out = f();
             return (out, start.elapsed().as_secs_f64());
         };
@@ -448,7 +461,7 @@ impl<B: Backend> DecoderThread<B> {
                         .map(|i| (i * codes / COLOUR_SAMPLE) as u32)
                         .collect()
                 };
-                let ((patches, codebook), cost) = self.measured(|vq| {
+                let ((patches, codebook), cost) = self.measured(false, |vq| {
                     let patches = decode_patches(&vq, &sample);
                     let codebook = vq
                         .quantize
@@ -469,7 +482,8 @@ impl<B: Backend> DecoderThread<B> {
                 (DecodeKind::Colours, cost)
             }
             Work::Patches(codes, kind) => {
-                let (patches, cost) = self.measured(|vq| decode_patches(&vq, &codes));
+                let big = kind == DecodeKind::Atlas;
+                let (patches, cost) = self.measured(big, |vq| decode_patches(&vq, &codes));
                 for &c in &codes {
                     self.sent[c as usize] = true;
                 }
@@ -522,7 +536,7 @@ impl<B: Backend> DecoderThread<B> {
             return 0.0;
         };
         let tokens = &request.tokens[i][..rows * grid];
-        let (image, cost) = self.measured(|vq| decode_rows(&vq, tokens, rows, grid));
+        let (image, cost) = self.measured(true, |vq| decode_rows(&vq, tokens, rows, grid));
         self.shown.insert((request.job, request.first + i), rows);
         self.emit(Event::Partial {
             job: request.job,

@@ -58,7 +58,7 @@ fn no_token_step_waits_on_a_preview_decode() {
         budget: 1.0,
         clock: BudgetClock::Wall,
         threads: 1,
-        idle_priority: false,
+        low_priority: false,
     };
     let worker = WorkerHandle::spawn_with(Compute::Cpu, policy, || {});
     let info = loaded(&worker);
