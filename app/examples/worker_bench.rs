@@ -25,7 +25,6 @@ use llamagen::sampling::SamplerParams;
 use llamagen::vq::VqModel;
 use llamagen_studio::decoder::PreviewPolicy;
 use llamagen_studio::settings::Settings;
-use llamagen_studio::timeline::DecodeKind;
 use llamagen_studio::worker::{Command, Compute, Event, Job, ModelSpec, WorkerHandle};
 use serde_json::json;
 
@@ -112,7 +111,7 @@ fn requests(num: usize, sampler: SamplerParams) -> Vec<Request> {
 struct WorkerRun {
     tokens_s: f64,
     total_s: f64,
-    colours_after_load_s: Option<f64>,
+    load_s: f64,
     first_token_s: f64,
     first_drawable_s: Option<f64>,
     first_patch_s: Option<f64>,
@@ -131,18 +130,21 @@ fn worker_run(
     let worker = WorkerHandle::spawn_with(Compute::Cpu, policy, || {});
     worker.send(Command::Load(spec.clone()));
     let wait = Duration::from_secs(3600);
-    let loaded_at;
-    let info = loop {
+    let load_start = Instant::now();
+    let mut info = None;
+    let mut colours = None;
+    // The model (its mean colours are computed before it is reported loaded, and follow it).
+    while info.is_none() || colours.is_none() {
         match worker.events.recv_timeout(wait)? {
-            Event::Loaded(info) => {
-                loaded_at = Instant::now();
-                break info;
-            }
+            Event::Loaded(i) => info = Some(i),
+            Event::Colours(_) => colours = Some(Instant::now()),
             Event::LoadFailed(e) => bail!("the worker could not load the model: {e}"),
             _ => {}
         }
-    };
-    // Generate at once, as an impatient user would: the mean colours may still be on their way.
+    }
+    let info = info.context("loaded")?;
+    let load_s = load_start.elapsed().as_secs_f64();
+    // Generate at once, as an impatient user would.
     let sent = Instant::now();
     worker.send(Command::Generate(Job {
         id: 1,
@@ -153,7 +155,6 @@ fn worker_run(
         prompts: vec![None; num],
     }));
     let since = |t: Instant| t.duration_since(sent).as_secs_f64();
-    let mut colours = None;
     let mut first_token = None;
     let mut first_patch = None;
     let mut refreshes = Vec::new();
@@ -161,7 +162,6 @@ fn worker_run(
         let event = worker.events.recv_timeout(wait)?;
         let now = Instant::now();
         match event {
-            Event::Colours(_) => colours = Some(now),
             Event::Token { .. } if first_token.is_none() => first_token = Some(now),
             Event::Patches(p) if first_patch.is_none() && !p.codes.is_empty() && first_token.is_some() => {
                 first_patch = Some(now)
@@ -180,12 +180,11 @@ fn worker_run(
     let first_token = first_token.context("no token event")?;
     let run: Vec<_> = timeline
         .run_decodes()
-        .filter(|d| d.kind != DecodeKind::Colours)
         .collect();
     Ok(WorkerRun {
         tokens_s,
         total_s: total,
-        colours_after_load_s: colours.map(|c| c.duration_since(loaded_at).as_secs_f64()),
+        load_s,
         first_token_s: since(first_token),
         // A token can be drawn once it and the colours are there.
         first_drawable_s: colours.map(|c| since(first_token.max(c))),
@@ -298,7 +297,7 @@ fn main() -> Result<()> {
         "first_token_s": median(workers.iter().map(|w| w.first_token_s).collect()),
         "first_drawable_mosaic_s": median(workers.iter().filter_map(|w| w.first_drawable_s).collect()),
         "first_patch_s": median(workers.iter().filter_map(|w| w.first_patch_s).collect()),
-        "colours_after_load_s": median(workers.iter().filter_map(|w| w.colours_after_load_s).collect()),
+        "load_with_colour_pass_s": median(workers.iter().map(|w| w.load_s).collect()),
         "refreshes_per_run": workers.iter().map(|w| w.refreshes.len()).collect::<Vec<_>>(),
         "refresh_gap_max_s": gaps.iter().copied().fold(0.0, f64::max),
         "refresh_gap_median_s": median(gaps.clone()),

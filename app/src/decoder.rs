@@ -1,10 +1,10 @@
 //! The preview decoder: a thread beside the worker's token loop that turns codes into pixels for
 //! the live preview, so that generation never waits for it.
 //!
-//! It does four kinds of work, all with its own copy of the tokenizer:
-//! - once per model, the **mean colours**: a sample of the codebook decoded alone (1 × 1 token
-//!   grids), and an affine fit from codebook vector to mean colour for every other code, so the
-//!   mosaic can draw any code at once;
+//! Once per model, at load (before the model is reported loaded), [`colour_pass`] gives the
+//! **mean colours**: a sample of the codebook decoded alone (1 × 1 token grids), and an affine
+//! fit from codebook vector to mean colour for every other code, so the mosaic can draw any code
+//! at once. Then the decoder does three kinds of work, with its own handle on the tokenizer:
 //! - during a run, **patches** of the codes the run uses and **refreshes**: a true VQ decode of
 //!   the rows generated so far of one image (the one whose last decode is oldest), with the
 //!   latest tokens only (a newer request replaces one not started);
@@ -13,11 +13,12 @@
 //! During a run it is held to a time budget ([`PreviewPolicy::budget`]): a decode starts only
 //! when the decodes so far cost at most that share of the machine's time since the run began.
 //! On the CPU its threads are rayon pools of its own (burn-flex and gemm run on the current
-//! pool, so its work never queues on the generator's threads): the small, urgent decodes (the
-//! colours, the patches of a run's codes) on one thread at normal priority, the big ones (the
-//! refreshes, the atlas fill) on a pool as wide as the machine at the lowest priority (nice
-//! 19), so that they take what the generator leaves. (Linux's `SCHED_IDLE` was tried: it
-//! starved the preview entirely whenever any other process kept the cores busy.)
+//! pool, so its work never queues on the generator's threads): the patches of a run's codes on
+//! one thread, the refreshes and the atlas fill on a pool as wide as the machine, both at the
+//! lowest priority (nice 19), so that they take what the generator leaves. (Linux's
+//! `SCHED_IDLE` was tried: it starved the preview entirely whenever any other process kept the
+//! cores busy; a normal-priority preview thread slowed the generator's fork-join steps far more
+//! than its share of CPU time.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc::Sender;
@@ -141,7 +142,20 @@ pub struct Outlet {
 }
 
 impl PreviewDecoder {
-    pub fn spawn<B: Backend>(vq: VqModel<B>, policy: PreviewPolicy, outlet: Outlet) -> Self {
+    /// Starts the decoder; `decoded` are the codes whose patches the UI already has (the
+    /// colour pass's sample).
+    pub fn spawn<B: Backend>(
+        vq: VqModel<B>,
+        decoded: &[u32],
+        policy: PreviewPolicy,
+        outlet: Outlet,
+    ) -> Self {
+        let mut sent = vec![false; vq.config.codebook_size];
+        for &c in decoded {
+            if let Some(s) = sent.get_mut(c as usize) {
+                *s = true;
+            }
+        }
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 quit: false,
@@ -156,18 +170,16 @@ impl PreviewDecoder {
             .name("llamagen-preview".into())
             .spawn(move || {
                 let pools = Pools {
-                    quick: preview_pool(1, false, "quick"),
+                    quick: preview_pool(1, policy.low_priority, "quick"),
                     big: preview_pool(policy.threads, policy.low_priority, "big"),
                 };
-                let codes = vq.config.codebook_size;
                 let mut state = DecoderThread {
                     vq,
                     policy,
                     outlet,
                     shared: inner,
                     pools,
-                    sent: vec![false; codes],
-                    colours_done: false,
+                    sent,
                     used: 0.0,
                     shown: HashMap::new(),
                     last_was_refresh: false,
@@ -285,7 +297,6 @@ fn thread_cpu_seconds() -> f64 {
 }
 
 enum Work {
-    Colours,
     Patches(Vec<u32>, DecodeKind),
     Refresh(Refresh),
 }
@@ -305,7 +316,6 @@ struct DecoderThread<B: Backend> {
     pools: Pools,
     /// Codes whose exact patch has been sent.
     sent: Vec<bool>,
-    colours_done: bool,
     /// Budget used by the current run's decodes (seconds of the budget's clock).
     used: f64,
     /// Rows of each image (job, request) its latest refresh showed.
@@ -361,9 +371,6 @@ impl<B: Backend> DecoderThread<B> {
 
     /// The next piece of work, or how long to wait for one (`None`: until told).
     fn next_work(&mut self, q: &mut Queue) -> Result<Work, Option<Instant>> {
-        if !self.colours_done {
-            return Ok(Work::Colours);
-        }
         let sent = &self.sent;
         q.wanted.retain(|&c| (c as usize) < sent.len() && !sent[c as usize]);
         match q.run {
@@ -452,35 +459,6 @@ impl<B: Backend> DecoderThread<B> {
     fn execute(&mut self, work: Work, during_run: bool) {
         let start = Instant::now();
         let (kind, cost) = match work {
-            Work::Colours => {
-                let codes = self.sent.len();
-                let sample: Vec<u32> = if codes <= COLOUR_SAMPLE {
-                    (0..codes as u32).collect()
-                } else {
-                    (0..COLOUR_SAMPLE)
-                        .map(|i| (i * codes / COLOUR_SAMPLE) as u32)
-                        .collect()
-                };
-                let ((patches, codebook), cost) = self.measured(false, |vq| {
-                    let patches = decode_patches(&vq, &sample);
-                    let codebook = vq
-                        .quantize
-                        .codebook()
-                        .into_data()
-                        .convert::<f32>()
-                        .to_vec::<f32>()
-                        .unwrap_or_default();
-                    (patches, codebook)
-                });
-                let colours = mean_colours(&patches, codes, &codebook);
-                for &c in &patches.codes {
-                    self.sent[c as usize] = true;
-                }
-                self.colours_done = true;
-                self.emit(Event::Colours(colours));
-                self.emit(Event::Patches(patches));
-                (DecodeKind::Colours, cost)
-            }
             Work::Patches(codes, kind) => {
                 let big = kind == DecodeKind::Atlas;
                 let (patches, cost) = self.measured(big, |vq| decode_patches(&vq, &codes));
@@ -546,6 +524,29 @@ impl<B: Backend> DecoderThread<B> {
         });
         cost
     }
+}
+
+/// The mean colours of every code (see [`mean_colours`]), with the patches of the sample it
+/// decoded: run once per model, at load.
+pub fn colour_pass<B: Backend>(vq: &VqModel<B>) -> (Patches, Colours) {
+    let codes = vq.config.codebook_size;
+    let sample: Vec<u32> = if codes <= COLOUR_SAMPLE {
+        (0..codes as u32).collect()
+    } else {
+        (0..COLOUR_SAMPLE)
+            .map(|i| (i * codes / COLOUR_SAMPLE) as u32)
+            .collect()
+    };
+    let patches = decode_patches(vq, &sample);
+    let codebook = vq
+        .quantize
+        .codebook()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    let colours = mean_colours(&patches, codes, &codebook);
+    (patches, colours)
 }
 
 /// The sum of the pool's threads' CPU clocks (`None` where there is no per-thread clock).

@@ -40,8 +40,6 @@ pub struct TokenStep {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeKind {
-    /// The codebook's sample decoded for the mean colours of every code (once per model).
-    Colours,
     /// Patches of codes a run uses.
     Patches,
     /// A true decode of a partial grid.

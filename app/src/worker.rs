@@ -17,7 +17,7 @@ use llamagen::image_io::{ModelFile, tensor_to_images};
 use llamagen::sampling::SamplerParams;
 use llamagen::text::{T5Folder, T5Precision, TextEncoder, TextError};
 
-use crate::decoder::{Colours, Outlet, PreviewDecoder, PreviewPolicy, Refresh};
+use crate::decoder::{Colours, Outlet, PreviewDecoder, PreviewPolicy, Refresh, colour_pass};
 use crate::timeline::{Span, Timeline, TokenStep};
 
 /// Which model to open.
@@ -339,20 +339,22 @@ impl Worker {
         }));
         let result = match &self.compute {
             Compute::Cpu => {
-                load_model::<llamagen::backend::Cpu>(&spec, &Default::default(), |vq| {
-                    self.preview(vq)
+                load_model::<llamagen::backend::Cpu>(&spec, &Default::default(), |vq, d| {
+                    self.preview(vq, d)
                 })
-                .map(|(m, i)| (Loaded::Cpu(m), i))
+                .map(|(m, i, c)| (Loaded::Cpu(m), i, c))
             }
             Compute::Wgpu { device, .. } => {
-                load_model::<llamagen::backend::Wgpu>(&spec, device, |vq| self.preview(vq))
-                    .map(|(m, i)| (Loaded::Wgpu(m), i))
+                load_model::<llamagen::backend::Wgpu>(&spec, device, |vq, d| self.preview(vq, d))
+                    .map(|(m, i, c)| (Loaded::Wgpu(m), i, c))
             }
         };
         match result {
-            Ok((loaded, mut info)) => {
+            Ok((loaded, mut info, (patches, colours))) => {
                 info.compute = self.compute.describe();
                 self.emit(Event::Loaded(Box::new(info)));
+                self.emit(Event::Colours(colours));
+                self.emit(Event::Patches(patches));
                 Some(loaded)
             }
             Err(e) => {
@@ -399,9 +401,10 @@ impl Worker {
     }
 
     /// Starts the preview decoder of a freshly loaded tokenizer.
-    fn preview<B: Backend>(&self, vq: llamagen::vq::VqModel<B>) -> PreviewDecoder {
+    fn preview<B: Backend>(&self, vq: llamagen::vq::VqModel<B>, decoded: &[u32]) -> PreviewDecoder {
         PreviewDecoder::spawn(
             vq,
+            decoded,
             self.policy,
             Outlet {
                 events: self.events.clone(),
@@ -519,8 +522,8 @@ impl Worker {
 fn load_model<B: Backend>(
     spec: &ModelSpec,
     device: &B::Device,
-    preview: impl FnOnce(llamagen::vq::VqModel<B>) -> PreviewDecoder,
-) -> Result<(Model<B>, ModelInfo), String> {
+    preview: impl FnOnce(llamagen::vq::VqModel<B>, &[u32]) -> PreviewDecoder,
+) -> Result<(Model<B>, ModelInfo, (Patches, Colours)), String> {
     let bundle = match spec {
         ModelSpec::Demo => ModelBundle::<B>::open(None, None, &LoadOptions::default(), device),
         ModelSpec::TextDemo => {
@@ -559,8 +562,10 @@ fn load_model<B: Backend>(
         patch: bundle.vq.config.downsample(),
         t5_dir: bundle.t5_dir.clone(),
     };
+    // Every code's mean colour, so that the mosaic can draw any code from the first token.
+    let (patches, colours) = colour_pass(&bundle.vq);
     // The preview decoder's handle on the tokenizer shares its weights.
-    let preview = preview(bundle.vq.clone());
+    let preview = preview(bundle.vq.clone(), &patches.codes);
     Ok((
         Model {
             bundle,
@@ -568,6 +573,7 @@ fn load_model<B: Backend>(
             text: None,
         },
         info,
+        (patches, colours),
     ))
 }
 
