@@ -80,7 +80,8 @@ fn checkpoints(args: &Args) -> Result<(PathBuf, PathBuf)> {
         cfg.block_size = grid * grid;
         let gpt = Transformer::<B>::init(&cfg, &device)?;
         let tensors = llamagen::checkpoint::state_dict(&gpt, &cfg.state_dict_specs())?;
-        let meta = llamagen::checkpoint::config_metadata(llamagen::checkpoint::GPT_CONFIG_KEY, &cfg);
+        let meta =
+            llamagen::checkpoint::config_metadata(llamagen::checkpoint::GPT_CONFIG_KEY, &cfg);
         llamagen::checkpoint::write_safetensors(&gpt_path, &tensors, meta)?;
     }
     if !vq_path.exists() {
@@ -163,7 +164,9 @@ fn worker_run(
         let now = Instant::now();
         match event {
             Event::Token { .. } if first_token.is_none() => first_token = Some(now),
-            Event::Patches(p) if first_patch.is_none() && !p.codes.is_empty() && first_token.is_some() => {
+            Event::Patches(p)
+                if first_patch.is_none() && !p.codes.is_empty() && first_token.is_some() =>
+            {
                 first_patch = Some(now)
             }
             Event::Partial { .. } => refreshes.push(since(now)),
@@ -178,9 +181,7 @@ fn worker_run(
         _ => bail!("the worker recorded no run"),
     };
     let first_token = first_token.context("no token event")?;
-    let run: Vec<_> = timeline
-        .run_decodes()
-        .collect();
+    let run: Vec<_> = timeline.run_decodes().collect();
     Ok(WorkerRun {
         tokens_s,
         total_s: total,
@@ -209,7 +210,11 @@ fn alone_run(bundle: &ModelBundle<B>, num: usize) -> Result<(f64, f64)> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 fn main() -> Result<()> {
@@ -224,7 +229,9 @@ fn main() -> Result<()> {
     if let Some(b) = args.budget {
         policy.budget = b;
     }
-    let decode_every = args.decode_every.unwrap_or(Settings::default().decode_every);
+    let decode_every = args
+        .decode_every
+        .unwrap_or(Settings::default().decode_every);
     let bundle = ModelBundle::<B>::open(
         Some(Path::new(&gpt)),
         Some(Path::new(&vq)),
@@ -254,7 +261,10 @@ fn main() -> Result<()> {
                 w.tokens_s,
                 w.total_s,
                 w.refreshes.len(),
-                w.refreshes.iter().map(|r| (r * 10.0).round() / 10.0).collect::<Vec<_>>(),
+                w.refreshes
+                    .iter()
+                    .map(|r| (r * 10.0).round() / 10.0)
+                    .collect::<Vec<_>>(),
                 w.first_drawable_s,
                 a.0,
                 a.1

@@ -349,10 +349,7 @@ impl<B: Backend> DecoderThread<B> {
                     match self.next_work(&mut q) {
                         Ok(w) => break (w, q.run.is_some()),
                         Err(None) => {
-                            q = shared
-                                .signal
-                                .wait(q)
-                                .unwrap_or_else(|p| p.into_inner());
+                            q = shared.signal.wait(q).unwrap_or_else(|p| p.into_inner());
                         }
                         Err(Some(until)) => {
                             let left = until.saturating_duration_since(Instant::now());
@@ -372,7 +369,8 @@ impl<B: Backend> DecoderThread<B> {
     /// The next piece of work, or how long to wait for one (`None`: until told).
     fn next_work(&mut self, q: &mut Queue) -> Result<Work, Option<Instant>> {
         let sent = &self.sent;
-        q.wanted.retain(|&c| (c as usize) < sent.len() && !sent[c as usize]);
+        q.wanted
+            .retain(|&c| (c as usize) < sent.len() && !sent[c as usize]);
         match q.run {
             Some((_, began)) => {
                 if q.wanted.is_empty() && q.refresh.is_none() {
@@ -393,7 +391,10 @@ impl<B: Backend> DecoderThread<B> {
                     Some(r) if refresh_turn => Ok(Work::Refresh(r)),
                     other => {
                         q.refresh = other;
-                        Ok(Work::Patches(take_codes(&mut q.wanted, PATCH_CHUNK), DecodeKind::Patches))
+                        Ok(Work::Patches(
+                            take_codes(&mut q.wanted, PATCH_CHUNK),
+                            DecodeKind::Patches,
+                        ))
                     }
                 }
             }
@@ -432,7 +433,11 @@ impl<B: Backend> DecoderThread<B> {
         // Modules are Send but not Sync: the pool gets its own handle (the weights are shared).
         let vq = self.vq.clone();
         let f = move || f(vq);
-        let pool = if big { &self.pools.big } else { &self.pools.quick };
+        let pool = if big {
+            &self.pools.big
+        } else {
+            &self.pools.quick
+        };
         let Some(pool) = pool else {
             let out = f();
             return (out, start.elapsed().as_secs_f64());
@@ -580,8 +585,7 @@ fn take_codes(wanted: &mut Vec<u32>, n: usize) -> Vec<u32> {
 fn decode_rows<B: Backend>(vq: &VqModel<B>, tokens: &[u32], rows: usize, grid: usize) -> RgbImage {
     let device = vq.quant_conv.weight.device();
     let ids: Vec<i64> = tokens.iter().map(|&c| c as i64).collect();
-    let indices =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, rows * grid]), &device);
+    let indices = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, rows * grid]), &device);
     tensor_to_images(vq.decode_code(indices, rows, grid))
         .pop()
         .unwrap_or_default()

@@ -223,10 +223,7 @@ impl WorkerHandle {
 
     /// What the worker recorded of the latest job: its token steps and the preview's decodes.
     pub fn timeline(&self) -> Timeline {
-        self.timeline
-            .lock()
-            .map(|t| t.clone())
-            .unwrap_or_default()
+        self.timeline.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     pub fn send(&self, command: Command) {

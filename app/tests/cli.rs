@@ -24,7 +24,10 @@ fn a_missing_checkpoint_is_an_error_with_a_hint() {
         "no/such/vq_ds16_c2i.pt",
     ]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("error: --gpt-ckpt no/such/c2i_B_256.pt"), "{err}");
+    assert!(
+        err.contains("error: --gpt-ckpt no/such/c2i_B_256.pt"),
+        "{err}"
+    );
     assert!(err.contains("hint:"), "{err}");
 }
 
@@ -33,21 +36,33 @@ fn a_file_that_is_no_checkpoint_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("vq_ds16_c2i.pt");
     std::fs::write(&text, "not a checkpoint").unwrap();
-    let gpt = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/demo/gpt.safetensors");
+    let gpt = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../assets/demo/gpt.safetensors"
+    );
     let (code, err) = studio(&["--gpt-ckpt", gpt, "--vq-ckpt", text.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--vq-ckpt") && err.contains("not a checkpoint"), "{err}");
+    assert!(
+        err.contains("--vq-ckpt") && err.contains("not a checkpoint"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_generator_needs_its_tokenizer_and_t5_must_be_a_folder() {
-    let gpt = concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/demo/gpt.safetensors");
+    let gpt = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../assets/demo/gpt.safetensors"
+    );
     let (code, err) = studio(&["--gpt-ckpt", gpt]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--vq-ckpt"), "{err}");
     let (code, err) = studio(&["--t5", gpt]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("not a folder") && err.contains("FLAN-T5"), "{err}");
+    assert!(
+        err.contains("not a folder") && err.contains("FLAN-T5"),
+        "{err}"
+    );
     let (code, err) = studio(&["--image-size", "0", "--gpt-ckpt", gpt, "--vq-ckpt", gpt]);
     assert_eq!(code, 2, "{err}");
 }

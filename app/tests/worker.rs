@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use llamagen::bundle::{LoadOptions, ModelBundle};
 use llamagen::generate::Request;
 use llamagen::sampling::SamplerParams;
-use llamagen_studio::decoder::{BudgetClock, COLOUR_SAMPLE, PreviewPolicy, decode_patches, mean_colours};
+use llamagen_studio::decoder::{
+    BudgetClock, COLOUR_SAMPLE, PreviewPolicy, decode_patches, mean_colours,
+};
 use llamagen_studio::timeline::DecodeKind;
 use llamagen_studio::worker::{Command, Compute, Event, Job, ModelInfo, ModelSpec, WorkerHandle};
 
@@ -22,7 +24,10 @@ fn until(worker: &WorkerHandle, mut done: impl FnMut(&Event) -> bool) -> Vec<Eve
     loop {
         let left = end.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "timed out waiting for the worker");
-        let event = worker.events.recv_timeout(left).expect("the worker is running");
+        let event = worker
+            .events
+            .recv_timeout(left)
+            .expect("the worker is running");
         if let Event::Failed { error, .. } | Event::LoadFailed(error) = &event {
             panic!("the worker failed: {error}");
         }
@@ -156,7 +161,9 @@ fn predicted_mean_colours_beat_one_colour_for_all() {
     for &c in &sample {
         assert_eq!(estimate.rgb[c as usize], exact.rgb[c as usize]);
     }
-    let held_out: Vec<usize> = (0..codes).filter(|c| !sample.contains(&(*c as u32))).collect();
+    let held_out: Vec<usize> = (0..codes)
+        .filter(|c| !sample.contains(&(*c as u32)))
+        .collect();
     let mean_of_sample = {
         let mut m = [0f64; 3];
         for &c in &sample {
