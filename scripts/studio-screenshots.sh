@@ -6,7 +6,8 @@
 #   bash scripts/studio-screenshots.sh [OUT_DIR]
 #
 # The studio starts on the bundled demo model with fresh settings (four images of the first
-# class); the script presses Generate. The models run on wgpu too (`--backend wgpu`: on lavapipe here,
+# class), or on the model STUDIO_ARGS names (`STUDIO_ARGS="--gpt-ckpt c2i_B_256.pt --vq-ckpt
+# vq_ds16_c2i.pt"`); the script presses Generate. The models run on wgpu too (`--backend wgpu`: on lavapipe here,
 # slow enough to catch the image half made, and the window draws with burn's own device).
 set -euo pipefail
 out="${1:-target/studio-screenshots}"
@@ -25,7 +26,7 @@ sleep 1
 
 # A fresh settings folder, so the run starts from the defaults.
 DISPLAY="$display" HOME="$home" XDG_DATA_HOME="$home" WAYLAND_DISPLAY= \
-    "$bin" --backend "${BACKEND:-wgpu}" >"$out/studio.log" 2>&1 &
+    "$bin" --backend "${BACKEND:-wgpu}" ${STUDIO_ARGS:-} >"$out/studio.log" 2>&1 &
 studio=$!
 for _ in $(seq 60); do
     if DISPLAY="$display" xdotool search --name "LlamaGen studio" >/dev/null 2>&1; then break; fi

@@ -61,7 +61,8 @@ pub struct Cell {
     /// The finished image.
     pub image: Option<RgbImage>,
     pub texture: Option<TextureHandle>,
-    /// The latest true decode of the partial grid, and how many tokens it covers.
+    /// The latest true decode of the partial grid (its complete rows), and how many tokens it
+    /// covers.
     pub partial: Option<(TextureHandle, usize)>,
     /// The CPU-composed mosaic (when the GPU preview is not available).
     pub mosaic: Option<TextureHandle>,
@@ -112,6 +113,13 @@ pub struct GalleryItem {
     pub saved: Option<PathBuf>,
 }
 
+/// What the command line asks the studio to open.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    pub model: Option<RecentModel>,
+    pub t5: Option<PathBuf>,
+}
+
 pub struct StudioApp {
     pub settings: Settings,
     pub model: ModelState,
@@ -152,10 +160,22 @@ impl StudioApp {
     /// Starts the studio: settings from storage, the worker on `compute`, the mosaic shader on
     /// the wgpu renderer when it can run it, and the last model (or the demo) loading.
     pub fn new(cc: &eframe::CreationContext<'_>, compute: Compute) -> Self {
-        let settings: Settings = cc
+        Self::launch(cc, compute, Launch::default())
+    }
+
+    /// [`StudioApp::new`], opening the model and T5 folder given on the command line instead of
+    /// the last ones.
+    pub fn launch(cc: &eframe::CreationContext<'_>, compute: Compute, launch: Launch) -> Self {
+        let mut settings: Settings = cc
             .storage
             .and_then(|s| eframe::get_value(s, Settings::KEY))
             .unwrap_or_default();
+        if let Some(model) = launch.model {
+            settings.remember(model);
+        }
+        if let Some(dir) = launch.t5 {
+            settings.t5_dir = dir.display().to_string();
+        }
         let gpu_preview = cc
             .wgpu_render_state
             .as_ref()
@@ -662,6 +682,7 @@ impl StudioApp {
             }
             Event::TextReleased => self.text = TextState::None,
             Event::Patches(p) => self.atlas.lock().expect("atlas lock").insert(&p),
+            Event::Colours(c) => self.atlas.lock().expect("atlas lock").insert_colours(&c),
             Event::Token {
                 job,
                 first,

@@ -3,9 +3,11 @@
 //! and streams per-token events back.
 
 pub mod app;
+pub mod decoder;
 pub mod explore;
 pub mod preview;
 pub mod settings;
+pub mod timeline;
 pub mod ui;
 pub mod worker;
 

@@ -1,7 +1,8 @@
 //! The instant preview: every generated code drawn as its patch from a code → patch atlas.
 //!
 //! The atlas holds each codebook entry decoded alone (a 1 × 1 token grid through the VQ
-//! decoder). With the wgpu renderer the mosaic is drawn by `shaders/mosaic.wgsl` straight from
+//! decoder); until a code's patch is decoded, its slot holds the code's mean colour (see
+//! [`crate::decoder::mean_colours`]), so every code can be drawn at once. With the wgpu renderer the mosaic is drawn by `shaders/mosaic.wgsl` straight from
 //! the token grid (one small buffer write per frame); without it, it is composed on the CPU.
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use egui::{Color32, ColorImage};
 use egui_wgpu::wgpu;
 use egui_wgpu::wgpu::util::DeviceExt;
 
+use crate::decoder::Colours;
 use crate::worker::Patches;
 
 /// A token position not generated yet (drawn dark).
@@ -29,7 +31,12 @@ pub struct Atlas {
     pub cols: usize,
     /// RGBA pixels, `cols·patch` wide.
     pub rgba: Vec<u8>,
+    /// The code's slot can be drawn (its patch or its mean colour).
     pub have: Vec<bool>,
+    /// The slot holds the code's decoded patch.
+    pub exact: Vec<bool>,
+    /// Counts each slot's changes (a GPU copy uploads the slots whose count moved on).
+    pub revision: Vec<u32>,
     /// Counts inserts, so a GPU copy scans for new patches only when there are some.
     pub version: u64,
 }
@@ -45,6 +52,8 @@ impl Atlas {
             cols,
             rgba: vec![0; cols * patch * rows * patch * 4],
             have: vec![false; codes],
+            exact: vec![false; codes],
+            revision: vec![0; codes],
             version: 0,
         }
     }
@@ -57,8 +66,31 @@ impl Atlas {
         self.codes.div_ceil(self.cols) * self.patch
     }
 
+    /// Codes whose patch is decoded.
     pub fn filled(&self) -> usize {
-        self.have.iter().filter(|&&h| h).count()
+        self.exact.iter().filter(|&&h| h).count()
+    }
+
+    /// Fills the slot of every code without a decoded patch with its mean colour.
+    pub fn insert_colours(&mut self, colours: &Colours) {
+        let p = self.patch;
+        let w = self.width();
+        for (code, rgb) in colours.rgb.iter().enumerate().take(self.codes) {
+            if self.exact[code] {
+                continue;
+            }
+            let (x0, y0) = self.origin(code);
+            for y in 0..p {
+                let d = ((y0 + y) * w + x0) * 4;
+                for px in self.rgba[d..d + p * 4].chunks_exact_mut(4) {
+                    px[..3].copy_from_slice(rgb);
+                    px[3] = 255;
+                }
+            }
+            self.have[code] = true;
+            self.revision[code] = self.revision[code].wrapping_add(1);
+        }
+        self.version += 1;
     }
 
     /// Top-left pixel of a code's patch.
@@ -91,6 +123,8 @@ impl Atlas {
                 }
             }
             self.have[code] = true;
+            self.exact[code] = true;
+            self.revision[code] = self.revision[code].wrapping_add(1);
         }
         self.version += 1;
     }
@@ -134,6 +168,9 @@ pub struct MosaicCallback {
     pub slot: usize,
 }
 
+/// Above this many changed slots the whole atlas is uploaded at once.
+const WHOLE_UPLOAD: usize = 256;
+
 const SHADER: &str = include_str!("../../shaders/mosaic.wgsl");
 
 #[repr(C)]
@@ -151,7 +188,8 @@ struct MosaicResources {
     layout: wgpu::BindGroupLayout,
     atlas_id: u64,
     texture: Option<wgpu::Texture>,
-    uploaded: Vec<bool>,
+    /// The revision of each atlas slot the texture holds (`u32::MAX`: none).
+    uploaded: Vec<u32>,
     /// The atlas version the texture holds (`u64::MAX`: none yet).
     uploaded_version: u64,
     slots: HashMap<usize, Slot>,
@@ -312,7 +350,7 @@ impl egui_wgpu::CallbackTrait for MosaicCallback {
                 usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
                 view_formats: &[],
             }));
-            res.uploaded = vec![false; atlas.codes];
+            res.uploaded = vec![u32::MAX; atlas.codes];
             res.uploaded_version = u64::MAX;
             res.atlas_id = atlas.id;
             res.slots.clear();
@@ -326,8 +364,31 @@ impl egui_wgpu::CallbackTrait for MosaicCallback {
         let changed = res.uploaded_version != atlas.version;
         res.uploaded_version = atlas.version;
         let scan = if changed { 0..atlas.codes } else { 0..0 };
-        for code in scan {
-            if atlas.have[code] && !res.uploaded[code] {
+        let stale: Vec<usize> = scan
+            .filter(|&c| atlas.have[c] && res.uploaded[c] != atlas.revision[c])
+            .collect();
+        let extent = |w: usize, h: usize| wgpu::Extent3d {
+            width: w as u32,
+            height: h as u32,
+            depth_or_array_layers: 1,
+        };
+        if stale.len() > WHOLE_UPLOAD {
+            // Many slots at once (the mean colours of a whole codebook): one upload.
+            queue.write_texture(
+                texture.as_image_copy(),
+                &atlas.rgba,
+                wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some((w * 4) as u32),
+                    rows_per_image: Some(atlas.height() as u32),
+                },
+                extent(w, atlas.height()),
+            );
+            for c in stale {
+                res.uploaded[c] = atlas.revision[c];
+            }
+        } else {
+            for code in stale {
                 let (x0, y0) = ((code % atlas.cols) * p, (code / atlas.cols) * p);
                 for y in 0..p {
                     let s = ((y0 + y) * w + x0) * 4;
@@ -350,13 +411,9 @@ impl egui_wgpu::CallbackTrait for MosaicCallback {
                         bytes_per_row: Some((p * 4) as u32),
                         rows_per_image: Some(p as u32),
                     },
-                    wgpu::Extent3d {
-                        width: p as u32,
-                        height: p as u32,
-                        depth_or_array_layers: 1,
-                    },
+                    extent(p, p),
                 );
-                res.uploaded[code] = true;
+                res.uploaded[code] = atlas.revision[code];
             }
         }
         // This mosaic's tokens: unknown codes and missing patches are drawn dark by the shader.

@@ -139,10 +139,22 @@ fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
                 ui.label("device");
                 ui.label(&info.compute);
                 ui.end_row();
-                let atlas = app.atlas.lock().map(|a| a.filled()).unwrap_or(0);
+                let (atlas, coloured) = app
+                    .atlas
+                    .lock()
+                    .map(|a| (a.filled(), a.have.iter().any(|&h| h)))
+                    .unwrap_or((0, false));
                 if atlas < info.vocab_size {
                     ui.label("preview");
-                    ui.label(format!("{atlas}/{} patches decoded", info.vocab_size));
+                    ui.label(format!(
+                        "{atlas}/{} patches decoded{}",
+                        info.vocab_size,
+                        if coloured {
+                            ", the others drawn in their mean colour"
+                        } else {
+                            ""
+                        }
+                    ));
                     ui.end_row();
                 }
             });
@@ -428,7 +440,9 @@ fn sampler_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
         );
     ui.add(Slider::new(&mut app.settings.decode_every, 0..=256).text("Decode every"))
         .on_hover_text(
-            "a true VQ decode of the partial image every N tokens (0 = only at the end)",
+            "a true VQ decode of the rows generated so far at most every N tokens (0 = only at \
+             the end); it runs beside generation within a share of the machine's time, so it \
+             may come less often",
         );
     ui.horizontal(|ui| {
         if ui.button("Reset sampler").clicked() {
@@ -568,7 +582,13 @@ fn run_view(app: &mut StudioApp, ui: &mut egui::Ui) {
                             // Live: the latest true decode under the mosaic of the newer tokens.
                             let start = match &cell.partial {
                                 Some((tex, upto)) => {
-                                    painter.image(tex.id(), rect, unit_uv(), Color32::WHITE);
+                                    // The decode covers the complete rows generated so far.
+                                    let rows = (*upto / grid.max(1)).min(grid) as f32;
+                                    let band = Rect::from_min_size(
+                                        rect.min,
+                                        Vec2::new(rect.width(), rect.height() * rows / grid as f32),
+                                    );
+                                    painter.image(tex.id(), band, unit_uv(), Color32::WHITE);
                                     *upto
                                 }
                                 None => 0,

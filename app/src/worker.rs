@@ -2,14 +2,13 @@
 //! UI. The UI thread only sends [`Command`]s and reads [`Event`]s; it never waits on a model.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use image::RgbImage;
 use llamagen::bundle::{Demo, LoadOptions, ModelBundle};
 use llamagen::config::ModelType;
@@ -17,7 +16,9 @@ use llamagen::generate::{EventDetail, Generator, Observer, Request, TokenEvent, 
 use llamagen::image_io::{ModelFile, tensor_to_images};
 use llamagen::sampling::SamplerParams;
 use llamagen::text::{T5Folder, T5Precision, TextEncoder, TextError};
-use llamagen::vq::VqModel;
+
+use crate::decoder::{Colours, Outlet, PreviewDecoder, PreviewPolicy, Refresh, colour_pass};
+use crate::timeline::{Span, Timeline, TokenStep};
 
 /// Which model to open.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +49,14 @@ pub enum Compute {
 }
 
 impl Compute {
+    /// The preview's default share of the machine on this compute.
+    pub fn preview_policy(&self) -> PreviewPolicy {
+        match self {
+            Compute::Cpu => PreviewPolicy::cpu(),
+            Compute::Wgpu { .. } => PreviewPolicy::gpu(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Compute::Cpu => "cpu (burn-flex)".to_string(),
@@ -85,7 +94,8 @@ pub struct Job {
     pub requests: Vec<Request>,
     /// Requests generated together; more go batch after batch (0 = all at once).
     pub batch_size: usize,
-    /// A true VQ decode of the partial grids every this many tokens (0 = only at the end).
+    /// A true VQ decode of the partial grids at most every this many tokens (0 = only at the
+    /// end); the preview's time budget may space them further.
     pub decode_every: usize,
     pub cancel: Arc<AtomicBool>,
     /// The prompt of each request of a text-conditional model (encoded by the worker's T5,
@@ -102,7 +112,7 @@ pub enum Command {
     Generate(Job),
 }
 
-/// Code → patch images, decoded one codebook entry at a time.
+/// Code → patch images, each codebook entry decoded alone.
 #[derive(Debug, Clone)]
 pub struct Patches {
     pub patch: usize,
@@ -127,6 +137,9 @@ pub enum Event {
     TextReleased,
     /// Atlas entries for the live preview.
     Patches(Patches),
+    /// The mean colour of every code (measured for a sample, predicted for the rest): what
+    /// the mosaic draws until a code's patch arrives.
+    Colours(Colours),
     /// Tokens the generator made, for every sample of the batch that starts at request
     /// `first` of the job.
     Token {
@@ -138,10 +151,11 @@ pub enum Event {
         probs: Vec<f32>,
         entropy: Vec<f32>,
     },
-    /// A VQ decode of the grids so far (positions not yet generated decode from code 0).
+    /// A true VQ decode of the complete rows generated so far of images `first..`: each image
+    /// is `tokens_done / grid` rows of patches tall.
     Partial {
         job: u64,
-        /// The job's request the batch starts at.
+        /// The job's request of the first image.
         first: usize,
         tokens_done: usize,
         images: Vec<RgbImage>,
@@ -164,21 +178,37 @@ pub struct WorkerHandle {
     commands: Sender<Command>,
     pub events: Receiver<Event>,
     thread: Option<JoinHandle<()>>,
+    timeline: Arc<Mutex<Timeline>>,
 }
 
 impl WorkerHandle {
-    /// Starts the worker; `wake` is called after every event (the UI asks for a repaint).
-    pub fn spawn(compute: Compute, wake: impl Fn() + Send + 'static) -> Self {
+    /// Starts the worker with the preview's default policy for `compute`; `wake` is called
+    /// after every event (the UI asks for a repaint).
+    pub fn spawn(compute: Compute, wake: impl Fn() + Send + Sync + 'static) -> Self {
+        let policy = compute.preview_policy();
+        Self::spawn_with(compute, policy, wake)
+    }
+
+    /// Starts the worker with the preview held to `policy`.
+    pub fn spawn_with(
+        compute: Compute,
+        policy: PreviewPolicy,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
         let (commands, command_rx) = channel();
         let (event_tx, events) = channel();
+        let timeline = Arc::new(Mutex::new(Timeline::default()));
+        let shared = timeline.clone();
         let thread = std::thread::Builder::new()
             .name("llamagen-worker".into())
             .spawn(move || {
                 let mut worker = Worker {
                     compute,
+                    policy,
                     commands: command_rx,
                     events: event_tx,
-                    wake: Box::new(wake),
+                    wake: Arc::new(wake),
+                    timeline: shared,
                 };
                 worker.run();
             })
@@ -187,7 +217,13 @@ impl WorkerHandle {
             commands,
             events,
             thread: Some(thread),
+            timeline,
         }
+    }
+
+    /// What the worker recorded of the latest job: its token steps and the preview's decodes.
+    pub fn timeline(&self) -> Timeline {
+        self.timeline.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     pub fn send(&self, command: Command) {
@@ -216,9 +252,11 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 
 struct Worker {
     compute: Compute,
+    policy: PreviewPolicy,
     commands: Receiver<Command>,
     events: Sender<Event>,
-    wake: Box<dyn Fn() + Send>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    timeline: Arc<Mutex<Timeline>>,
 }
 
 enum Loaded {
@@ -228,14 +266,11 @@ enum Loaded {
 
 struct Model<B: Backend> {
     bundle: ModelBundle<B>,
-    /// Which atlas entries the UI has.
-    sent: Vec<bool>,
+    /// The thread that decodes the live preview (its own handle on the tokenizer).
+    preview: PreviewDecoder,
     /// The prompt encoder of a text-conditional model (with its per-prompt cache).
     text: Option<TextEncoder<B>>,
 }
-
-/// Atlas entries decoded per background chunk.
-const ATLAS_CHUNK: usize = 64;
 
 impl Worker {
     fn emit(&self, event: Event) {
@@ -245,32 +280,10 @@ impl Worker {
 
     fn run(&mut self) {
         let mut model: Option<Loaded> = None;
-        loop {
-            // Commands first; between them, fill the preview atlas in the background.
-            let atlas_done = match &model {
-                None => true,
-                Some(Loaded::Cpu(m)) => m.sent.iter().all(|&s| s),
-                Some(Loaded::Wgpu(m)) => m.sent.iter().all(|&s| s),
-            };
-            let command = if atlas_done {
-                match self.commands.recv() {
-                    Ok(c) => Some(c),
-                    Err(_) => return,
-                }
-            } else {
-                match self.commands.try_recv() {
-                    Ok(c) => Some(c),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => return,
-                }
-            };
+        // The preview decoder fills the atlas in the background; this thread waits for commands.
+        while let Ok(command) = self.commands.recv() {
             match command {
-                None => match &mut model {
-                    Some(Loaded::Cpu(m)) => self.fill_atlas(m),
-                    Some(Loaded::Wgpu(m)) => self.fill_atlas(m),
-                    None => {}
-                },
-                Some(Command::Load(spec)) => {
+                Command::Load(spec) => {
                     drop(model.take()); // free the old model first
                     model = guarded(|| self.load(spec)).unwrap_or_else(|why| {
                         self.emit(Event::LoadFailed(format!(
@@ -279,12 +292,12 @@ impl Worker {
                         None
                     });
                 }
-                Some(Command::LoadText(dir)) => match &mut model {
+                Command::LoadText(dir) => match &mut model {
                     Some(Loaded::Cpu(m)) => self.load_text(m, dir),
                     Some(Loaded::Wgpu(m)) => self.load_text(m, dir),
                     None => self.emit(Event::TextFailed("no model is loaded".into())),
                 },
-                Some(Command::ReleaseText) => {
+                Command::ReleaseText => {
                     match &mut model {
                         Some(Loaded::Cpu(m)) => m.text = None,
                         Some(Loaded::Wgpu(m)) => m.text = None,
@@ -292,7 +305,7 @@ impl Worker {
                     }
                     self.emit(Event::TextReleased);
                 }
-                Some(Command::Generate(job)) => {
+                Command::Generate(job) => {
                     let id = job.id;
                     let ran = guarded(|| match &mut model {
                         Some(Loaded::Cpu(m)) => self.generate(m, job),
@@ -322,15 +335,23 @@ impl Worker {
             ModelSpec::Files { gpt, .. } => gpt.display().to_string(),
         }));
         let result = match &self.compute {
-            Compute::Cpu => load_model::<llamagen::backend::Cpu>(&spec, &Default::default())
-                .map(|(m, i)| (Loaded::Cpu(m), i)),
-            Compute::Wgpu { device, .. } => load_model::<llamagen::backend::Wgpu>(&spec, device)
-                .map(|(m, i)| (Loaded::Wgpu(m), i)),
+            Compute::Cpu => {
+                load_model::<llamagen::backend::Cpu>(&spec, &Default::default(), |vq, d| {
+                    self.preview(vq, d)
+                })
+                .map(|(m, i, c)| (Loaded::Cpu(m), i, c))
+            }
+            Compute::Wgpu { device, .. } => {
+                load_model::<llamagen::backend::Wgpu>(&spec, device, |vq, d| self.preview(vq, d))
+                    .map(|(m, i, c)| (Loaded::Wgpu(m), i, c))
+            }
         };
         match result {
-            Ok((loaded, mut info)) => {
+            Ok((loaded, mut info, (patches, colours))) => {
                 info.compute = self.compute.describe();
                 self.emit(Event::Loaded(Box::new(info)));
+                self.emit(Event::Colours(colours));
+                self.emit(Event::Patches(patches));
                 Some(loaded)
             }
             Err(e) => {
@@ -376,19 +397,35 @@ impl Worker {
         }
     }
 
-    fn fill_atlas<B: Backend>(&self, model: &mut Model<B>) {
-        let codes: Vec<u32> = (0..model.sent.len() as u32)
-            .filter(|&c| !model.sent[c as usize])
-            .take(ATLAS_CHUNK)
-            .collect();
-        if let Some(p) = decode_patches(&model.bundle.vq, &mut model.sent, &codes) {
-            self.emit(Event::Patches(p));
-        }
+    /// Starts the preview decoder of a freshly loaded tokenizer.
+    fn preview<B: Backend>(&self, vq: llamagen::vq::VqModel<B>, decoded: &[u32]) -> PreviewDecoder {
+        PreviewDecoder::spawn(
+            vq,
+            decoded,
+            self.policy,
+            Outlet {
+                events: self.events.clone(),
+                wake: self.wake.clone(),
+                timeline: self.timeline.clone(),
+            },
+        )
     }
 
     fn generate<B: Backend>(&self, model: &mut Model<B>, mut job: Job) {
         let t0 = Instant::now();
-        let Model { bundle, sent, text } = model;
+        if let Ok(mut t) = self.timeline.lock() {
+            *t = Timeline {
+                job: Some(job.id),
+                started: Some(t0),
+                ..Timeline::default()
+            };
+        }
+        let Model {
+            bundle,
+            preview,
+            text,
+        } = model;
+        let preview = &*preview;
         // Prompts become caption features (each distinct prompt encoded once, then cached).
         for (request, prompt) in job.requests.iter_mut().zip(&job.prompts) {
             let Some(prompt) = prompt else { continue };
@@ -423,14 +460,24 @@ impl Worker {
         for (k, batch) in job.requests.chunks(per_batch).enumerate() {
             let mut observer = JobObserver {
                 worker: self,
-                vq: &bundle.vq,
-                sent,
+                preview,
                 job: job.id,
                 first: k * per_batch,
                 decode_every: job.decode_every,
                 grid,
+                last: Instant::now(),
+                thread: std::thread::current().id(),
+                steps: Vec::with_capacity(batch.len() * grid * grid),
             };
-            match generator.generate(batch, &mut observer, Some(&job.cancel)) {
+            let run = preview.begin_run(job.id);
+            let generated = generator.generate(batch, &mut observer, Some(&job.cancel));
+            drop(run);
+            let steps = std::mem::take(&mut observer.steps);
+            if let Ok(mut t) = self.timeline.lock() {
+                t.steps.extend(steps);
+                t.generated = Some(Instant::now());
+            }
+            match generated {
                 Ok(out) if out.cancelled => {
                     self.emit(Event::Finished {
                         job: job.id,
@@ -472,7 +519,8 @@ impl Worker {
 fn load_model<B: Backend>(
     spec: &ModelSpec,
     device: &B::Device,
-) -> Result<(Model<B>, ModelInfo), String> {
+    preview: impl FnOnce(llamagen::vq::VqModel<B>, &[u32]) -> PreviewDecoder,
+) -> Result<(Model<B>, ModelInfo, (Patches, Colours)), String> {
     let bundle = match spec {
         ModelSpec::Demo => ModelBundle::<B>::open(None, None, &LoadOptions::default(), device),
         ModelSpec::TextDemo => {
@@ -511,57 +559,36 @@ fn load_model<B: Backend>(
         patch: bundle.vq.config.downsample(),
         t5_dir: bundle.t5_dir.clone(),
     };
-    let sent = vec![false; cfg.vocab_size];
+    // Every code's mean colour, so that the mosaic can draw any code from the first token.
+    let (patches, colours) = colour_pass(&bundle.vq);
+    // The preview decoder's handle on the tokenizer shares its weights.
+    let preview = preview(bundle.vq.clone(), &patches.codes);
     Ok((
         Model {
             bundle,
-            sent,
+            preview,
             text: None,
         },
         info,
+        (patches, colours),
     ))
 }
 
-/// Decodes each code alone (a 1 × 1 token grid) into its patch.
-fn decode_patches<B: Backend>(
-    vq: &VqModel<B>,
-    sent: &mut [bool],
-    codes: &[u32],
-) -> Option<Patches> {
-    if codes.is_empty() {
-        return None;
-    }
-    let device = vq.quant_conv.weight.device();
-    let ids: Vec<i64> = codes.iter().map(|&c| c as i64).collect();
-    let indices = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [codes.len(), 1]), &device);
-    let images = tensor_to_images(vq.decode_code(indices, 1, 1));
-    let patch = images[0].width() as usize;
-    let mut rgb = Vec::with_capacity(codes.len() * patch * patch * 3);
-    for img in &images {
-        rgb.extend_from_slice(img.as_raw());
-    }
-    for &c in codes {
-        sent[c as usize] = true;
-    }
-    Some(Patches {
-        patch,
-        codes: codes.to_vec(),
-        rgb,
-    })
-}
-
-struct JobObserver<'w, 'm, B: Backend> {
+struct JobObserver<'w, 'm> {
     worker: &'w Worker,
-    vq: &'m VqModel<B>,
-    sent: &'m mut [bool],
+    preview: &'m PreviewDecoder,
     job: u64,
     /// The job's request this batch starts at.
     first: usize,
     decode_every: usize,
     grid: usize,
+    /// When the previous token step ended.
+    last: Instant,
+    thread: std::thread::ThreadId,
+    steps: Vec<TokenStep>,
 }
 
-impl<B: Backend> Observer for JobObserver<'_, '_, B> {
+impl Observer for JobObserver<'_, '_> {
     fn detail(&self) -> EventDetail {
         EventDetail {
             confidence: true,
@@ -570,18 +597,11 @@ impl<B: Backend> Observer for JobObserver<'_, '_, B> {
     }
 
     fn on_token(&mut self, event: &TokenEvent<'_>) {
+        // Nothing here decodes: the preview decoder is told what there is, and the token loop
+        // goes on at once.
+        let entered = Instant::now();
         let new: Vec<u32> = event.tokens.iter().map(|t| t[event.index]).collect();
-        // Patches the preview does not have yet are decoded now (a few 1 × 1 decodes).
-        let mut missing: Vec<u32> = new
-            .iter()
-            .copied()
-            .filter(|&c| !self.sent[c as usize])
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        if let Some(p) = decode_patches(self.vq, self.sent, &missing) {
-            self.worker.emit(Event::Patches(p));
-        }
+        self.preview.want(&new);
         self.worker.emit(Event::Token {
             job: self.job,
             first: self.first,
@@ -593,23 +613,26 @@ impl<B: Backend> Observer for JobObserver<'_, '_, B> {
         });
         let done = event.index + 1;
         if self.decode_every > 0 && done % self.decode_every == 0 && done < event.total {
-            let padded: Vec<Vec<u32>> = event
-                .tokens
-                .iter()
-                .map(|t| {
-                    let mut t = t.clone();
-                    t.resize(self.grid * self.grid, 0);
-                    t
-                })
-                .collect();
-            let images = tensor_to_images(decode_tokens(self.vq, &padded, self.grid));
-            self.worker.emit(Event::Partial {
+            self.preview.refresh(Refresh {
                 job: self.job,
                 first: self.first,
-                tokens_done: done,
-                images,
+                grid: self.grid,
+                tokens: event.tokens.to_vec(),
             });
         }
+        let end = Instant::now();
+        self.steps.push(TokenStep {
+            step: Span {
+                start: self.last,
+                end,
+            },
+            observer: Span {
+                start: entered,
+                end,
+            },
+            thread: self.thread,
+        });
+        self.last = end;
     }
 }
 
