@@ -726,7 +726,8 @@ impl StudioApp {
                 images,
                 cancelled,
                 seconds,
-            } => self.finish(job, tokens, images, cancelled, seconds),
+                sampling,
+            } => self.finish(job, tokens, images, cancelled, seconds, sampling),
             Event::Failed { job, error } => {
                 if let Some(v) = self.view.as_mut().filter(|v| v.job == Some(job)) {
                     v.status = RunStatus::Failed(error.clone());
@@ -743,6 +744,7 @@ impl StudioApp {
         images: Vec<RgbImage>,
         cancelled: bool,
         seconds: f64,
+        sampling: llamagen::sampling::TokenSampling,
     ) {
         let Some(info) = self.info().cloned() else {
             return;
@@ -785,6 +787,7 @@ impl StudioApp {
                     params: c.params,
                     index: i,
                     tokens: c.tokens.clone(),
+                    sampling,
                 },
                 image: img,
                 texture: tex,

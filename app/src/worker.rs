@@ -14,7 +14,7 @@ use llamagen::bundle::{Demo, LoadOptions, ModelBundle};
 use llamagen::config::ModelType;
 use llamagen::generate::{EventDetail, Generator, Observer, Request, TokenEvent, decode_tokens};
 use llamagen::image_io::{ModelFile, tensor_to_images};
-use llamagen::sampling::SamplerParams;
+use llamagen::sampling::{SamplerParams, TokenSampling};
 use llamagen::text::{T5Folder, T5Precision, TextEncoder, TextError};
 
 use crate::decoder::{Colours, Outlet, PreviewDecoder, PreviewPolicy, Refresh, colour_pass};
@@ -166,6 +166,8 @@ pub enum Event {
         images: Vec<RgbImage>,
         cancelled: bool,
         seconds: f64,
+        /// Where the tokens were drawn (kept in the images' records).
+        sampling: TokenSampling,
     },
     Failed {
         job: u64,
@@ -456,6 +458,7 @@ impl Worker {
         }
         .max(1);
         let mut tokens = Vec::with_capacity(job.requests.len());
+        let mut sampling = TokenSampling::Host;
         let mut images = Vec::with_capacity(job.requests.len());
         for (k, batch) in job.requests.chunks(per_batch).enumerate() {
             let mut observer = JobObserver {
@@ -485,6 +488,7 @@ impl Worker {
                         images: Vec::new(),
                         cancelled: true,
                         seconds: t0.elapsed().as_secs_f64(),
+                        sampling: out.sampling,
                     });
                     return;
                 }
@@ -496,6 +500,7 @@ impl Worker {
                         grid,
                     )));
                     tokens.extend(out.tokens);
+                    sampling = out.sampling;
                 }
                 Err(e) => {
                     self.emit(Event::Failed {
@@ -512,6 +517,7 @@ impl Worker {
             images,
             cancelled: false,
             seconds: t0.elapsed().as_secs_f64(),
+            sampling,
         });
     }
 }

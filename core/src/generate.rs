@@ -11,7 +11,7 @@ use burn::tensor::{Bool, TensorData};
 use crate::config::ModelType;
 use crate::gpt::{CacheLayout, Condition, Transformer};
 use crate::kernels::DeviceSampler;
-use crate::sampling::{SamplerParams, SamplingError, TokenSampler};
+use crate::sampling::{SamplerParams, SamplingError, TokenSampler, TokenSampling};
 use crate::vq::VqModel;
 
 /// What one sample is conditioned on.
@@ -117,6 +117,8 @@ pub struct Generation {
     /// Entropy at each token (prefix tokens: NaN).
     pub entropy: Vec<Vec<f32>>,
     pub cancelled: bool,
+    /// Where the tokens were drawn.
+    pub sampling: TokenSampling,
 }
 
 impl Generation {
@@ -333,6 +335,11 @@ impl<'a, B: Backend> Generator<'a, B> {
             let params: Vec<SamplerParams> = requests.iter().map(|r| r.params).collect();
             DeviceSampler::<B>::new(&params, v, &device)
         });
+        let sampling = if device_sampler.is_some() {
+            TokenSampling::Device
+        } else {
+            TokenSampling::Host
+        };
         if let Some(sampler) = device_sampler {
             let bias = crate::kernels::key_bias(&cache.allowed);
             let mut last = last.reshape([rows, v]);
@@ -438,6 +445,7 @@ impl<'a, B: Backend> Generator<'a, B> {
             probs,
             entropy,
             cancelled,
+            sampling,
         })
     }
 }

@@ -118,6 +118,9 @@ pub struct SampleRecord {
     pub index: usize,
     /// The generated token grid.
     pub tokens: Vec<u32>,
+    /// Where the tokens were drawn (records from before this field: the host).
+    #[serde(default)]
+    pub sampling: crate::sampling::TokenSampling,
 }
 
 /// The record embedded in a PNG: one sample, or the cells of a grid in reading order.
@@ -323,6 +326,7 @@ mod tests {
             },
             index: 3,
             tokens: vec![1, 2, 3],
+            sampling: Default::default(),
         }]);
         save_png(&path, &img, &record).unwrap();
         assert_eq!(read_png_record(&path).unwrap(), record);

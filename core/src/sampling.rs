@@ -35,6 +35,27 @@ impl Default for SamplerParams {
     }
 }
 
+/// Where a run's tokens were drawn. The host sampler (the CPU backend, and any observer that
+/// asks for the logits) draws the official code's tokens from a ChaCha8 stream per seed; the
+/// device sampler (GPU backends) draws from the same filtered distribution with a hash-based
+/// Gumbel-max draw. The same seed gives other tokens on the other one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSampling {
+    #[default]
+    Host,
+    Device,
+}
+
+impl TokenSampling {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TokenSampling::Host => "the host sampler (CPU backend)",
+            TokenSampling::Device => "the device sampler of a GPU backend",
+        }
+    }
+}
+
 /// Sampler settings that cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SamplingError {

@@ -163,7 +163,7 @@ macro_rules! on_cube {
         }
         #[cfg(feature = "cuda")]
         {
-            type $R = burn::backend::cuda::CudaRuntime;
+            type $R = cubecl::cuda::CudaRuntime;
             if dispatch::is::<$B, $R>() && $check {
                 return $cube;
             }
@@ -178,7 +178,7 @@ pub fn fused<B: Backend>() -> bool {
         return true;
     }
     #[cfg(feature = "cuda")]
-    if dispatch::is::<B, burn::backend::cuda::CudaRuntime>() {
+    if dispatch::is::<B, cubecl::cuda::CudaRuntime>() {
         return true;
     }
     false

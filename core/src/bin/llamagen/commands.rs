@@ -17,7 +17,7 @@ use llamagen::image_io::{
     PngRecord, SampleRecord, image_to_tensor, make_grid, next_file_number, read_png_record,
     sample_file_name, save_png, tensor_to_images,
 };
-use llamagen::sampling::SamplerParams;
+use llamagen::sampling::{SamplerParams, TokenSampling};
 use llamagen::text::{CaptionFeatures, T5Folder, T5Precision, TextEncoder, TextError};
 use llamagen::vq::VqModel;
 use serde_json::json;
@@ -266,6 +266,8 @@ struct Plan {
     condition: PlanCondition,
     params: SamplerParams,
     index: usize,
+    /// Where a --from record's tokens were drawn.
+    recorded: Option<TokenSampling>,
 }
 
 /// The prompts of a --prompt-file: one a line, blank lines and `#` comments skipped.
@@ -343,6 +345,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                 condition,
                 params,
                 index: s.index,
+                recorded: Some(s.sampling),
             });
         }
         eprintln!(
@@ -507,6 +510,7 @@ fn run_generate<B: Backend>(
                         ..base
                     },
                     index,
+                    recorded: None,
                 });
                 index += 1;
             }
@@ -554,6 +558,24 @@ fn run_generate<B: Backend>(
             })
             .collect();
         let out = generator.generate(&requests, &mut BarObserver { bar: &bar }, None)?;
+        if let Some(r) = chunk
+            .iter()
+            .filter_map(|p| p.recorded)
+            .find(|&r| r != out.sampling)
+        {
+            bar.suspend(|| {
+                eprintln!(
+                    "note: the recorded image was drawn by {}, this run by {}: the same seed gives \
+                     other tokens (remake it with --backend {})",
+                    r.describe(),
+                    out.sampling.describe(),
+                    match r {
+                        TokenSampling::Host => "cpu",
+                        TokenSampling::Device => "wgpu or --backend cuda",
+                    }
+                )
+            });
+        }
         let pixels = decode_tokens(&bundle.vq, &out.tokens, cfg.grid_size());
         images.extend(tensor_to_images(pixels));
         for (p, tokens) in chunk.iter().zip(out.tokens) {
@@ -573,6 +595,7 @@ fn run_generate<B: Backend>(
                 params: p.params,
                 index: p.index,
                 tokens,
+                sampling: out.sampling,
             });
         }
         if let (Some(dir), Some(n)) = (&args.out_dir, next_number.as_mut()) {
