@@ -22,7 +22,11 @@ xvfb=$!
 home="$(mktemp -d)"
 cleanup() { kill "$studio" "$xvfb" 2>/dev/null || true; rm -rf "$home"; }
 trap cleanup EXIT
-sleep 1
+# Wait until the display answers (a second is not always enough on a busy machine).
+for _ in $(seq 30); do
+    if DISPLAY="$display" xdotool getdisplaygeometry >/dev/null 2>&1; then break; fi
+    sleep 0.5
+done
 
 # A fresh settings folder, so the run starts from the defaults.
 DISPLAY="$display" HOME="$home" XDG_DATA_HOME="$home" WAYLAND_DISPLAY= \
@@ -33,7 +37,7 @@ for _ in $(seq 60); do
     sleep 1
 done
 win="$(DISPLAY="$display" xdotool search --name "LlamaGen studio" | head -1)"
-sleep 4 # the demo model loads
+sleep "${LOAD_SECONDS:-4}" # the model loads (the demo: 4 s)
 DISPLAY="$display" import -window root "$out/studio-ready.png"
 
 # Press Generate (top left). No window manager runs here to give keyboard focus for Ctrl+Enter.
