@@ -436,7 +436,8 @@ impl<'a, B: Backend> Generator<'a, B> {
                 if use_cfg {
                     next.extend_from_within(..);
                 }
-                let input = Tensor::<B, 2, Int>::from_data(TensorData::new(next, [rows, 1]), &device);
+                let input =
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(next, [rows, 1]), &device);
                 last = gpt.decode(input, t + index, &mut cache);
             }
         }

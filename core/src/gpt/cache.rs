@@ -79,11 +79,9 @@ impl<B: Backend> LayerKv<B> {
     /// Positions held.
     pub fn len(&self) -> usize {
         match self {
-            LayerKv::Growing { settled, recent } => settled
-                .iter()
-                .chain(recent.iter())
-                .map(KvPart::len)
-                .sum(),
+            LayerKv::Growing { settled, recent } => {
+                settled.iter().chain(recent.iter()).map(KvPart::len).sum()
+            }
             LayerKv::Fixed { len, .. } => *len,
         }
     }
@@ -115,7 +113,13 @@ impl<B: Backend> LayerKv<B> {
                 let at = [0..b, 0..h, *len..*len + n, 0..d];
                 // Moved out so that the buffers are not shared: written in place.
                 let empty = || Tensor::empty([1, 1, 1, 1], &k.device());
-                let old = std::mem::replace(buf, KvPart { k: empty(), v: empty() });
+                let old = std::mem::replace(
+                    buf,
+                    KvPart {
+                        k: empty(),
+                        v: empty(),
+                    },
+                );
                 *buf = KvPart {
                     k: old.k.slice_assign(at.clone(), k),
                     v: old.v.slice_assign(at, v),

@@ -26,11 +26,8 @@ impl<B: Backend> Transformer<B> {
         let kv_dim = cfg.kv_heads() * hd;
         let eps = cfg.norm_eps as f32;
         let h = self.tok_embeddings.forward(ids).reshape([rows, dim]);
-        let mut normed = kernels::rms_norm(
-            h.clone(),
-            self.layers[0].attention_norm.weight.val(),
-            eps,
-        );
+        let mut normed =
+            kernels::rms_norm(h.clone(), self.layers[0].attention_norm.weight.val(), eps);
         let mut h = h;
         for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let LayerKv::Fixed { buf, len } = kv else {
@@ -52,8 +49,7 @@ impl<B: Backend> Transformer<B> {
             *len = pos + 1;
             let att = kernels::decode_attention(q, &buf.k, &buf.v, bias, pos + 1, nh, hd);
             let o = a.wo.forward(att);
-            let (h2, n2) =
-                kernels::add_rms_norm(h, o, layer.ffn_norm.weight.val(), eps);
+            let (h2, n2) = kernels::add_rms_norm(h, o, layer.ffn_norm.weight.val(), eps);
             let ff = &layer.feed_forward;
             let gate = kernels::swiglu(ff.w1.forward(n2.clone()), ff.w3.forward(n2));
             let y = ff.w2.forward(gate);

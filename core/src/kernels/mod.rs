@@ -52,7 +52,10 @@ pub mod reference {
         let [rows, _] = qkv.dims();
         let (nh, nkv) = (dim / head_dim, kv_dim / head_dim);
         let f = freqs.narrow(0, pos, 1);
-        let q = qkv.clone().narrow(1, 0, dim).reshape([rows, 1, nh, head_dim]);
+        let q = qkv
+            .clone()
+            .narrow(1, 0, dim)
+            .reshape([rows, 1, nh, head_dim]);
         let k = qkv
             .clone()
             .narrow(1, dim, kv_dim)
@@ -90,10 +93,7 @@ pub mod reference {
         };
         let q = q.reshape([rows, n_head, 1, head_dim]);
         let scores = q.matmul(expand(cache_k).swap_dims(2, 3)) / (head_dim as f64).sqrt()
-            + bias
-                .clone()
-                .narrow(1, 0, len)
-                .reshape([rows, 1, 1, len]);
+            + bias.clone().narrow(1, 0, len).reshape([rows, 1, 1, len]);
         let w = burn::tensor::activation::softmax(scores, 3);
         w.matmul(expand(cache_v)).reshape([rows, dim])
     }
@@ -120,15 +120,11 @@ mod dispatch {
             && TypeId::of::<B::IntTensorPrimitive>() == TypeId::of::<CubeTensor<R>>()
     }
 
-    pub fn float_in<B: Backend, R: CubeRuntime, const D: usize>(
-        t: Tensor<B, D>,
-    ) -> CubeTensor<R> {
+    pub fn float_in<B: Backend, R: CubeRuntime, const D: usize>(t: Tensor<B, D>) -> CubeTensor<R> {
         cast(t.into_primitive().tensor())
     }
 
-    pub fn float_out<B: Backend, R: CubeRuntime, const D: usize>(
-        t: CubeTensor<R>,
-    ) -> Tensor<B, D> {
+    pub fn float_out<B: Backend, R: CubeRuntime, const D: usize>(t: CubeTensor<R>) -> Tensor<B, D> {
         Tensor::from_primitive(TensorPrimitive::Float(cast(t)))
     }
 
@@ -316,7 +312,11 @@ pub struct DeviceSampler<B: Backend> {
 }
 
 impl<B: Backend> DeviceSampler<B> {
-    pub fn new(params: &[crate::sampling::SamplerParams], vocab: usize, device: &B::Device) -> Self {
+    pub fn new(
+        params: &[crate::sampling::SamplerParams],
+        vocab: usize,
+        device: &B::Device,
+    ) -> Self {
         let b = params.len();
         let mut p = Vec::with_capacity(b * 5);
         let mut s = Vec::with_capacity(b * 2);
@@ -347,12 +347,16 @@ impl<B: Backend> DeviceSampler<B> {
 
     /// Samples token `step` of every request from `logits` `[rows, vocab]` (conditional rows,
     /// then unconditional ones when `use_cfg`). `None` when the backend has no device sampler.
-    pub fn sample(&self, logits: Tensor<B, 2>, step: usize, use_cfg: bool) -> Option<DeviceDraw<B>> {
+    pub fn sample(
+        &self,
+        logits: Tensor<B, 2>,
+        step: usize,
+        use_cfg: bool,
+    ) -> Option<DeviceDraw<B>> {
         let b = self.batch;
         on_cube!(
             B,
-            dispatch::f32_of::<B, R, 2>(&logits)
-                && self.seeds.dtype() == burn::tensor::DType::I32,
+            dispatch::f32_of::<B, R, 2>(&logits) && self.seeds.dtype() == burn::tensor::DType::I32,
             |R| {
                 let ids_like = dispatch::int_in::<B, R, 2>(self.seeds.clone());
                 let (ids, info) = cube::sample::<R>(
@@ -426,7 +430,8 @@ pub mod counters {
         /// in use).
         pub fn install() -> Option<Self> {
             use cubecl::config::RuntimeConfig;
-            let dir = std::env::temp_dir().join(format!("llamagen-kernel-log-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("llamagen-kernel-log-{}", std::process::id()));
             std::fs::create_dir_all(&dir).ok()?;
             let mut config = CubeClRuntimeConfig::default();
             config.profiling.logger.level = ProfilingLogLevel::Minimal;
@@ -482,7 +487,9 @@ pub mod counters {
 pub struct PendingRead {
     #[allow(clippy::type_complexity)]
     inner: Result<
-        std::pin::Pin<Box<dyn std::future::Future<Output = Option<burn::tensor::TensorData>> + Send>>,
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<burn::tensor::TensorData>> + Send>,
+        >,
         burn::tensor::TensorData,
     >,
 }

@@ -11,7 +11,10 @@ use llamagen_tests::to_f32;
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn random<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
@@ -30,14 +33,25 @@ fn kernels_match_reference<B: Backend>(device: &B::Device) {
     let w = random::<B, 1>([dim], device);
     let got = to_f32(kernels::rms_norm(x.clone(), w.clone(), eps));
     let want = to_f32(reference::rms_norm(x.clone(), w.clone(), eps));
-    assert!(max_diff(&got, &want) < 1e-4, "rms_norm: {}", max_diff(&got, &want));
+    assert!(
+        max_diff(&got, &want) < 1e-4,
+        "rms_norm: {}",
+        max_diff(&got, &want)
+    );
     let (s, n) = kernels::add_rms_norm(x.clone(), y.clone(), w.clone(), eps);
     let (rs, rn) = reference::add_rms_norm(x.clone(), y.clone(), w, eps);
     assert!(max_diff(&to_f32(s), &to_f32(rs)) < 1e-5, "add_rms_norm sum");
-    assert!(max_diff(&to_f32(n), &to_f32(rn)) < 1e-4, "add_rms_norm norm");
+    assert!(
+        max_diff(&to_f32(n), &to_f32(rn)) < 1e-4,
+        "add_rms_norm norm"
+    );
     let got = to_f32(kernels::swiglu(x.clone(), y.clone()));
     let want = to_f32(reference::swiglu(x, y));
-    assert!(max_diff(&got, &want) < 1e-5, "swiglu: {}", max_diff(&got, &want));
+    assert!(
+        max_diff(&got, &want) < 1e-5,
+        "swiglu: {}",
+        max_diff(&got, &want)
+    );
 
     // RoPE + cache write at position 5 of caches already holding values.
     let pos = 5;
@@ -49,19 +63,57 @@ fn kernels_match_reference<B: Backend>(device: &B::Device) {
     let copy = |t: &Tensor<B, 4>| Tensor::<B, 4>::from_data(t.to_data(), device);
     let (mut k1, mut v1) = (copy(&k0), copy(&v0));
     let (mut k2, mut v2) = (copy(&k0), copy(&v0));
-    let q1 = kernels::rope_cache(qkv.clone(), freqs.clone(), &mut k1, &mut v1, pos, dim, kv_dim, hd);
+    let q1 = kernels::rope_cache(
+        qkv.clone(),
+        freqs.clone(),
+        &mut k1,
+        &mut v1,
+        pos,
+        dim,
+        kv_dim,
+        hd,
+    );
     let q2 = reference::rope_cache(qkv, freqs, &mut k2, &mut v2, pos, dim, kv_dim, hd);
-    assert!(max_diff(&to_f32(q1.clone()), &to_f32(q2)) < 1e-5, "rope queries");
-    assert!(max_diff(&to_f32(k1.clone()), &to_f32(k2)) < 1e-5, "rope keys in the cache");
-    assert!(max_diff(&to_f32(v1.clone()), &to_f32(v2)) < 1e-6, "values in the cache");
+    assert!(
+        max_diff(&to_f32(q1.clone()), &to_f32(q2)) < 1e-5,
+        "rope queries"
+    );
+    assert!(
+        max_diff(&to_f32(k1.clone()), &to_f32(k2)) < 1e-5,
+        "rope keys in the cache"
+    );
+    assert!(
+        max_diff(&to_f32(v1.clone()), &to_f32(v2)) < 1e-6,
+        "values in the cache"
+    );
 
     // Attention over positions [0, pos], one caption column masked in the second row.
     let mut bias = vec![0f32; rows * max_len];
     bias[max_len + 2] = -1.0e30;
     let bias = Tensor::<B, 2>::from_data(TensorData::new(bias, [rows, max_len]), device);
-    let got = to_f32(kernels::decode_attention(q1.clone(), &k1, &v1, &bias, pos + 1, nh, hd));
-    let want = to_f32(reference::decode_attention(q1, &k1, &v1, &bias, pos + 1, nh, hd));
-    assert!(max_diff(&got, &want) < 1e-5, "attention: {}", max_diff(&got, &want));
+    let got = to_f32(kernels::decode_attention(
+        q1.clone(),
+        &k1,
+        &v1,
+        &bias,
+        pos + 1,
+        nh,
+        hd,
+    ));
+    let want = to_f32(reference::decode_attention(
+        q1,
+        &k1,
+        &v1,
+        &bias,
+        pos + 1,
+        nh,
+        hd,
+    ));
+    assert!(
+        max_diff(&got, &want) < 1e-5,
+        "attention: {}",
+        max_diff(&got, &want)
+    );
 }
 
 #[test]
@@ -112,7 +164,9 @@ fn device_draws(
     let rows = Tensor::<W, 2>::from_data(TensorData::new(rows, [samples, v]), &device);
     let (mut tokens, mut probs) = (Vec::new(), Vec::new());
     for step in 0..steps {
-        let draw = sampler.sample(rows.clone(), step, false).expect("wgpu samples on the device");
+        let draw = sampler
+            .sample(rows.clone(), step, false)
+            .expect("wgpu samples on the device");
         let info = to_f32(draw.info);
         let ids = llamagen_tests::to_i64(draw.ids);
         for i in 0..samples {
@@ -187,7 +241,10 @@ fn device_draws_follow_the_filtered_distribution() {
     };
     let again = device_draws(p, &LOGITS, 8, 10).0;
     assert_eq!(device_draws(p, &LOGITS, 8, 10).0, again);
-    assert_ne!(device_draws(SamplerParams { seed: 43, ..p }, &LOGITS, 8, 10).0, again);
+    assert_ne!(
+        device_draws(SamplerParams { seed: 43, ..p }, &LOGITS, 8, 10).0,
+        again
+    );
 }
 
 /// A small random generator (grouped-query heads, a random output head).
@@ -227,7 +284,9 @@ fn fused_step_matches_the_model<B: Backend>(device: &B::Device) {
     let bias = kernels::key_bias(&fixed.allowed);
     let t = model.config.cls_token_num;
     for step in 0..6 {
-        let ids: Vec<i64> = (0..rows).map(|r| ((step * 7 + r * 5) % 40) as i64).collect();
+        let ids: Vec<i64> = (0..rows)
+            .map(|r| ((step * 7 + r * 5) % 40) as i64)
+            .collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, 1]), device);
         let want = to_f32(model.decode(ids.clone(), t + step, &mut growing));
         let got = to_f32(model.decode_fused(ids, t + step, &mut fixed, &bias));

@@ -15,13 +15,15 @@ use serde_json::json;
 use crate::commands::{BackendArg, resolve_backend, with_backend};
 
 #[derive(Args, Debug)]
-#[command(after_help = "JSON fields (--json): seconds and tokens_per_s of a whole generation \
+#[command(
+    after_help = "JSON fields (--json): seconds and tokens_per_s of a whole generation \
 (median of --runs); decode_steps_per_s (tokens per image / seconds); host_syncs_per_step \
 (device-to-host reads); on GPU backends kernel_launches_per_step, compilations_after_warmup and \
 autotunes_after_warmup, read from CubeCL's own loggers (null on the CPU, or when a cubecl.toml \
 already sets CubeCL's configuration). Per-step counts are the difference of two generations \
 stopped at 1/4 and 3/4 of the tokens, so the prefill cancels out.\n\nExample:\n  llamagen bench \
---config GPT-B --grid 4 --batch 1 --backend wgpu --warmup 1 --json")]
+--config GPT-B --grid 4 --batch 1 --backend wgpu --warmup 1 --json"
+)]
 pub struct BenchArgs {
     /// Named generator configuration.
     #[arg(long, default_value = "GPT-B")]
@@ -71,7 +73,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .map(|l| l as &dyn llamagen::bench::LaunchCounter);
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     let counter: Option<&dyn llamagen::bench::LaunchCounter> = log.and(None);
-    with_backend!(kind, |device: B| run_bench::<B>(&args, kind, &device, counter))
+    with_backend!(kind, |device: B| run_bench::<B>(
+        &args, kind, &device, counter
+    ))
 }
 
 fn run_bench<B: Backend>(
