@@ -35,7 +35,7 @@ pub(crate) fn normal_init(cfg: &crate::config::GptConfig) -> burn::nn::Initializ
 pub(crate) fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, s, d] = x.dims();
     let x2 = x.reshape([b * s, d]);
-    let y = if is_cpu::<B>() && b * s <= SPLIT_MAX_ROWS {
+    let y = if crate::kernels::is_cpu::<B>() && b * s <= SPLIT_MAX_ROWS {
         split_columns(layer, x2)
     } else {
         layer.forward(x2)
@@ -48,10 +48,6 @@ pub(crate) fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<
 /// matrix product on several threads, so one core would do all the work: split the weight's
 /// columns in two (strided views, no copy) and multiply both halves at once.
 const SPLIT_MAX_ROWS: usize = 16;
-
-fn is_cpu<B: Backend>() -> bool {
-    std::any::type_name::<B>().contains("Flex")
-}
 
 fn split_columns<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     let w = layer.weight.val();

@@ -26,7 +26,7 @@ const NEG_BIG: f32 = -1.0e30;
 
 /// Sum of `v` over the cube; every unit gets the total. `scratch` has `CUBE` slots.
 #[cube]
-fn cube_sum<F: Float>(v: F, scratch: &mut SharedMemory<F>) -> F {
+fn cube_sum<N: Numeric>(v: N, scratch: &mut SharedMemory<N>) -> N {
     let unit = UNIT_POS as usize;
     scratch[unit] = v;
     sync_cube();
@@ -53,25 +53,6 @@ fn cube_max<F: Float>(v: F, scratch: &mut SharedMemory<F>) -> F {
     while stride > 0 {
         if unit < stride {
             scratch[unit] = max(scratch[unit], scratch[unit + stride]);
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let total = scratch[0];
-    sync_cube();
-    total
-}
-
-/// Sum of `v` (u32) over the cube.
-#[cube]
-fn cube_count(v: u32, scratch: &mut SharedMemory<u32>) -> u32 {
-    let unit = UNIT_POS as usize;
-    scratch[unit] = v;
-    sync_cube();
-    let mut stride = CUBE_DIM as usize / 2;
-    while stride > 0 {
-        if unit < stride {
-            scratch[unit] = scratch[unit] + scratch[unit + stride];
         }
         sync_cube();
         stride /= 2;
@@ -278,6 +259,26 @@ fn swiglu_kernel<F: Float>(a: &Tensor<F>, b: &Tensor<F>, out: &mut Tensor<F>) {
     }
 }
 
+/// Token `j`'s logit as the sampler sees it: guided (`u + (c − u) · scale`) when guidance is
+/// active, then divided by the temperature.
+#[cube]
+fn scaled_logit<F: Float>(
+    logits: &Tensor<F>,
+    cond_base: usize,
+    uncond_base: usize,
+    j: usize,
+    active: bool,
+    cfg_scale: F,
+    temperature: F,
+) -> F {
+    let mut l = logits[cond_base + j];
+    if active {
+        let u = logits[uncond_base + j];
+        l = u + (l - u) * cfg_scale;
+    }
+    l / temperature
+}
+
 /// A 32-bit integer hash (xor-shift-multiply rounds), the counter-based random source of the
 /// device sampler.
 #[cube]
@@ -343,17 +344,20 @@ fn sample_kernel<F: Float>(
     let mut fscratch = SharedMemory::<F>::new(CUBE);
     let mut uscratch = SharedMemory::<u32>::new(CUBE);
 
-    // The scaled logit of token j.
-    // (Recomputed in every pass: the row is read from global memory, no shared copy.)
+    // The scaled logit of a token is recomputed in every pass: the row is read from global
+    // memory, with no shared copy.
     let mut local_max = F::new(NEG_BIG);
     let mut j = unit;
     while j < vocab {
-        let mut l = logits[cond_base + j];
-        if active {
-            let u = logits[uncond_base + j];
-            l = u + (l - u) * cfg_scale;
-        }
-        l /= temperature;
+        let l = scaled_logit::<F>(
+            logits,
+            cond_base,
+            uncond_base,
+            j,
+            active,
+            cfg_scale,
+            temperature,
+        );
         local_max = max(local_max, l);
         j += CUBE;
     }
@@ -370,18 +374,21 @@ fn sample_kernel<F: Float>(
             let mut c = 0u32;
             let mut j = unit;
             while j < vocab {
-                let mut l = logits[cond_base + j];
-                if active {
-                    let u = logits[uncond_base + j];
-                    l = u + (l - u) * cfg_scale;
-                }
-                l /= temperature;
+                let l = scaled_logit::<F>(
+                    logits,
+                    cond_base,
+                    uncond_base,
+                    j,
+                    active,
+                    cfg_scale,
+                    temperature,
+                );
                 if order_key::<F>(l) >= mid {
                     c += 1;
                 }
                 j += CUBE;
             }
-            let count = cube_count(c, &mut uscratch);
+            let count = cube_sum::<u32>(c, &mut uscratch);
             if count >= top_k {
                 lo = mid;
             } else {
@@ -395,12 +402,15 @@ fn sample_kernel<F: Float>(
     let mut local_sum = F::new(0.0);
     let mut j = unit;
     while j < vocab {
-        let mut l = logits[cond_base + j];
-        if active {
-            let u = logits[uncond_base + j];
-            l = u + (l - u) * cfg_scale;
-        }
-        l /= temperature;
+        let l = scaled_logit::<F>(
+            logits,
+            cond_base,
+            uncond_base,
+            j,
+            active,
+            cfg_scale,
+            temperature,
+        );
         if order_key::<F>(l) >= k_key {
             local_sum += (l - top).exp();
         }
@@ -419,12 +429,15 @@ fn sample_kernel<F: Float>(
             let mut m = F::new(0.0);
             let mut j = unit;
             while j < vocab {
-                let mut l = logits[cond_base + j];
-                if active {
-                    let u = logits[uncond_base + j];
-                    l = u + (l - u) * cfg_scale;
-                }
-                l /= temperature;
+                let l = scaled_logit::<F>(
+                    logits,
+                    cond_base,
+                    uncond_base,
+                    j,
+                    active,
+                    cfg_scale,
+                    temperature,
+                );
                 let key = order_key::<F>(l);
                 if key >= k_key && key > mid {
                     m += (l - top).exp();
@@ -453,12 +466,15 @@ fn sample_kernel<F: Float>(
     let mut best_j = vocab;
     let mut j = unit;
     while j < vocab {
-        let mut l = logits[cond_base + j];
-        if active {
-            let u = logits[uncond_base + j];
-            l = u + (l - u) * cfg_scale;
-        }
-        l /= temperature;
+        let l = scaled_logit::<F>(
+            logits,
+            cond_base,
+            uncond_base,
+            j,
+            active,
+            cfg_scale,
+            temperature,
+        );
         if order_key::<F>(l) >= keep_key {
             let e = (l - top).exp();
             z += e;
@@ -499,12 +515,15 @@ fn sample_kernel<F: Float>(
     }
     if unit == 0 {
         let token = uscratch[0] as usize;
-        let mut l = logits[cond_base + token];
-        if active {
-            let u = logits[uncond_base + token];
-            l = u + (l - u) * cfg_scale;
-        }
-        l /= temperature;
+        let l = scaled_logit::<F>(
+            logits,
+            cond_base,
+            uncond_base,
+            token,
+            active,
+            cfg_scale,
+            temperature,
+        );
         ids[i] = i32::cast_from(token as u32);
         if use_cfg == 1 {
             ids[b + i] = i32::cast_from(token as u32);
