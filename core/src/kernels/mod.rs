@@ -453,8 +453,9 @@ pub mod counters {
                 .unwrap_or(0)
         }
 
-        /// The totals so far. The loggers write from a background task: this waits until two
-        /// readings 50 ms apart agree.
+        /// The totals so far. The loggers write from a background task, which a busy machine
+        /// may not schedule for a while: this waits until five readings 100 ms apart agree
+        /// (at most 20 s).
         pub fn counts(&self) -> Counts {
             let read = || Counts {
                 launches: self.count("launches.log", "Executing "),
@@ -462,13 +463,19 @@ pub mod counters {
                 autotunes: self.count("autotune.log", "Fastest result"),
             };
             let mut last = read();
-            for _ in 0..100 {
-                std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut same = 0;
+            for _ in 0..200 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
                 let now = read();
                 if now == last {
-                    break;
+                    same += 1;
+                    if same == 4 {
+                        break;
+                    }
+                } else {
+                    same = 0;
+                    last = now;
                 }
-                last = now;
             }
             last
         }
