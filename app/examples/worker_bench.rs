@@ -129,7 +129,7 @@ fn worker_run(
     num: usize,
 ) -> Result<WorkerRun> {
     let worker = WorkerHandle::spawn_with(Compute::Cpu, policy, || {});
-    worker.send(Command::Load(spec.clone()));
+    worker.send(Command::Load(spec.clone(), llamagen::Precision::F32));
     let wait = Duration::from_secs(3600);
     let load_start = Instant::now();
     let mut info = None;

@@ -226,7 +226,7 @@ impl StudioApp {
             next_job: 1,
             next_atlas: 1,
         };
-        app.worker.send(Command::Load(spec));
+        app.worker.send(Command::Load(spec, app.settings.precision));
         app
     }
 
@@ -279,7 +279,16 @@ impl StudioApp {
             self.settings.last_model = None;
         }
         self.model = ModelState::Loading(String::new());
-        self.worker.send(Command::Load(spec));
+        self.worker
+            .send(Command::Load(spec, self.settings.precision));
+    }
+
+    /// Opens the current model again with its weights in `precision`.
+    pub fn set_precision(&mut self, precision: llamagen::Precision) {
+        self.settings.precision = precision;
+        if let Some(spec) = self.info().map(|i| i.spec.clone()) {
+            self.open_model(spec);
+        }
     }
 
     /// The prompts of the prompt box: one a line, blank lines skipped.
@@ -788,6 +797,7 @@ impl StudioApp {
                     index: i,
                     tokens: c.tokens.clone(),
                     sampling,
+                    precision: info.precision,
                 },
                 image: img,
                 texture: tex,

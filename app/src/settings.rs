@@ -54,6 +54,8 @@ pub struct Settings {
     /// generate --out-dir`), so that closing the studio loses nothing.
     pub save_images: bool,
     pub save_dir: PathBuf,
+    /// The generator's weights' float type (half the memory in f16 or bf16).
+    pub precision: llamagen::Precision,
 }
 
 impl Default for Settings {
@@ -74,6 +76,7 @@ impl Default for Settings {
             overlay: Overlay::None,
             save_images: true,
             save_dir: default_save_dir(),
+            precision: llamagen::Precision::F32,
         }
     }
 }

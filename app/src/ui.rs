@@ -2,6 +2,7 @@
 //! Every function here reads the state and turns clicks into calls on [`StudioApp`].
 
 use egui::{Color32, Key, Modifiers, Rect, RichText, Sense, Slider, TextEdit, Vec2};
+use llamagen::Precision;
 use llamagen::config::ModelType;
 
 use crate::app::{ModelState, RunStatus, StudioApp, TextState};
@@ -106,6 +107,7 @@ fn run_bar(app: &mut StudioApp, ui: &mut egui::Ui) {
 }
 
 fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
+    let mut precision_change = None;
     match &app.model {
         ModelState::Loading(what) => {
             ui.horizontal(|ui| {
@@ -134,7 +136,28 @@ fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
                 ));
                 ui.end_row();
                 ui.label("precision");
-                ui.label("f32");
+                ui.horizontal(|ui| {
+                    let mut chosen = info.precision;
+                    egui::ComboBox::from_id_salt("precision")
+                        .selected_text(chosen.name())
+                        .show_ui(ui, |ui| {
+                            for p in [Precision::F32, Precision::F16, Precision::Bf16] {
+                                ui.selectable_value(&mut chosen, p, p.name());
+                            }
+                        })
+                        .response
+                        .on_hover_text(
+                            "the generator's weights: f16 and bf16 take half the memory; \
+                             wgpu has f16 (with SHADER_F16), the CPU both",
+                        );
+                    ui.label(format!(
+                        "{:.0} MB of weights",
+                        info.weight_bytes as f64 / 1e6
+                    ));
+                    if chosen != info.precision {
+                        precision_change = Some(chosen);
+                    }
+                });
                 ui.end_row();
                 ui.label("device");
                 ui.label(&info.compute);
@@ -159,6 +182,9 @@ fn model_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
                 }
             });
         }
+    }
+    if let Some(p) = precision_change {
+        app.set_precision(p);
     }
     ui.separator();
     checkpoint_row(

@@ -81,6 +81,10 @@ pub struct ModelInfo {
     pub gpt_file: ModelFile,
     pub vq_file: ModelFile,
     pub compute: String,
+    /// The generator's weights' float type.
+    pub precision: llamagen::Precision,
+    /// Bytes of the generator's weights as held.
+    pub weight_bytes: usize,
     /// Pixels per token side (the tokenizer's downsampling factor).
     pub patch: usize,
     /// The text encoder the model's card names (the bundled text demo has one).
@@ -104,7 +108,8 @@ pub struct Job {
 }
 
 pub enum Command {
-    Load(ModelSpec),
+    /// Opens a model with its weights in a precision.
+    Load(ModelSpec, llamagen::Precision),
     /// Loads a FLAN-T5 folder for the loaded text-conditional model.
     LoadText(PathBuf),
     /// Frees the T5 encoder.
@@ -285,9 +290,9 @@ impl Worker {
         // The preview decoder fills the atlas in the background; this thread waits for commands.
         while let Ok(command) = self.commands.recv() {
             match command {
-                Command::Load(spec) => {
+                Command::Load(spec, precision) => {
                     drop(model.take()); // free the old model first
-                    model = guarded(|| self.load(spec)).unwrap_or_else(|why| {
+                    model = guarded(|| self.load(spec, precision)).unwrap_or_else(|why| {
                         self.emit(Event::LoadFailed(format!(
                             "the model could not load: {why}"
                         )));
@@ -330,22 +335,25 @@ impl Worker {
         }
     }
 
-    fn load(&self, spec: ModelSpec) -> Option<Loaded> {
+    fn load(&self, spec: ModelSpec, precision: llamagen::Precision) -> Option<Loaded> {
         self.emit(Event::Loading(match &spec {
             ModelSpec::Demo => "the bundled demo model".to_string(),
             ModelSpec::TextDemo => "the bundled text demo model".to_string(),
             ModelSpec::Files { gpt, .. } => gpt.display().to_string(),
         }));
         let result = match &self.compute {
-            Compute::Cpu => {
-                load_model::<llamagen::backend::Cpu>(&spec, &Default::default(), |vq, d| {
+            Compute::Cpu => load_model::<llamagen::backend::Cpu>(
+                &spec,
+                precision,
+                &Default::default(),
+                |vq, d| self.preview(vq, d),
+            )
+            .map(|(m, i, c)| (Loaded::Cpu(m), i, c)),
+            Compute::Wgpu { device, .. } => {
+                load_model::<llamagen::backend::Wgpu>(&spec, precision, device, |vq, d| {
                     self.preview(vq, d)
                 })
-                .map(|(m, i, c)| (Loaded::Cpu(m), i, c))
-            }
-            Compute::Wgpu { device, .. } => {
-                load_model::<llamagen::backend::Wgpu>(&spec, device, |vq, d| self.preview(vq, d))
-                    .map(|(m, i, c)| (Loaded::Wgpu(m), i, c))
+                .map(|(m, i, c)| (Loaded::Wgpu(m), i, c))
             }
         };
         match result {
@@ -524,13 +532,18 @@ impl Worker {
 
 fn load_model<B: Backend>(
     spec: &ModelSpec,
+    precision: llamagen::Precision,
     device: &B::Device,
     preview: impl FnOnce(llamagen::vq::VqModel<B>, &[u32]) -> PreviewDecoder,
 ) -> Result<(Model<B>, ModelInfo, (Patches, Colours)), String> {
+    let opts = LoadOptions {
+        precision,
+        ..Default::default()
+    };
     let bundle = match spec {
-        ModelSpec::Demo => ModelBundle::<B>::open(None, None, &LoadOptions::default(), device),
+        ModelSpec::Demo => ModelBundle::<B>::open(None, None, &opts, device),
         ModelSpec::TextDemo => {
-            ModelBundle::<B>::open_or_demo(None, None, Demo::Text, &LoadOptions::default(), device)
+            ModelBundle::<B>::open_or_demo(None, None, Demo::Text, &opts, device)
         }
         ModelSpec::Files {
             gpt,
@@ -541,7 +554,7 @@ fn load_model<B: Backend>(
             Some(vq),
             &LoadOptions {
                 image_size: *image_size,
-                ..Default::default()
+                ..opts
             },
             device,
         ),
@@ -552,6 +565,8 @@ fn load_model<B: Backend>(
         spec: spec.clone(),
         description: bundle.description(),
         params: cfg.num_params(),
+        precision: bundle.gpt.precision(),
+        weight_bytes: bundle.gpt.weight_bytes(),
         model_type: cfg.model_type,
         image_size: bundle.image_size,
         grid_size: cfg.grid_size(),

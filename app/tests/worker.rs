@@ -40,7 +40,7 @@ fn until(worker: &WorkerHandle, mut done: impl FnMut(&Event) -> bool) -> Vec<Eve
 }
 
 fn loaded(worker: &WorkerHandle) -> ModelInfo {
-    worker.send(Command::Load(ModelSpec::Demo));
+    worker.send(Command::Load(ModelSpec::Demo, llamagen::Precision::F32));
     let mut info = None;
     let mut colours = false;
     // The model, and the mean colours of its codebook (the preview's first work).

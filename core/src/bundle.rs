@@ -43,6 +43,8 @@ pub enum BundleError {
          the assets folder"
     )]
     NoTextDemo,
+    #[error(transparent)]
+    Precision(#[from] crate::precision::PrecisionError),
 }
 
 /// The small file beside a project model's weights: what the weights cannot say.
@@ -211,6 +213,8 @@ pub struct LoadOptions {
     pub n_head: Option<usize>,
     /// Read the `ema` weights of training checkpoints when present.
     pub ema: bool,
+    /// The generator's weights' float type ([`crate::precision`]).
+    pub precision: crate::precision::Precision,
 }
 
 /// A loaded (tokenizer, generator) pair.
@@ -290,6 +294,7 @@ impl<B: Backend> ModelBundle<B> {
             path: gpt_path.to_path_buf(),
             source,
         };
+        opts.precision.check::<B>(device)?;
         let vq_sd = StateDict::open(vq_path, choice).map_err(vq_err)?;
         let vq_cfg = vq_sd.infer_vq_config().map_err(vq_err)?;
         let downsample = vq_cfg.downsample();
@@ -317,7 +322,8 @@ impl<B: Backend> ModelBundle<B> {
         }
         let vq = VqModel::load(&vq_sd, &vq_cfg, device).map_err(vq_err)?;
         drop(vq_sd);
-        let gpt = Transformer::load(&gpt_sd, &gpt_cfg, device).map_err(gpt_err)?;
+        let gpt =
+            Transformer::load_as(&gpt_sd, &gpt_cfg, opts.precision, device).map_err(gpt_err)?;
         let class_names = match gpt_cfg.model_type {
             ModelType::C2i => match run_class_names(gpt_path, gpt_cfg.num_classes) {
                 Some(names) => names,
@@ -342,6 +348,17 @@ impl<B: Backend> ModelBundle<B> {
     /// Loads a project model from its card (configs from the card, weights checked against
     /// them).
     pub fn from_card(card_path: &Path, device: &B::Device) -> Result<Self, BundleError> {
+        Self::from_card_with(card_path, &LoadOptions::default(), device)
+    }
+
+    /// [`ModelBundle::from_card`] with the user's options (the card's configs win over the
+    /// size options; the precision applies).
+    pub fn from_card_with(
+        card_path: &Path,
+        opts: &LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self, BundleError> {
+        opts.precision.check::<B>(device)?;
         let card = ModelCard::read(card_path)?;
         let dir = card_path.parent().unwrap_or(Path::new("."));
         let gpt_path = dir.join(&card.gpt_file);
@@ -375,7 +392,8 @@ impl<B: Backend> ModelBundle<B> {
         let vq = VqModel::load(&vq_sd, &card.vq_config, device).map_err(vq_err)?;
         drop(vq_sd);
         let gpt_sd = StateDict::open(&gpt_path, WeightsChoice::Model).map_err(gpt_err)?;
-        let gpt = Transformer::load(&gpt_sd, &card.gpt_config, device).map_err(gpt_err)?;
+        let gpt = Transformer::load_as(&gpt_sd, &card.gpt_config, opts.precision, device)
+            .map_err(gpt_err)?;
         Ok(Self {
             gpt,
             vq,
@@ -418,7 +436,7 @@ impl<B: Backend> ModelBundle<B> {
                     Demo::Classes => BundleError::NoDemo,
                     Demo::Text => BundleError::NoTextDemo,
                 })?;
-                let mut bundle = Self::from_card(&card, device)?;
+                let mut bundle = Self::from_card_with(&card, opts, device)?;
                 // Records name the bundled files by their place in the assets, so that a PNG
                 // made here is remade (`--from`) on a machine whose checkout lies elsewhere.
                 let root = card
@@ -446,7 +464,7 @@ impl<B: Backend> ModelBundle<B> {
                 _ => false,
             };
             if same(gpt, &dir.join(&card.gpt_file)) && same(vq, &dir.join(&card.vq_file)) {
-                return Self::from_card(&card_path, device);
+                return Self::from_card_with(&card_path, opts, device);
             }
         }
         Self::load(gpt, vq, opts, device)

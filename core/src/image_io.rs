@@ -121,6 +121,9 @@ pub struct SampleRecord {
     /// Where the tokens were drawn (records from before this field: the host).
     #[serde(default)]
     pub sampling: crate::sampling::TokenSampling,
+    /// The generator's weights' float type (records from before this field: f32).
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
 }
 
 /// The record embedded in a PNG: one sample, or the cells of a grid in reading order.
@@ -327,6 +330,7 @@ mod tests {
             index: 3,
             tokens: vec![1, 2, 3],
             sampling: Default::default(),
+            precision: crate::precision::Precision::Bf16,
         }]);
         save_png(&path, &img, &record).unwrap();
         assert_eq!(read_png_record(&path).unwrap(), record);

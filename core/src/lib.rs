@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gpt;
 pub mod image_io;
 pub mod kernels;
+pub mod precision;
 pub mod sampling;
 pub mod text;
 #[cfg(feature = "train")]
@@ -21,3 +22,4 @@ pub mod vq;
 
 pub use config::{GptConfig, ModelType, VqConfig};
 pub use error::{CheckpointError, ConfigError};
+pub use precision::Precision;

@@ -16,6 +16,9 @@ pub struct Weights<'a, B: Backend> {
     device: &'a B::Device,
     /// Float type of the tensors made (the backend's default when `None`).
     dtype: Option<burn::tensor::FloatDType>,
+    /// Float type of the weight matrices alone (linear layers, embedding tables), when it
+    /// differs from `dtype`.
+    matrix_dtype: Option<burn::tensor::FloatDType>,
 }
 
 impl<'a, B: Backend> Weights<'a, B> {
@@ -24,6 +27,7 @@ impl<'a, B: Backend> Weights<'a, B> {
             state,
             device,
             dtype: None,
+            matrix_dtype: None,
         }
     }
 
@@ -32,6 +36,24 @@ impl<'a, B: Backend> Weights<'a, B> {
     pub fn with_dtype(mut self, dtype: burn::tensor::FloatDType) -> Self {
         self.dtype = Some(dtype);
         self
+    }
+
+    /// Makes the weight matrices (linear layers and embedding tables) alone in `dtype`.
+    pub fn with_matrix_dtype(mut self, dtype: burn::tensor::FloatDType) -> Self {
+        self.matrix_dtype = Some(dtype);
+        self
+    }
+
+    fn matrix<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, CheckpointError> {
+        let t = self.tensor(name, shape)?;
+        Ok(match self.matrix_dtype {
+            Some(d) => t.cast(d),
+            None => t,
+        })
     }
 
     pub fn device(&self) -> &B::Device {
@@ -89,7 +111,8 @@ impl<'a, B: Backend> Weights<'a, B> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear<B>, CheckpointError> {
-        let weight = self.tensor(&format!("{name}.weight"), [d_out, d_in])?;
+        // Cast before the transpose: the storage keeps PyTorch's `[out, in]` order.
+        let weight = self.matrix(&format!("{name}.weight"), [d_out, d_in])?;
         let bias = if bias {
             Some(Param::from_tensor(
                 self.tensor(&format!("{name}.bias"), [d_out])?,
@@ -156,7 +179,7 @@ impl<'a, B: Backend> Weights<'a, B> {
         d: usize,
     ) -> Result<Embedding<B>, CheckpointError> {
         Ok(Embedding {
-            weight: Param::from_tensor(self.tensor(&format!("{name}.weight"), [n, d])?),
+            weight: Param::from_tensor(self.matrix(&format!("{name}.weight"), [n, d])?),
         })
     }
 }

@@ -1,7 +1,7 @@
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::Bool;
 use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, DType};
 
 use super::cache::{KvPart, LayerKv};
 use super::rope::apply_rotary_emb;
@@ -85,8 +85,14 @@ impl<B: Backend> Attention<B> {
         let q = qkv.clone().narrow(2, 0, dim).reshape([b, s, nh, hd]);
         let k = qkv.clone().narrow(2, dim, kv_dim).reshape([b, s, nkv, hd]);
         let v = qkv.narrow(2, dim + kv_dim, kv_dim).reshape([b, s, nkv, hd]);
-        let q = apply_rotary_emb(q, freqs.clone()).swap_dims(1, 2);
-        let k = apply_rotary_emb(k, freqs).swap_dims(1, 2);
+        // RoPE in f32 (the official `x.float()`), back to the activations' type.
+        let dtype = q.dtype();
+        let q = apply_rotary_emb(q.cast(DType::F32), freqs.clone())
+            .cast(dtype)
+            .swap_dims(1, 2);
+        let k = apply_rotary_emb(k.cast(DType::F32), freqs)
+            .cast(dtype)
+            .swap_dims(1, 2);
         let v = v.swap_dims(1, 2);
 
         // Keys and values to attend over, in position order: the cache's parts, or this
@@ -107,9 +113,10 @@ impl<B: Backend> Attention<B> {
         let mut scores: Vec<Tensor<B, 4>> = parts
             .iter()
             .map(|p| {
-                q.clone()
+                (q.clone()
                     .matmul(repeat_kv(p.k.clone(), rep).swap_dims(2, 3))
-                    * scale
+                    * scale)
+                    .cast(DType::F32)
             })
             .collect();
         let scores = if scores.len() == 1 {
@@ -130,7 +137,8 @@ impl<B: Backend> Attention<B> {
         } else {
             blocked.expand([b, nh, s, len])
         };
-        let weights = softmax(scores.mask_fill(blocked, f32::NEG_INFINITY), 3);
+        // Scores and their softmax in f32; the weights meet the values in their type.
+        let weights = softmax(scores.mask_fill(blocked, f32::NEG_INFINITY), 3).cast(dtype);
         let mut at = 0;
         let mut out: Option<Tensor<B, 4>> = None;
         for (p, l) in parts.into_iter().zip(lens) {

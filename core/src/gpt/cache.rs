@@ -156,13 +156,14 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     /// A cache of `n_layer` layers for `batch` rows and `seq_len` positions; a fixed layout
-    /// allocates `[batch, n_kv_head, max_len, head_dim]` buffers at once.
+    /// allocates `[batch, n_kv_head, max_len, head_dim]` buffers in `dtype` at once.
     pub fn new(
         n_layer: usize,
         batch: usize,
         seq_len: usize,
         (n_kv_head, head_dim): (usize, usize),
         layout: CacheLayout,
+        dtype: burn::tensor::DType,
         device: &B::Device,
     ) -> Self {
         let max_len = crate::config::find_multiple(seq_len.max(1), 8);
@@ -170,7 +171,10 @@ impl<B: Backend> KvCache<B> {
             .map(|_| match layout {
                 CacheLayout::Growing => LayerKv::default(),
                 CacheLayout::Fixed => {
-                    let zeros = || Tensor::zeros([batch, n_kv_head, max_len, head_dim], device);
+                    let zeros = || {
+                        Tensor::<B, 4>::zeros([batch, n_kv_head, max_len, head_dim], device)
+                            .cast(dtype)
+                    };
                     LayerKv::Fixed {
                         buf: KvPart {
                             k: zeros(),

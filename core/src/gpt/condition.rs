@@ -148,7 +148,9 @@ impl<B: Backend> ConditionEmbedder<B> {
                 l.embedding_table.forward(labels.clone().unsqueeze_dim(1))
             }
             (Condition::Caption(c), _, Some(e)) => {
-                let hidden = gelu_approximate(super::linear3(&e.cap_proj.fc1, c.clone()));
+                // Caption features arrive in f32; they meet the projection in its type.
+                let c = c.clone().cast(e.uncond_embedding.val().dtype());
+                let hidden = gelu_approximate(super::linear3(&e.cap_proj.fc1, c));
                 super::linear3(&e.cap_proj.fc2, hidden)
             }
             (Condition::Class(_), None, _) => {
@@ -169,7 +171,8 @@ impl<B: Backend> ConditionEmbedder<B> {
             }
             (Condition::Caption(c), _, Some(e)) => {
                 let [b, t, d] = c.dims();
-                Condition::Caption(e.uncond_embedding.val().unsqueeze::<3>().expand([b, t, d]))
+                let null = e.uncond_embedding.val().cast(c.dtype());
+                Condition::Caption(null.unsqueeze::<3>().expand([b, t, d]))
             }
             _ => panic!("condition does not match the model type"),
         }

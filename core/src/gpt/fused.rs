@@ -5,6 +5,7 @@
 use burn::prelude::*;
 
 use super::cache::{KvCache, LayerKv};
+use super::linear2;
 use super::model::Transformer;
 use crate::kernels;
 
@@ -25,7 +26,11 @@ impl<B: Backend> Transformer<B> {
         let (dim, hd, nh) = (cfg.dim, cfg.head_dim(), cfg.n_head);
         let kv_dim = cfg.kv_heads() * hd;
         let eps = cfg.norm_eps as f32;
-        let h = self.tok_embeddings.forward(ids).reshape([rows, dim]);
+        let h = self
+            .tok_embeddings
+            .forward(ids)
+            .reshape([rows, dim])
+            .cast(self.act_dtype());
         let mut normed =
             kernels::rms_norm(h.clone(), self.layers[0].attention_norm.weight.val(), eps);
         let mut h = h;
@@ -35,7 +40,7 @@ impl<B: Backend> Transformer<B> {
             };
             debug_assert_eq!(*len, pos, "the cache is written in position order");
             let a = &layer.attention;
-            let qkv = a.wqkv.forward(normed);
+            let qkv = linear2(&a.wqkv, normed);
             let q = kernels::rope_cache(
                 qkv,
                 self.freqs_cis.clone(),
@@ -48,11 +53,11 @@ impl<B: Backend> Transformer<B> {
             );
             *len = pos + 1;
             let att = kernels::decode_attention(q, &buf.k, &buf.v, bias, pos + 1, nh, hd);
-            let o = a.wo.forward(att);
+            let o = linear2(&a.wo, att);
             let (h2, n2) = kernels::add_rms_norm(h, o, layer.ffn_norm.weight.val(), eps);
             let ff = &layer.feed_forward;
-            let gate = kernels::swiglu(ff.w1.forward(n2.clone()), ff.w3.forward(n2));
-            let y = ff.w2.forward(gate);
+            let gate = kernels::swiglu(linear2(&ff.w1, n2.clone()), linear2(&ff.w3, n2));
+            let y = linear2(&ff.w2, gate);
             let next_norm = match self.layers.get(i + 1) {
                 Some(next) => next.attention_norm.weight.val(),
                 None => self.norm.weight.val(),
@@ -61,6 +66,6 @@ impl<B: Backend> Transformer<B> {
             h = h3;
             normed = n3;
         }
-        self.output.forward(normed)
+        linear2(&self.output, normed).cast(burn::tensor::DType::F32)
     }
 }

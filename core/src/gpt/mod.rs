@@ -35,13 +35,42 @@ pub(crate) fn normal_init(cfg: &crate::config::GptConfig) -> burn::nn::Initializ
 pub(crate) fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, s, d] = x.dims();
     let x2 = x.reshape([b * s, d]);
-    let y = if crate::kernels::is_cpu::<B>() && b * s <= SPLIT_MAX_ROWS {
+    let y = if layer.weight.val().dtype() != x2.dtype() {
+        mixed_linear(layer, x2)
+    } else if crate::kernels::is_cpu::<B>() && b * s <= SPLIT_MAX_ROWS {
         split_columns(layer, x2)
     } else {
         layer.forward(x2)
     };
     let out = y.dims()[1];
     y.reshape([b, s, out])
+}
+
+/// A linear layer on `[rows, dim]` (the fused decode step's): burn's product, or the mixed one
+/// when the weight is held in another float type than `x`.
+pub(crate) fn linear2<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    if layer.weight.val().dtype() != x.dtype() {
+        mixed_linear(layer, x)
+    } else {
+        layer.forward(x)
+    }
+}
+
+/// A linear layer whose weight is held in another float type than `x` (the CPU's half
+/// precision: f32 activations, half weights): the product widens the weights, and the result
+/// has the type of `x`.
+fn mixed_linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let w = layer.weight.val();
+    let dtype = x.dtype();
+    #[cfg(feature = "cpu")]
+    let y = crate::kernels::cpu::half_weight_matmul(x.clone(), w.clone());
+    #[cfg(not(feature = "cpu"))]
+    let y: Option<Tensor<B, 2>> = None;
+    let y = y.unwrap_or_else(|| x.cast(w.dtype()).matmul(w).cast(dtype));
+    match &layer.bias {
+        Some(bias) => y + bias.val().cast(dtype).unsqueeze_dim(0),
+        None => y,
+    }
 }
 
 /// Few-row products (the decode steps) are below the CPU backend's threshold for running a

@@ -1,7 +1,8 @@
+use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::Bool;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::{Bool, DType};
 
 use super::attention::{Attention, AttnMask};
 use super::cache::{CacheLayout, KvCache};
@@ -12,6 +13,7 @@ use super::rope;
 use crate::checkpoint::{StateDict, Weights};
 use crate::config::{GptConfig, ModelType};
 use crate::error::{CheckpointError, ConfigError};
+use crate::precision::Precision;
 
 /// Pre-norm Llama block: `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
 #[derive(Module, Debug)]
@@ -108,9 +110,28 @@ impl<B: Backend> Transformer<B> {
         cfg: &GptConfig,
         device: &B::Device,
     ) -> Result<Self, CheckpointError> {
+        Self::load_as(sd, cfg, Precision::F32, device)
+    }
+
+    /// [`Transformer::load`] with the weights in `precision` (each tensor converted as it is
+    /// read, so the model never exists in f32 as a whole). On GPU backends every weight takes
+    /// that type and so do the activations; on the CPU the weight matrices alone do, and the
+    /// arithmetic stays f32 (see [`crate::precision`]). The caller checks that the backend
+    /// runs `precision` ([`Precision::check`]).
+    pub fn load_as(
+        sd: &StateDict,
+        cfg: &GptConfig,
+        precision: Precision,
+        device: &B::Device,
+    ) -> Result<Self, CheckpointError> {
         cfg.validate()?;
         sd.check(&cfg.state_dict_specs()).into_result()?;
         let w = Weights::<B>::new(sd, device);
+        let w = match precision {
+            Precision::F32 => w,
+            p if crate::kernels::is_cpu::<B>() => w.with_matrix_dtype(p.dtype()),
+            p => w.with_dtype(p.dtype()),
+        };
         Ok(Self {
             cls_embedding: ConditionEmbedder::load(&w, "cls_embedding", cfg)?,
             tok_embeddings: w.embedding("tok_embeddings", cfg.vocab_size, cfg.dim)?,
@@ -125,6 +146,46 @@ impl<B: Backend> Transformer<B> {
         })
     }
 
+    /// This model with its weights in `precision`, as [`Transformer::load_as`] would have
+    /// loaded them (for models made here, such as the benchmark's random ones).
+    pub fn into_precision(mut self, precision: Precision) -> Self {
+        let d = precision.dtype();
+        let everything = !crate::kernels::is_cpu::<B>();
+        let all = |p: Param<Tensor<B, 1>>| if everything { p.map(|t| t.cast(d)) } else { p };
+        let table = |p: Param<Tensor<B, 2>>| p.map(|t| t.cast(d));
+        // Cast in PyTorch's `[out, in]` order, the layout the loader leaves and the CPU's
+        // half products read.
+        let linear = |l: Linear<B>| Linear {
+            weight: l.weight.map(|w| w.transpose().cast(d).transpose()),
+            bias: l.bias.map(all),
+        };
+        for layer in &mut self.layers {
+            let a = &mut layer.attention;
+            a.wqkv = linear(a.wqkv.clone());
+            a.wo = linear(a.wo.clone());
+            let f = &mut layer.feed_forward;
+            f.w1 = linear(f.w1.clone());
+            f.w2 = linear(f.w2.clone());
+            f.w3 = linear(f.w3.clone());
+            layer.attention_norm.weight = all(layer.attention_norm.weight.clone());
+            layer.ffn_norm.weight = all(layer.ffn_norm.weight.clone());
+        }
+        if let Some(l) = &mut self.cls_embedding.label {
+            l.embedding_table.weight = table(l.embedding_table.weight.clone());
+        }
+        if let Some(c) = &mut self.cls_embedding.caption {
+            c.cap_proj.fc1 = linear(c.cap_proj.fc1.clone());
+            c.cap_proj.fc2 = linear(c.cap_proj.fc2.clone());
+            if everything {
+                c.uncond_embedding = table(c.uncond_embedding.clone());
+            }
+        }
+        self.tok_embeddings.weight = table(self.tok_embeddings.weight.clone());
+        self.norm.weight = all(self.norm.weight.clone());
+        self.output = linear(self.output.clone());
+        self
+    }
+
     fn rope_table(cfg: &GptConfig, device: &B::Device) -> Tensor<B, 3> {
         rope::freqs_cis_2d(
             cfg.grid_size(),
@@ -137,6 +198,30 @@ impl<B: Backend> Transformer<B> {
 
     pub fn device(&self) -> B::Device {
         self.tok_embeddings.weight.device()
+    }
+
+    /// The float type of the activations (the norms' weights are held in it).
+    pub fn act_dtype(&self) -> DType {
+        self.norm.weight.val().dtype()
+    }
+
+    /// The precision of the weight matrices.
+    pub fn precision(&self) -> Precision {
+        Precision::of(self.output.weight.val().dtype()).unwrap_or_default()
+    }
+
+    /// Bytes of all weights as they are held.
+    pub fn weight_bytes(&self) -> usize {
+        struct Bytes(usize);
+        impl<B: Backend> burn::module::ModuleVisitor<B> for Bytes {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+                let t = param.val();
+                self.0 += t.shape().num_elements() * t.dtype().size();
+            }
+        }
+        let mut bytes = Bytes(0);
+        self.visit(&mut bytes);
+        bytes.0
     }
 
     /// Checks that a condition fits this model (type, caption shape), so that the forward
@@ -172,7 +257,7 @@ impl<B: Backend> Transformer<B> {
 
     /// Condition embeddings `[batch, cls_token_num, dim]`.
     pub fn condition_embeddings(&self, cond: &Condition<B>) -> Tensor<B, 3> {
-        let emb = self.cls_embedding.forward(cond);
+        let emb = self.cls_embedding.forward(cond).cast(self.act_dtype());
         let [b, t, d] = emb.dims();
         emb.slice([0..b, 0..t.min(self.config.cls_token_num), 0..d])
     }
@@ -181,8 +266,9 @@ impl<B: Backend> Transformer<B> {
         self.cls_embedding.null_condition(cond)
     }
 
+    /// Logits in f32 whatever the model's precision (as the official `.float()`).
     fn head(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
-        super::linear3(&self.output, self.norm.forward(h))
+        super::linear3(&self.output, self.norm.forward(h)).cast(DType::F32)
     }
 
     /// Teacher-forced forward (the official training branch): condition tokens then the image
@@ -231,6 +317,7 @@ impl<B: Backend> Transformer<B> {
             cfg.cls_token_num + cfg.block_size,
             (cfg.kv_heads(), cfg.head_dim()),
             layout,
+            self.act_dtype(),
             &self.device(),
         )
     }
@@ -267,7 +354,7 @@ impl<B: Backend> Transformer<B> {
         start: usize,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
-        let h = self.tok_embeddings.forward(tokens);
+        let h = self.tok_embeddings.forward(tokens).cast(self.act_dtype());
         self.forward_cached(h, start, cache)
     }
 

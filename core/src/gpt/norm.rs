@@ -27,11 +27,15 @@ impl<B: Backend> RmsNorm<B> {
         })
     }
 
+    /// The statistics in f32 whatever the type of `x`; the result in that type, as the
+    /// official `self._norm(x.float()).type_as(x) * self.weight`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = x.cast(burn::tensor::DType::F32);
         let mean_sq = x.clone().powi_scalar(2).mean_dim(D - 1);
         // A true division, not `recip()`: burn-ndarray's SIMD reciprocal is an approximation
         // (~12 bits) that would cost ~1e-4 of parity.
-        let normed = x / (mean_sq + self.eps).sqrt();
+        let normed = (x / (mean_sq + self.eps).sqrt()).cast(dtype);
         normed * self.weight.val().unsqueeze()
     }
 }

@@ -5,7 +5,7 @@
 //! lengths are runtime arguments: a kernel is compiled once per model shape and never again
 //! during a run.
 
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -62,29 +62,31 @@ fn cube_max<F: Float>(v: F, scratch: &mut SharedMemory<F>) -> F {
     total
 }
 
-/// RMSNorm of one row per cube: `x / sqrt(mean(x²) + eps) · w`.
+/// RMSNorm of one row per cube: `x / sqrt(mean(x²) + eps) · w`. The statistics are taken in
+/// f32 whatever `F` is, as the official RMSNorm does (`x.float()`).
 #[cube(launch)]
 fn rms_norm_kernel<F: Float>(x: &Tensor<F>, w: &Tensor<F>, out: &mut Tensor<F>, eps: f32) {
     let dim = w.len();
     let base = CUBE_POS_X as usize * dim;
-    let mut scratch = SharedMemory::<F>::new(CUBE);
-    let mut acc = F::new(0.0);
+    let mut scratch = SharedMemory::<f32>::new(CUBE);
+    let mut acc = 0.0f32;
     let mut i = UNIT_POS as usize;
     while i < dim {
-        let v = x[base + i];
+        let v = f32::cast_from(x[base + i]);
         acc += v * v;
         i += CUBE;
     }
-    let total = cube_sum::<F>(acc, &mut scratch);
-    let denom = (total / F::cast_from(dim as u32) + F::cast_from(eps)).sqrt();
+    let total = cube_sum::<f32>(acc, &mut scratch);
+    let denom = (total / f32::cast_from(dim as u32) + eps).sqrt();
     let mut i = UNIT_POS as usize;
     while i < dim {
-        out[base + i] = x[base + i] / denom * w[i];
+        out[base + i] = F::cast_from(f32::cast_from(x[base + i]) / denom) * w[i];
         i += CUBE;
     }
 }
 
-/// The residual add and the next RMSNorm in one pass: `sum = x + y`, `out = rms_norm(sum)`.
+/// The residual add and the next RMSNorm in one pass: `sum = x + y` (in `F`, as the model adds
+/// its residuals), `out = rms_norm(sum)` with f32 statistics.
 #[cube(launch)]
 fn add_rms_norm_kernel<F: Float>(
     x: &Tensor<F>,
@@ -96,20 +98,22 @@ fn add_rms_norm_kernel<F: Float>(
 ) {
     let dim = w.len();
     let base = CUBE_POS_X as usize * dim;
-    let mut scratch = SharedMemory::<F>::new(CUBE);
-    let mut acc = F::new(0.0);
+    let mut scratch = SharedMemory::<f32>::new(CUBE);
+    let mut acc = 0.0f32;
     let mut i = UNIT_POS as usize;
     while i < dim {
         let v = x[base + i] + y[base + i];
         sum[base + i] = v;
-        acc += v * v;
+        let vf = f32::cast_from(v);
+        acc += vf * vf;
         i += CUBE;
     }
-    let total = cube_sum::<F>(acc, &mut scratch);
-    let denom = (total / F::cast_from(dim as u32) + F::cast_from(eps)).sqrt();
+    let total = cube_sum::<f32>(acc, &mut scratch);
+    let denom = (total / f32::cast_from(dim as u32) + eps).sqrt();
     let mut i = UNIT_POS as usize;
     while i < dim {
-        out[base + i] = (x[base + i] + y[base + i]) / denom * w[i];
+        let v = f32::cast_from(x[base + i] + y[base + i]);
+        out[base + i] = F::cast_from(v / denom) * w[i];
         i += CUBE;
     }
 }
@@ -121,7 +125,7 @@ fn add_rms_norm_kernel<F: Float>(
 #[cube(launch)]
 fn rope_cache_kernel<F: Float>(
     qkv: &Tensor<F>,
-    freqs: &Tensor<F>,
+    freqs: &Tensor<f32>,
     q: &mut Tensor<F>,
     cache_k: &mut Tensor<F>,
     cache_v: &mut Tensor<F>,
@@ -149,8 +153,9 @@ fn rope_cache_kernel<F: Float>(
         let d = col % hd;
         let pair = d / 2;
         let first = col - (d % 2);
-        let x0 = qkv[row * width + first];
-        let x1 = qkv[row * width + first + 1];
+        // In f32, as the official apply_rotary_emb (`x.float()`), rounded to F once.
+        let x0 = f32::cast_from(qkv[row * width + first]);
+        let x1 = f32::cast_from(qkv[row * width + first + 1]);
         let c = freqs[(pos * half + pair) * 2];
         let s = freqs[(pos * half + pair) * 2 + 1];
         let mut v = x1 * c + x0 * s;
@@ -158,11 +163,11 @@ fn rope_cache_kernel<F: Float>(
             v = x0 * c - x1 * s;
         }
         if col < dim {
-            q[row * dim + col] = v;
+            q[row * dim + col] = F::cast_from(v);
         } else {
             let kc = col - dim;
             let head = kc / hd;
-            cache_k[((row * n_kv + head) * max_len + pos) * hd + d] = v;
+            cache_k[((row * n_kv + head) * max_len + pos) * hd + d] = F::cast_from(v);
         }
     } else {
         let vc = col - dim - kv_dim;
@@ -175,13 +180,14 @@ fn rope_cache_kernel<F: Float>(
 /// Attention of one query per (row, head) over the cached keys `[0, len)`: scaled scores plus
 /// the row's key bias (0 or a large negative number for masked caption columns), softmax,
 /// weighted sum of the values. Grouped-query heads read their key/value head. Cube
-/// (head, row); the output row is `[n_head · head_dim]`.
+/// (head, row); the output row is `[n_head · head_dim]`. Scores, softmax and the weighted sum
+/// are f32 whatever `F` is.
 #[cube(launch)]
 fn decode_attention_kernel<F: Float>(
     q: &Tensor<F>,
     cache_k: &Tensor<F>,
     cache_v: &Tensor<F>,
-    bias: &Tensor<F>,
+    bias: &Tensor<f32>,
     out: &mut Tensor<F>,
     len: u32,
     head_dim: u32,
@@ -200,23 +206,23 @@ fn decode_attention_kernel<F: Float>(
     let kv_base = (row * n_kv + kv_head) * max_len * hd;
     let q_base = (row * n_head + head) * hd;
 
-    let mut scores = SharedMemory::<F>::new(max_keys);
-    let mut scratch = SharedMemory::<F>::new(CUBE);
+    let mut scores = SharedMemory::<f32>::new(max_keys);
+    let mut scratch = SharedMemory::<f32>::new(CUBE);
 
-    let mut local_max = F::new(NEG_BIG);
+    let mut local_max = f32::new(NEG_BIG);
     let mut j = unit;
     while j < len {
-        let mut dot = F::new(0.0);
+        let mut dot = 0.0f32;
         for d in 0..hd {
-            dot += q[q_base + d] * cache_k[kv_base + j * hd + d];
+            dot += f32::cast_from(q[q_base + d]) * f32::cast_from(cache_k[kv_base + j * hd + d]);
         }
-        let s = dot * F::cast_from(scale) + bias[row * max_len + j];
+        let s = dot * scale + bias[row * max_len + j];
         scores[j] = s;
         local_max = max(local_max, s);
         j += CUBE;
     }
-    let top = cube_max::<F>(local_max, &mut scratch);
-    let mut local_sum = F::new(0.0);
+    let top = cube_max::<f32>(local_max, &mut scratch);
+    let mut local_sum = 0.0f32;
     let mut j = unit;
     while j < len {
         let e = (scores[j] - top).exp();
@@ -224,38 +230,38 @@ fn decode_attention_kernel<F: Float>(
         local_sum += e;
         j += CUBE;
     }
-    let total = cube_sum::<F>(local_sum, &mut scratch);
+    let total = cube_sum::<f32>(local_sum, &mut scratch);
 
     // Values: unit (group g, element d) sums the keys j ≡ g (mod groups).
     let groups = CUBE / hd;
     let g = unit / hd;
     let d = unit % hd;
-    let mut acc = F::new(0.0);
+    let mut acc = 0.0f32;
     if g < groups {
         let mut j = g;
         while j < len {
-            acc += scores[j] * cache_v[kv_base + j * hd + d];
+            acc += scores[j] * f32::cast_from(cache_v[kv_base + j * hd + d]);
             j += groups;
         }
     }
     scratch[unit] = acc;
     sync_cube();
     if unit < hd {
-        let mut sum = F::new(0.0);
+        let mut sum = 0.0f32;
         for k in 0..groups {
             sum += scratch[k * hd + unit];
         }
-        out[q_base + unit] = sum / total;
+        out[q_base + unit] = F::cast_from(sum / total);
     }
 }
 
-/// SwiGLU's gate: `silu(a) · b`, element-wise.
+/// SwiGLU's gate: `silu(a) · b`, element-wise, computed in f32.
 #[cube(launch)]
 fn swiglu_kernel<F: Float>(a: &Tensor<F>, b: &Tensor<F>, out: &mut Tensor<F>) {
     let at = ABSOLUTE_POS;
     if at < out.len() {
-        let x = a[at];
-        out[at] = x / (F::new(1.0) + (F::new(0.0) - x).exp()) * b[at];
+        let x = f32::cast_from(a[at]);
+        out[at] = F::cast_from(x / (1.0 + (0.0 - x).exp()) * f32::cast_from(b[at]));
     }
 }
 
@@ -534,6 +540,18 @@ fn sample_kernel<F: Float>(
     }
 }
 
+/// Launches the kernel `$kernel` with its float type chosen by `$dtype` (f32, f16 or bf16).
+macro_rules! launch_float {
+    ($kernel:ident, $dtype:expr, $($arg:expr),* $(,)?) => {
+        match $dtype {
+            DType::F16 => $kernel::launch::<burn::tensor::f16, R>($($arg),*),
+            DType::BF16 => $kernel::launch::<burn::tensor::bf16, R>($($arg),*),
+            DType::F32 => $kernel::launch::<f32, R>($($arg),*),
+            other => unreachable!("the kernels' callers check the float type ({other:?})"),
+        }
+    };
+}
+
 fn client_of<R: CubeRuntime>(t: &CubeTensor<R>) -> ComputeClient<R> {
     t.client.clone()
 }
@@ -549,7 +567,10 @@ pub fn rms_norm<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>, eps: f32) ->
     let shape = x.meta.shape().clone();
     let rows = shape[0];
     let out = empty_like(&x, shape);
-    rms_norm_kernel::launch::<f32, R>(
+    let dtype = out.dtype;
+    launch_float!(
+        rms_norm_kernel,
+        dtype,
         &client_of(&x),
         CubeCount::Static(rows as u32, 1, 1),
         CubeDim::new_1d(CUBE as u32),
@@ -575,7 +596,10 @@ pub fn add_rms_norm<R: CubeRuntime>(
     let rows = shape[0];
     let sum = empty_like(&x, shape.clone());
     let out = empty_like(&x, shape);
-    add_rms_norm_kernel::launch::<f32, R>(
+    let dtype = out.dtype;
+    launch_float!(
+        add_rms_norm_kernel,
+        dtype,
         &client_of(&x),
         CubeCount::Static(rows as u32, 1, 1),
         CubeDim::new_1d(CUBE as u32),
@@ -610,7 +634,10 @@ pub fn rope_cache<R: CubeRuntime>(
     let n = rows * (dim + 2 * kv_dim);
     let cube_dim = CubeDim::new_1d(CUBE as u32);
     let cubes = n.div_ceil(CUBE) as u32;
-    rope_cache_kernel::launch::<f32, R>(
+    let dtype = q.dtype;
+    launch_float!(
+        rope_cache_kernel,
+        dtype,
         &client,
         CubeCount::Static(cubes, 1, 1),
         cube_dim,
@@ -643,7 +670,10 @@ pub fn decode_attention<R: CubeRuntime>(
     let max_len = cache_k.meta.shape()[2];
     let client = client_of(&q);
     let scale = 1.0 / (head_dim as f32).sqrt();
-    decode_attention_kernel::launch::<f32, R>(
+    let dtype = out.dtype;
+    launch_float!(
+        decode_attention_kernel,
+        dtype,
         &client,
         CubeCount::Static(n_head as u32, rows as u32, 1),
         CubeDim::new_1d(CUBE as u32),
@@ -667,7 +697,10 @@ pub fn swiglu<R: CubeRuntime>(a: CubeTensor<R>, b: CubeTensor<R>) -> CubeTensor<
     let out = empty_like(&a, a.meta.shape().clone());
     let n = out.meta.shape().num_elements();
     let client = client_of(&a);
-    swiglu_kernel::launch::<f32, R>(
+    let dtype = out.dtype;
+    launch_float!(
+        swiglu_kernel,
+        dtype,
         &client,
         CubeCount::Static(n.div_ceil(CUBE) as u32, 1, 1),
         CubeDim::new_1d(CUBE as u32),

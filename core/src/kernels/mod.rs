@@ -3,24 +3,34 @@
 //! the sampler (CFG, temperature, top-k, top-p, the draw).
 //!
 //! Each function here takes and returns burn tensors of any backend. On burn's CubeCL backends
-//! (wgpu, cuda) in f32 it launches one kernel; elsewhere (the CPU backend, burn's fusion
-//! backend, other precisions) it runs the same arithmetic with burn's own operations, which is
-//! also the reference the kernels are tested against ([`reference`]).
+//! (wgpu, cuda), with tensors in f32, f16 or bf16, it launches one kernel; elsewhere (the CPU
+//! backend, burn's fusion backend) it runs the same arithmetic with burn's own operations, which
+//! is also the reference the kernels are tested against ([`reference`]).
+//!
+//! Half-precision tensors keep what the official model keeps in f32 in f32 here too: the norms'
+//! statistics, the rotary embedding's products, the attention scores and their softmax. The
+//! rotary table and the attention's key bias are always f32.
 
+#[cfg(feature = "cpu")]
+pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
 
 use burn::prelude::*;
-use burn::tensor::Bool;
+use burn::tensor::{Bool, DType};
 
 /// The arithmetic of the kernels with burn's operations: the fallback, and the tests' reference.
 pub mod reference {
     use burn::prelude::*;
+    use burn::tensor::DType;
     use burn::tensor::activation::silu;
 
+    /// RMSNorm with f32 statistics: `x` and `w` in the same float type, the result in it too.
     pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f32) -> Tensor<B, 2> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
         let mean_sq = x.clone().powi_scalar(2).mean_dim(1);
-        x / (mean_sq + eps as f64).sqrt() * w.unsqueeze()
+        (x / (mean_sq + eps as f64).sqrt()).cast(dtype) * w.unsqueeze()
     }
 
     pub fn add_rms_norm<B: Backend>(
@@ -63,8 +73,11 @@ pub mod reference {
         let v = qkv
             .narrow(1, dim + kv_dim, kv_dim)
             .reshape([rows, 1, nkv, head_dim]);
-        let q = crate::gpt::rope::apply_rotary_emb(q, f.clone()).reshape([rows, dim]);
-        let k = crate::gpt::rope::apply_rotary_emb(k, f).swap_dims(1, 2);
+        let dtype = q.dtype();
+        let rotate =
+            |x: Tensor<B, 4>| crate::gpt::rope::apply_rotary_emb(x.cast(DType::F32), f.clone());
+        let q = rotate(q).cast(dtype).reshape([rows, dim]);
+        let k = rotate(k).cast(dtype).swap_dims(1, 2);
         let v = v.swap_dims(1, 2);
         let at = [0..rows, 0..nkv, pos..pos + 1, 0..head_dim];
         *cache_k = cache_k.clone().slice_assign(at.clone(), k);
@@ -72,7 +85,8 @@ pub mod reference {
         q
     }
 
-    /// One query per row over the cached keys `[0, len)`; `bias` `[rows, max_len]`.
+    /// One query per row over the cached keys `[0, len)`; `bias` `[rows, max_len]`. Computed in
+    /// f32, the result in the queries' float type.
     pub fn decode_attention<B: Backend>(
         q: Tensor<B, 2>,
         cache_k: &Tensor<B, 4>,
@@ -85,17 +99,18 @@ pub mod reference {
         let [rows, dim] = q.dims();
         let nkv = cache_k.dims()[1];
         let rep = n_head / nkv;
+        let dtype = q.dtype();
         let expand = |t: &Tensor<B, 4>| {
-            let t = t.clone().narrow(2, 0, len);
+            let t = t.clone().narrow(2, 0, len).cast(DType::F32);
             t.unsqueeze_dim::<5>(2)
                 .expand([rows, nkv, rep, len, head_dim])
                 .reshape([rows, n_head, len, head_dim])
         };
-        let q = q.reshape([rows, n_head, 1, head_dim]);
+        let q = q.cast(DType::F32).reshape([rows, n_head, 1, head_dim]);
         let scores = q.matmul(expand(cache_k).swap_dims(2, 3)) / (head_dim as f64).sqrt()
             + bias.clone().narrow(1, 0, len).reshape([rows, 1, 1, len]);
         let w = burn::tensor::activation::softmax(scores, 3);
-        w.matmul(expand(cache_v)).reshape([rows, dim])
+        w.matmul(expand(cache_v)).reshape([rows, dim]).cast(dtype)
     }
 }
 
@@ -140,9 +155,21 @@ mod dispatch {
         Tensor::from_primitive(cast(t))
     }
 
-    /// Whether `t` is an f32 tensor of runtime `R` (the kernels' one precision for now).
+    /// Whether `t` is an f32 tensor of runtime `R` (the sampler's and the reads' type).
     pub fn f32_of<B: Backend, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> bool {
         is::<B, R>() && t.dtype() == DType::F32
+    }
+
+    /// Whether `t` is a tensor of runtime `R` in a float type the kernels take (f32, f16,
+    /// bf16), and every tensor of `same` has that type too.
+    pub fn float_of<B: Backend, R: CubeRuntime, const D: usize>(
+        t: &Tensor<B, D>,
+        same: &[DType],
+    ) -> bool {
+        let dtype = t.dtype();
+        is::<B, R>()
+            && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+            && same.iter().all(|d| *d == dtype)
     }
 }
 
@@ -188,7 +215,7 @@ pub fn is_cpu<B: Backend>() -> bool {
 
 /// `x / sqrt(mean(x²) + eps) · w` per row of `x` `[rows, dim]`.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 1>, eps: f32) -> Tensor<B, 2> {
-    on_cube!(B, dispatch::f32_of::<B, R, 2>(&x), |R| {
+    on_cube!(B, dispatch::float_of::<B, R, 2>(&x, &[w.dtype()]), |R| {
         dispatch::float_out::<B, R, 2>(cube::rms_norm::<R>(
             dispatch::float_in::<B, R, 2>(x),
             dispatch::float_in::<B, R, 1>(w),
@@ -205,24 +232,28 @@ pub fn add_rms_norm<B: Backend>(
     w: Tensor<B, 1>,
     eps: f32,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    on_cube!(B, dispatch::f32_of::<B, R, 2>(&x), |R| {
-        let (s, n) = cube::add_rms_norm::<R>(
-            dispatch::float_in::<B, R, 2>(x),
-            dispatch::float_in::<B, R, 2>(y),
-            dispatch::float_in::<B, R, 1>(w),
-            eps,
-        );
-        (
-            dispatch::float_out::<B, R, 2>(s),
-            dispatch::float_out::<B, R, 2>(n),
-        )
-    });
+    on_cube!(
+        B,
+        dispatch::float_of::<B, R, 2>(&x, &[y.dtype(), w.dtype()]),
+        |R| {
+            let (s, n) = cube::add_rms_norm::<R>(
+                dispatch::float_in::<B, R, 2>(x),
+                dispatch::float_in::<B, R, 2>(y),
+                dispatch::float_in::<B, R, 1>(w),
+                eps,
+            );
+            (
+                dispatch::float_out::<B, R, 2>(s),
+                dispatch::float_out::<B, R, 2>(n),
+            )
+        }
+    );
     reference::add_rms_norm(x, y, w, eps)
 }
 
 /// `silu(a) · b`, element-wise.
 pub fn swiglu<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
-    on_cube!(B, dispatch::f32_of::<B, R, 2>(&a), |R| {
+    on_cube!(B, dispatch::float_of::<B, R, 2>(&a, &[b.dtype()]), |R| {
         dispatch::float_out::<B, R, 2>(cube::swiglu::<R>(
             dispatch::float_in::<B, R, 2>(a),
             dispatch::float_in::<B, R, 2>(b),
@@ -245,20 +276,26 @@ pub fn rope_cache<B: Backend>(
     kv_dim: usize,
     head_dim: usize,
 ) -> Tensor<B, 2> {
-    on_cube!(B, dispatch::f32_of::<B, R, 2>(&qkv), |R| {
-        let k = dispatch::float_in::<B, R, 4>(cache_k.clone());
-        let v = dispatch::float_in::<B, R, 4>(cache_v.clone());
-        dispatch::float_out::<B, R, 2>(cube::rope_cache::<R>(
-            dispatch::float_in::<B, R, 2>(qkv),
-            dispatch::float_in::<B, R, 3>(freqs),
-            &k,
-            &v,
-            pos,
-            dim,
-            kv_dim,
-            head_dim,
-        ))
-    });
+    let types = [cache_k.dtype(), cache_v.dtype()];
+    on_cube!(
+        B,
+        freqs.dtype() == DType::F32 && dispatch::float_of::<B, R, 2>(&qkv, &types),
+        |R| {
+            let k = dispatch::float_in::<B, R, 4>(cache_k.clone());
+            let v = dispatch::float_in::<B, R, 4>(cache_v.clone());
+            dispatch::float_out::<B, R, 2>(cube::rope_cache::<R>(
+                dispatch::float_in::<B, R, 2>(qkv),
+                dispatch::float_in::<B, R, 3>(freqs),
+                &k,
+                &v,
+                pos,
+                dim,
+                kv_dim,
+                head_dim,
+            ))
+        }
+    );
+    let _ = types;
     reference::rope_cache(qkv, freqs, cache_k, cache_v, pos, dim, kv_dim, head_dim)
 }
 
@@ -278,7 +315,9 @@ pub fn decode_attention<B: Backend>(
     let fits = cache_k.dims()[2] <= cube::MAX_KEYS && head_dim <= cube::CUBE;
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     let fits = false;
-    on_cube!(B, fits && dispatch::f32_of::<B, R, 2>(&q), |R| {
+    let types = [cache_k.dtype(), cache_v.dtype()];
+    let fits = fits && bias.dtype() == DType::F32;
+    on_cube!(B, fits && dispatch::float_of::<B, R, 2>(&q, &types), |R| {
         dispatch::float_out::<B, R, 2>(cube::decode_attention::<R>(
             dispatch::float_in::<B, R, 2>(q),
             &dispatch::float_in::<B, R, 4>(cache_k.clone()),
@@ -289,7 +328,7 @@ pub fn decode_attention<B: Backend>(
             head_dim,
         ))
     });
-    let _ = fits;
+    let _ = (fits, types);
     reference::decode_attention(q, cache_k, cache_v, bias, len, n_head, head_dim)
 }
 

@@ -3,6 +3,7 @@
 
 mod checkpoints;
 mod generator;
+mod half_precision;
 mod kernels;
 mod parity_generate;
 mod parity_gpt;

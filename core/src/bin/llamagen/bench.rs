@@ -12,16 +12,18 @@ use llamagen::sampling::SamplerParams;
 use llamagen::vq::VqModel;
 use serde_json::json;
 
-use crate::commands::{BackendArg, resolve_backend, with_backend};
+use crate::commands::{BackendArg, PrecisionArg, resolve_backend, resolve_precision, with_backend};
 
 #[derive(Args, Debug)]
 #[command(
     after_help = "JSON fields (--json): seconds and tokens_per_s of a whole generation \
 (median of --runs); decode_steps_per_s (tokens per image / seconds); host_syncs_per_step \
-(device-to-host reads); on GPU backends kernel_launches_per_step, compilations_after_warmup and \
-autotunes_after_warmup, read from CubeCL's own loggers (null on the CPU, or when a cubecl.toml \
-already sets CubeCL's configuration). Per-step counts are the difference of two generations \
-stopped at 1/4 and 3/4 of the tokens, so the prefill cancels out.\n\nExample:\n  llamagen bench \
+(device-to-host reads); precision and weights_bytes (the generator's weights as held); on GPU \
+backends kernel_launches_per_step, compilations_after_warmup and autotunes_after_warmup, read \
+from CubeCL's own loggers (null on the CPU, with --no-counts, or when a cubecl.toml already sets \
+CubeCL's configuration). Per-step counts are the difference of two generations stopped at 1/4 \
+and 3/4 of the tokens, so the prefill cancels out. The launch logger costs host time on every \
+launch: quote steps/s from a run with --no-counts.\n\nExample:\n  llamagen bench \
 --config GPT-B --grid 4 --batch 1 --backend wgpu --warmup 1 --json"
 )]
 pub struct BenchArgs {
@@ -48,6 +50,12 @@ pub struct BenchArgs {
     /// Timed runs (the median is reported).
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
+    /// Float type of the generator's weights (see `llamagen generate --help`).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+    /// Leave CubeCL's loggers off: no per-step counts, and no logging cost in the timings.
+    #[arg(long)]
+    pub no_counts: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -60,6 +68,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     // CubeCL's loggers must be on before the first GPU use.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     let log = match args.backend {
+        _ if args.no_counts => None,
         BackendArg::Cpu => None,
         _ => llamagen::kernels::counters::KernelLog::install(),
     };
@@ -86,7 +95,8 @@ fn run_bench<B: Backend>(
 ) -> Result<()> {
     let mut cfg = GptConfig::named(&args.config)?;
     cfg.block_size = args.grid * args.grid;
-    let gpt = Transformer::<B>::init(&cfg, device)?;
+    let precision = resolve_precision::<B>(args.precision, device)?;
+    let gpt = Transformer::<B>::init(&cfg, device)?.into_precision(precision);
     let vq_cfg = VqConfig::named(&args.vq)?;
     let vq = VqModel::<B>::init(&vq_cfg, device)?;
     let generator = Generator::new(&gpt);
@@ -134,6 +144,8 @@ fn run_bench<B: Backend>(
         "kernel_launches_per_step": k.map(|k| k.launches_per_step),
         "compilations_after_warmup": k.map(|k| k.compilations_after_warmup),
         "autotunes_after_warmup": k.map(|k| k.autotunes_after_warmup),
+        "precision": precision.name(),
+        "weights_bytes": gpt.weight_bytes(),
         "vq": args.vq,
         "vq_decode_seconds": report.vq_decode_seconds,
     });
@@ -141,8 +153,10 @@ fn run_bench<B: Backend>(
         println!("{value}");
     } else {
         println!(
-            "{} {}×{} batch {} cfg {} on {}: {:.2}s, {:.1} tokens/s per image, {:.1} tokens/s in all; {} decode {:.2}s",
+            "{} ({}, {:.0} MB of weights) {}×{} batch {} cfg {} on {}: {:.2}s, {:.1} tokens/s per image, {:.1} tokens/s in all; {} decode {:.2}s",
             args.config,
+            precision,
+            gpt.weight_bytes() as f64 / 1e6,
             args.grid,
             args.grid,
             args.batch,

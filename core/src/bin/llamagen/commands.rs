@@ -17,6 +17,7 @@ use llamagen::image_io::{
     PngRecord, SampleRecord, image_to_tensor, make_grid, next_file_number, read_png_record,
     sample_file_name, save_png, tensor_to_images,
 };
+use llamagen::precision::Precision;
 use llamagen::sampling::{SamplerParams, TokenSampling};
 use llamagen::text::{CaptionFeatures, T5Folder, T5Precision, TextEncoder, TextError};
 use llamagen::vq::VqModel;
@@ -34,11 +35,54 @@ pub enum BackendArg {
     Cuda,
 }
 
+/// `--precision`: the generator's weights' float type.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Precision {
+pub enum PrecisionArg {
+    /// The fastest this device runs: bf16 on CUDA, f16 on a GPU with SHADER_F16 through wgpu
+    /// and on an x86-64 CPU with F16C, else f32 (the choice is printed).
+    Auto,
+    /// Full precision (the reference).
     F32,
+    /// Half the weights' memory; wgpu (with SHADER_F16), CUDA and the CPU.
     F16,
+    /// Half the weights' memory, f32's range; CUDA and the CPU.
     Bf16,
+}
+
+impl PrecisionArg {
+    /// The precision named, `None` for `auto`.
+    pub fn exact(self) -> Option<Precision> {
+        match self {
+            PrecisionArg::Auto => None,
+            PrecisionArg::F32 => Some(Precision::F32),
+            PrecisionArg::F16 => Some(Precision::F16),
+            PrecisionArg::Bf16 => Some(Precision::Bf16),
+        }
+    }
+
+    pub fn of(p: Precision) -> Self {
+        match p {
+            Precision::F32 => PrecisionArg::F32,
+            Precision::F16 => PrecisionArg::F16,
+            Precision::Bf16 => PrecisionArg::Bf16,
+        }
+    }
+}
+
+/// The precision `arg` stands for on backend `B`: `auto` is resolved (and said), an explicit
+/// one is checked against the device.
+pub fn resolve_precision<B: Backend>(arg: PrecisionArg, device: &B::Device) -> Result<Precision> {
+    let Some(explicit) = arg.exact() else {
+        let p = Precision::auto::<B>(device);
+        eprintln!(
+            "precision: auto chose {p} on {}",
+            llamagen::precision::backend_name::<B>()
+        );
+        return Ok(p);
+    };
+    explicit
+        .check::<B>(device)
+        .map_err(|e| anyhow!("{e}\nhint: --precision auto picks what this device runs fastest"))
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -124,9 +168,11 @@ pub struct GenerateArgs {
     /// Images generated together in one batch.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Weight precision.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub precision: Precision,
+    /// Float type of the generator's weights. On GPUs the arithmetic follows (norms, RoPE,
+    /// attention scores and logits stay f32); on the CPU the weights alone are held in half and
+    /// widened in the products. Default: f32, or the precision recorded in the --from PNG.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
     /// Precision of the T5 text encoder's weights: auto = bf16 where the backend computes in
     /// it, else f16, else f32 (half the memory of f32: FLAN-T5-XL's encoder takes 2.45 GB
     /// instead of 4.89 GB).
@@ -329,6 +375,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         if args.n_head.is_none() {
             args.n_head = first.n_head;
         }
+        args.precision
+            .get_or_insert(PrecisionArg::of(first.precision));
         for s in &record.samples {
             let condition = match (&s.prompt, s.class) {
                 (Some(p), _) => PlanCondition::Prompt(p.clone()),
@@ -357,12 +405,6 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     if let Some(file) = &args.prompt_file {
         let more = read_prompt_file(file)?;
         args.prompts.extend(more);
-    }
-    if args.precision != Precision::F32 {
-        bail!(
-            "--precision {:?} is not supported yet: this build runs the models in f32 on every backend",
-            args.precision
-        );
     }
     if let Some(k) = args.top_k.filter(|&k| k < 0) {
         bail!("--top-k must be ≥ 0 (0 keeps every token), got {k}");
@@ -412,6 +454,7 @@ fn run_generate<B: Backend>(
         image_size: args.image_size,
         n_head: args.n_head,
         ema: args.ema,
+        precision: resolve_precision::<B>(args.precision.unwrap_or(PrecisionArg::F32), device)?,
     };
     let t0 = Instant::now();
     let wants_text = !args.prompts.is_empty()
@@ -432,9 +475,11 @@ fn run_generate<B: Backend>(
     )?;
     let cfg = &bundle.gpt.config;
     eprintln!(
-        "loaded {} ({:.1}M parameters) and a {}-level tokenizer on {} in {:.1}s; {}×{} tokens → {} px",
+        "loaded {} ({:.1}M parameters, {}, {:.0} MB) and a {}-level tokenizer on {} in {:.1}s; {}×{} tokens → {} px",
         bundle.description(),
         cfg.num_params() as f64 / 1e6,
+        bundle.gpt.precision(),
+        bundle.gpt.weight_bytes() as f64 / 1e6,
         bundle.vq.config.encoder_ch_mult.len(),
         kind.name(),
         t0.elapsed().as_secs_f64(),
@@ -596,6 +641,7 @@ fn run_generate<B: Backend>(
                 index: p.index,
                 tokens,
                 sampling: out.sampling,
+                precision: bundle.gpt.precision(),
             });
         }
         if let (Some(dir), Some(n)) = (&args.out_dir, next_number.as_mut()) {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use llamagen::Precision;
 use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use serde_json::json;
@@ -176,6 +177,10 @@ enum Command {
         /// Read the `ema` weights of a training checkpoint when present.
         #[arg(long)]
         ema: bool,
+        /// Float type of a GPT's weights for `weights_bytes` (f32, f16 or bf16; computed from
+        /// the configuration, nothing is allocated).
+        #[arg(long, value_enum, default_value_t = commands::PrecisionArg::F32)]
+        precision: commands::PrecisionArg,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -269,11 +274,18 @@ fn run(cli: Cli) -> Result<()> {
             n_head,
             downsample,
             ema,
+            precision,
             json,
         } => {
+            let precision = match precision {
+                commands::PrecisionArg::Auto => bail!(
+                    "inspect takes f32, f16 or bf16: auto depends on the device a model runs on"
+                ),
+                p => commands::PrecisionArg::exact(p).expect("not auto"),
+            };
             if let Some(name) = config {
                 let model_type: ModelType = model_type.parse()?;
-                inspect_named(&name, model_type, num_classes, vocab_size, json)
+                inspect_named(&name, model_type, num_classes, vocab_size, precision, json)
             } else {
                 let path = checkpoint.expect("clap requires a checkpoint without --config");
                 let hints = GptHints {
@@ -283,14 +295,18 @@ fn run(cli: Cli) -> Result<()> {
                     n_head,
                     ..GptHints::default()
                 };
-                inspect_file(&path, kind, &hints, ema, json)
+                inspect_file(&path, kind, &hints, ema, precision, json)
             }
         }
     }
 }
 
-fn gpt_json(cfg: &GptConfig) -> serde_json::Value {
+/// A GPT configuration's description; `weights_bytes` is what its weights take in `precision`
+/// (on a GPU; the CPU keeps the norms' few weights in f32).
+fn gpt_json(cfg: &GptConfig, precision: Precision) -> serde_json::Value {
     json!({
+        "precision": precision.name(),
+        "weights_bytes": cfg.num_params() * precision.bytes(),
         "kind": "gpt",
         "name": cfg.size_name(),
         "config": cfg,
@@ -326,6 +342,9 @@ fn print_summary(v: &serde_json::Value) {
             println!("  {k:<20} {val}");
         }
     }
+    if let (Some(bytes), Some(p)) = (v["weights_bytes"].as_u64(), v["precision"].as_str()) {
+        println!("  weights in {p:<11} {:.2} GB", bytes as f64 / 1e9);
+    }
     for extra in ["head_dim", "ffn_hidden_dim", "grid_size", "downsample"] {
         if let Some(val) = v.get(extra) {
             println!("  {extra:<20} {val}");
@@ -350,6 +369,7 @@ fn inspect_named(
     model_type: ModelType,
     num_classes: usize,
     vocab_size: usize,
+    precision: Precision,
     as_json: bool,
 ) -> Result<()> {
     let value = if name.to_ascii_uppercase().starts_with("VQ") {
@@ -361,7 +381,7 @@ fn inspect_named(
         if model_type == ModelType::T2i {
             cfg = cfg.into_t2i();
         }
-        gpt_json(&cfg)
+        gpt_json(&cfg, precision)
     };
     if as_json {
         println!("{value}");
@@ -376,6 +396,7 @@ fn inspect_file(
     kind: Kind,
     hints: &GptHints,
     ema: bool,
+    precision: Precision,
     as_json: bool,
 ) -> Result<()> {
     let choice = if ema {
@@ -402,7 +423,7 @@ fn inspect_file(
                     "{e}\nhint: pass --gpt-model (or --n-head) and --image-size when the file does not say them"
                 )
             })?;
-            (gpt_json(&cfg), cfg.state_dict_specs())
+            (gpt_json(&cfg, precision), cfg.state_dict_specs())
         }
         _ => {
             let cfg = sd.infer_vq_config()?;

@@ -1320,6 +1320,9 @@ pub struct EvalClassesArgs {
     /// Image size for a tokenizer given alone (a model's card says its own).
     #[arg(long, default_value_t = 64)]
     pub image_size: usize,
+    /// Float type of the generator's weights (see `llamagen generate --help`).
+    #[arg(long, value_enum, default_value_t = crate::commands::PrecisionArg::F32)]
+    pub precision: crate::commands::PrecisionArg,
 }
 
 /// The tokenizer's part of eval-classes: how often the classifier still recognises fresh
@@ -1472,11 +1475,15 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
     } else {
         llamagen::bundle::Demo::Classes
     };
+    let opts = llamagen::bundle::LoadOptions {
+        precision: crate::commands::resolve_precision::<B>(args.precision, &device)?,
+        ..Default::default()
+    };
     let bundle = crate::commands::load_bundle_or_demo::<B>(
         args.gpt_ckpt.as_deref(),
         args.vq_ckpt.as_deref(),
         demo,
-        &Default::default(),
+        &opts,
         &device,
     )?;
     if args.reconstructions {
@@ -1612,6 +1619,7 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
             let (low, high) = llamagen::train::classifier::accuracy_interval(total, samples);
             report.push(serde_json::json!({
                 "cfg_scale": cfg_scale,
+                "precision": bundle.gpt.precision().name(),
                 "classifier": path,
                 "overall": overall,
                 "interval_95": [low, high],

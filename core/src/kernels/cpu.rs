@@ -1,0 +1,300 @@
+//! The CPU's half-precision matrix product: f32 activations times weights stored in f16 or
+//! bf16, widened to f32 inside the product and accumulated in f32.
+//!
+//! A decode step multiplies a few rows by every weight matrix once, so on the CPU it is bound by
+//! the bytes of weights read. Weights in half precision halve those bytes; the arithmetic stays
+//! f32. The weights are read as PyTorch stores a linear layer (`[out, in]`, one output's inputs
+//! contiguous), which is how [`crate::checkpoint::Weights::linear`] leaves them under burn's
+//! `[in, out]` view, so every output is a contiguous dot product per row.
+
+use std::any::{Any, TypeId};
+
+use burn::prelude::*;
+use burn::tensor::{Bytes, DType, TensorPrimitive};
+use burn_flex::{FlexTensor, Layout};
+use rayon::prelude::*;
+
+/// The two half formats a weight can be stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Half {
+    F16,
+    Bf16,
+}
+
+fn cast<T: 'static, U: 'static>(t: T) -> U {
+    *(Box::new(t) as Box<dyn Any>)
+        .downcast::<U>()
+        .expect("types checked by TypeId")
+}
+
+/// `x` `[m, k]` (f32) times `w` `[k, n]` (f16 or bf16, in the layout of a loaded linear
+/// layer) as f32 `[m, n]`, on the CPU backend. `None` when the backend, the float types or the
+/// weight's layout do not fit; the caller then multiplies with burn's operations.
+pub fn half_weight_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<FlexTensor>() {
+        return None;
+    }
+    let half = match w.dtype() {
+        DType::F16 => Half::F16,
+        DType::BF16 => Half::Bf16,
+        _ => return None,
+    };
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    let [m, k] = x.dims();
+    let [k2, n] = w.dims();
+    if k != k2 {
+        return None;
+    }
+    let w: FlexTensor = cast(w.into_primitive().tensor());
+    // Output j's weights at `start + j·k + i`: burn's transposed view of `[n, k]` storage.
+    let layout = w.layout();
+    if layout.strides() != [1, k as isize] {
+        return None;
+    }
+    let start = layout.start_offset();
+    let bits: &[u16] = match half {
+        Half::F16 => bits_of(w.storage::<burn::tensor::f16>()),
+        Half::Bf16 => bits_of(w.storage::<burn::tensor::bf16>()),
+    };
+    let weights = bits.get(start..start + n * k)?;
+    let x: FlexTensor = cast(x.into_primitive().tensor());
+    let x_owned;
+    let xs: &[f32] = match x.layout().contiguous_offsets() {
+        Some((a, b)) => &x.storage::<f32>()[a..b],
+        None => {
+            x_owned = x.into_data().to_vec::<f32>().ok()?;
+            &x_owned
+        }
+    };
+    let out = matmul(xs, weights, m, k, n, half);
+    let out = FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous([m, n].into()),
+        DType::F32,
+    );
+    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out))))
+}
+
+fn bits_of<T: bytemuck::Pod>(v: &[T]) -> &[u16] {
+    bytemuck::cast_slice(v)
+}
+
+/// Columns of the output per task.
+const COLUMNS_PER_TASK: usize = 64;
+
+/// `[m, n]` = `x` `[m, k]` · `wᵀ`, `w` `[n, k]` half bits.
+fn matmul(x: &[f32], w: &[u16], m: usize, k: usize, n: usize, half: Half) -> Vec<f32> {
+    // Column-major first (each task owns whole columns), row-major at the end.
+    let mut out_t = vec![0f32; n * m];
+    out_t
+        .par_chunks_mut(COLUMNS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, cols)| {
+            let first = task * COLUMNS_PER_TASK;
+            for (c, col) in cols.chunks_mut(m).enumerate() {
+                let j = first + c;
+                dot_rows(x, &w[j * k..(j + 1) * k], k, half, col);
+            }
+        });
+    let mut out = vec![0f32; m * n];
+    for j in 0..n {
+        for r in 0..m {
+            out[r * n + j] = out_t[j * m + r];
+        }
+    }
+    out
+}
+
+/// `out[r] = x[r] · w` for every row `r` of `x` `[out.len(), k]`.
+fn dot_rows(x: &[f32], w: &[u16], k: usize, half: Half, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has the features `simd::dot_rows` is compiled for.
+        unsafe { simd::dot_rows(x, w, k, half, out) };
+        return;
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &x[r * k..(r + 1) * k];
+        *o = row.iter().zip(w).map(|(a, b)| a * widen(*b, half)).sum();
+    }
+}
+
+/// One half value as f32.
+fn widen(bits: u16, half: Half) -> f32 {
+    match half {
+        Half::F16 => burn::tensor::f16::from_bits(bits).to_f32(),
+        Half::Bf16 => f32::from_bits(u32::from(bits) << 16),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::{Half, widen};
+
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+
+    /// Eight half values at `p` as f32 lanes (`BF16`: bf16, else f16).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<const BF16: bool>(p: *const u16) -> __m256 {
+        unsafe {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            if BF16 {
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+            } else {
+                _mm256_cvtph_ps(h)
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn sum8(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `R` rows (at most four) against one weight vector: each 16 weights are widened once,
+    /// and each row keeps two accumulators so that consecutive fused multiply-adds do not wait
+    /// on each other. Every array here has a constant length, so it lives in registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows<const R: usize, const BF16: bool>(
+        x: *const f32,
+        w: *const u16,
+        k: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let body = k / 16 * 16;
+            let mut a0 = [_mm256_setzero_ps(); R];
+            let mut a1 = [_mm256_setzero_ps(); R];
+            let mut i = 0;
+            while i < body {
+                let w0 = load8::<BF16>(w.add(i));
+                let w1 = load8::<BF16>(w.add(i + 8));
+                for r in 0..R {
+                    let xr = x.add(r * k + i);
+                    a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a0[r]);
+                    a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr.add(8)), a1[r]);
+                }
+                i += 16;
+            }
+            let half = if BF16 { Half::Bf16 } else { Half::F16 };
+            for r in 0..R {
+                let mut s = sum8(_mm256_add_ps(a0[r], a1[r]));
+                for t in body..k {
+                    s += *x.add(r * k + t) * widen(*w.add(t), half);
+                }
+                *out.add(r) = s;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_rows_as<const BF16: bool>(x: &[f32], w: &[u16], k: usize, out: &mut [f32]) {
+        let m = out.len();
+        assert!(
+            x.len() >= m * k && w.len() >= k,
+            "shapes checked by the caller"
+        );
+        let (x, w, o) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        // SAFETY: rows r..r+n of `x` (k values each), `w` (k values) and out[r..r+n] are in
+        // bounds by the assertion above.
+        unsafe {
+            while r + 4 <= m {
+                rows::<4, BF16>(x.add(r * k), w, k, o.add(r));
+                r += 4;
+            }
+            match m - r {
+                3 => rows::<3, BF16>(x.add(r * k), w, k, o.add(r)),
+                2 => rows::<2, BF16>(x.add(r * k), w, k, o.add(r)),
+                1 => rows::<1, BF16>(x.add(r * k), w, k, o.add(r)),
+                _ => {}
+            }
+        }
+    }
+
+    /// `out[r] = x[r] · w` for every row of `x` `[out.len(), k]`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C ([`available`]).
+    pub unsafe fn dot_rows(x: &[f32], w: &[u16], k: usize, half: Half, out: &mut [f32]) {
+        unsafe {
+            match half {
+                Half::F16 => dot_rows_as::<false>(x, w, k, out),
+                Half::Bf16 => dot_rows_as::<true>(x, w, k, out),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[u16], m: usize, k: usize, n: usize, half: Half) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for r in 0..m {
+            for j in 0..n {
+                out[r * n + j] = (0..k)
+                    .map(|i| f64::from(x[r * k + i]) * f64::from(widen(w[j * k + i], half)))
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_product_matches_a_plain_loop_in_every_shape() {
+        let mut seed = 1u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        for half in [Half::F16, Half::Bf16] {
+            for (m, k, n) in [
+                (1, 16, 3),
+                (2, 768, 130),
+                (5, 37, 70),
+                (9, 64, 1),
+                (4, 8, 200),
+            ] {
+                let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+                let w: Vec<u16> = (0..n * k)
+                    .map(|_| match half {
+                        Half::F16 => burn::tensor::f16::from_f32(next()).to_bits(),
+                        Half::Bf16 => burn::tensor::bf16::from_f32(next()).to_bits(),
+                    })
+                    .collect();
+                let got = matmul(&x, &w, m, k, n, half);
+                let want = reference(&x, &w, m, k, n, half);
+                for (g, e) in got.iter().zip(&want) {
+                    assert!(
+                        (g - e).abs() <= 1e-5 * (k as f32).sqrt(),
+                        "{half:?} {m}×{k}×{n}"
+                    );
+                }
+            }
+        }
+    }
+}
