@@ -798,6 +798,7 @@ impl StudioApp {
                     tokens: c.tokens.clone(),
                     sampling,
                     precision: info.precision,
+                    quantize: info.quantize,
                 },
                 image: img,
                 texture: tex,

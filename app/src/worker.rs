@@ -83,6 +83,8 @@ pub struct ModelInfo {
     pub compute: String,
     /// The generator's weights' float type.
     pub precision: llamagen::Precision,
+    /// How the generator's linear layers are held.
+    pub quantize: llamagen::Quantize,
     /// Bytes of the generator's weights as held.
     pub weight_bytes: usize,
     /// Pixels per token side (the tokenizer's downsampling factor).
@@ -566,6 +568,7 @@ fn load_model<B: Backend>(
         description: bundle.description(),
         params: cfg.num_params(),
         precision: bundle.gpt.precision(),
+        quantize: bundle.gpt.quantization(),
         weight_bytes: bundle.gpt.weight_bytes(),
         model_type: cfg.model_type,
         image_size: bundle.image_size,

@@ -215,6 +215,8 @@ pub struct LoadOptions {
     pub ema: bool,
     /// The generator's weights' float type ([`crate::precision`]).
     pub precision: crate::precision::Precision,
+    /// How the generator's linear layers are held ([`crate::quant`]).
+    pub quantize: crate::quant::Quantize,
 }
 
 /// A loaded (tokenizer, generator) pair.
@@ -322,8 +324,8 @@ impl<B: Backend> ModelBundle<B> {
         }
         let vq = VqModel::load(&vq_sd, &vq_cfg, device).map_err(vq_err)?;
         drop(vq_sd);
-        let gpt =
-            Transformer::load_as(&gpt_sd, &gpt_cfg, opts.precision, device).map_err(gpt_err)?;
+        let gpt = Transformer::load_with(&gpt_sd, &gpt_cfg, opts.precision, opts.quantize, device)
+            .map_err(gpt_err)?;
         let class_names = match gpt_cfg.model_type {
             ModelType::C2i => match run_class_names(gpt_path, gpt_cfg.num_classes) {
                 Some(names) => names,
@@ -392,8 +394,14 @@ impl<B: Backend> ModelBundle<B> {
         let vq = VqModel::load(&vq_sd, &card.vq_config, device).map_err(vq_err)?;
         drop(vq_sd);
         let gpt_sd = StateDict::open(&gpt_path, WeightsChoice::Model).map_err(gpt_err)?;
-        let gpt = Transformer::load_as(&gpt_sd, &card.gpt_config, opts.precision, device)
-            .map_err(gpt_err)?;
+        let gpt = Transformer::load_with(
+            &gpt_sd,
+            &card.gpt_config,
+            opts.precision,
+            opts.quantize,
+            device,
+        )
+        .map_err(gpt_err)?;
         Ok(Self {
             gpt,
             vq,

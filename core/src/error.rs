@@ -83,6 +83,12 @@ pub enum CheckpointError {
     Config(#[from] ConfigError),
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("{path} holds {held} weights; they cannot be quantized again as {asked}")]
+    Requantize {
+        path: PathBuf,
+        held: &'static str,
+        asked: &'static str,
+    },
 }
 
 /// The result of checking a state dict against a configuration, all problems at once.

@@ -124,6 +124,9 @@ pub struct SampleRecord {
     /// The generator's weights' float type (records from before this field: f32).
     #[serde(default)]
     pub precision: crate::precision::Precision,
+    /// How the generator's linear layers were held (records from before this field: none).
+    #[serde(default)]
+    pub quantize: crate::quant::Quantize,
 }
 
 /// The record embedded in a PNG: one sample, or the cells of a grid in reading order.
@@ -331,6 +334,7 @@ mod tests {
             tokens: vec![1, 2, 3],
             sampling: Default::default(),
             precision: crate::precision::Precision::Bf16,
+            quantize: crate::quant::Quantize::Q8,
         }]);
         save_png(&path, &img, &record).unwrap();
         assert_eq!(read_png_record(&path).unwrap(), record);

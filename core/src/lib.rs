@@ -14,6 +14,7 @@ pub mod gpt;
 pub mod image_io;
 pub mod kernels;
 pub mod precision;
+pub mod quant;
 pub mod sampling;
 pub mod text;
 #[cfg(feature = "train")]
@@ -23,3 +24,4 @@ pub mod vq;
 pub use config::{GptConfig, ModelType, VqConfig};
 pub use error::{CheckpointError, ConfigError};
 pub use precision::Precision;
+pub use quant::Quantize;

@@ -408,7 +408,7 @@ mod generate {
             (vec!["--class", "1", "--temperature", "0"], "temperature"),
             (vec!["--class", "1", "--top-p", "1.5"], "top-p"),
             (vec!["--class", "1", "--cfg-scale", "-2"], "cfg-scale"),
-            (vec!["--class", "1", "--precision", "bf16"], "precision"),
+            (vec!["--class", "1", "--precision", "f8"], "precision"),
             (vec![], "--class"),
         ] {
             let out = llamagen().args(base(&extra)).output().unwrap();

@@ -112,7 +112,7 @@ pub fn write_safetensors(
         path: path.to_path_buf(),
         reason,
     };
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let raw: Vec<RawTensor> = tensors
         .iter()
         .map(|(name, data)| {
             let values = data
@@ -120,18 +120,46 @@ pub fn write_safetensors(
                 .convert::<f32>()
                 .to_vec::<f32>()
                 .map_err(|e| err(format!("{name}: {e:?}")))?;
-            Ok((
-                name.clone(),
-                data.shape.to_vec(),
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ))
+            Ok(RawTensor::f32(name.clone(), data.shape.to_vec(), &values))
         })
         .collect::<Result<_, CheckpointError>>()?;
-    let views = bytes
+    write_raw(path, &raw, metadata)
+}
+
+/// One tensor as a safetensors file stores it.
+pub(crate) struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn f32(name: String, shape: Vec<usize>, values: &[f32]) -> Self {
+        Self {
+            name,
+            dtype: Dtype::F32,
+            shape,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Writes raw tensors as a safetensors file, atomically (beside it, then renamed).
+pub(crate) fn write_raw(
+    path: &Path,
+    tensors: &[RawTensor],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    let err = |reason: String| CheckpointError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let views = tensors
         .iter()
-        .map(|(n, shape, b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
-                .map(|v| (n.clone(), v))
+        .map(|t| {
+            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
                 .map_err(|e| err(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -142,4 +170,88 @@ pub fn write_safetensors(
     safetensors::tensor::serialize_to_file(views, metadata, &tmp)
         .map_err(|e| err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+/// Writes a generator whose linear layers may be quantized: float tensors as f32 under their
+/// official names and orientation; a quantized linear weight as its values and scales exactly
+/// as held (see [`super::QVALUES_SUFFIX`]), so it loads again without re-quantizing. The
+/// configuration and the quantization go into the metadata.
+pub fn write_gpt<B: Backend>(
+    model: &crate::gpt::Transformer<B>,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    use burn::tensor::DType;
+    use burn::tensor::quantization::QuantizedBytes;
+    let err = |reason: String| CheckpointError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let quantize = model.quantization();
+    let mut raw = Vec::new();
+    for snap in model.collect(None, None, true) {
+        let name = official_name(&snap.full_path());
+        let data = snap.to_data().map_err(|e| err(format!("{name}: {e:?}")))?;
+        let shape = data.shape.to_vec();
+        if let DType::QFloat(scheme) = data.dtype {
+            if scheme.store != burn::tensor::quantization::QuantStore::Native {
+                return Err(err(format!(
+                    "{name}: quantized weights are written from the CPU backend"
+                )));
+            }
+            let num_elements = data.num_elements();
+            let (values, params) = QuantizedBytes {
+                bytes: data.into_bytes(),
+                scheme,
+                num_elements,
+            }
+            .into_vec_i8();
+            let [d_in, d_out] = shape[..] else {
+                return Err(err(format!(
+                    "{name}: a quantized tensor of shape {shape:?}"
+                )));
+            };
+            let bytes: Vec<u8> = match crate::quant::Quantize::of(DType::QFloat(scheme)) {
+                crate::quant::Quantize::Q4 => values
+                    .chunks(2)
+                    .map(|p| (p[0] as u8 & 0x0f) | ((p[1] as u8) << 4))
+                    .collect(),
+                _ => values.iter().map(|&v| v as u8).collect(),
+            };
+            let (dtype, stored) = match quantize {
+                crate::quant::Quantize::Q4 => (Dtype::U8, d_out / 2),
+                _ => (Dtype::I8, d_out),
+            };
+            raw.push(RawTensor {
+                name: format!("{name}{}", super::QVALUES_SUFFIX),
+                dtype,
+                shape: vec![d_in, stored],
+                bytes,
+            });
+            raw.push(RawTensor::f32(
+                format!("{name}{}", super::QSCALES_SUFFIX),
+                vec![d_in, d_out / crate::quant::BLOCK],
+                &params.scales,
+            ));
+            continue;
+        }
+        let mut data = data.convert::<f32>();
+        let mut shape = shape;
+        // burn holds a linear weight `[in, out]`; the official files `[out, in]`.
+        if shape.len() == 2 && crate::quant::is_linear_weight(&name) {
+            let [r, c] = [shape[0], shape[1]];
+            let v = data.to_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
+            let t: Vec<f32> = (0..c * r).map(|i| v[(i % r) * c + i / r]).collect();
+            shape = vec![c, r];
+            data = TensorData::new(t, shape.clone());
+        }
+        let values = data
+            .to_vec::<f32>()
+            .map_err(|e| err(format!("{name}: {e:?}")))?;
+        raw.push(RawTensor::f32(name, shape, &values));
+    }
+    let mut metadata = config_metadata(super::GPT_CONFIG_KEY, &model.config).unwrap_or_default();
+    if quantize != crate::quant::Quantize::None {
+        metadata.insert(super::QUANTIZE_KEY.to_string(), quantize.name().to_string());
+    }
+    write_raw(path, &raw, Some(metadata))
 }

@@ -7,7 +7,7 @@ mod export;
 mod infer;
 mod weights;
 
-pub use export::{config_metadata, state_dict, state_dict_renamed, write_safetensors};
+pub use export::{config_metadata, state_dict, state_dict_renamed, write_gpt, write_safetensors};
 
 pub use infer::{GptHints, Shapes, image_size_from_file_name, infer_gpt_config, infer_vq_config};
 pub use weights::Weights;
@@ -44,6 +44,23 @@ pub const VQ_CONFIG_KEY: &str = "llamagen.vq_config";
 /// Likewise for the generator (attention heads, token grid).
 pub const GPT_CONFIG_KEY: &str = "llamagen.gpt_config";
 
+/// Metadata key of a quantized generator file ([`crate::quant`]): `q8` or `q4`.
+pub const QUANTIZE_KEY: &str = "llamagen.quantize";
+/// Suffixes of a quantized linear weight's two tensors in such a file: the values `[in, out]`
+/// (`I8`; for q4 two values a byte, `U8` `[in, out/2]`, the first in the low nibble) and the
+/// f32 scales `[in, out/32]`.
+pub const QVALUES_SUFFIX: &str = ".qvalues";
+pub const QSCALES_SUFFIX: &str = ".qscales";
+
+/// A linear weight held quantized in the file.
+pub(crate) struct QuantizedEntry {
+    pub values: TensorSnapshot,
+    pub scales: TensorSnapshot,
+    pub quantize: crate::quant::Quantize,
+    /// burn's `[in, out]`.
+    pub dims: [usize; 2],
+}
+
 /// Wrappers the official scripts store a state dict under, in the order they are looked for.
 const WRAPPERS: &[&str] = &["model", "module", "state_dict"];
 
@@ -65,6 +82,8 @@ pub struct StateDict {
     tensors: BTreeMap<String, TensorSnapshot>,
     /// The safetensors header's `__metadata__` strings (empty for PyTorch files).
     pub metadata: BTreeMap<String, String>,
+    /// Linear weights held quantized (files written by `llamagen quantize`), by official name.
+    quantized: BTreeMap<String, QuantizedEntry>,
 }
 
 impl std::fmt::Debug for StateDict {
@@ -110,6 +129,7 @@ impl StateDict {
         };
         let mut sd = Self::from_raw(path, format, raw, choice)?;
         sd.metadata = metadata;
+        sd.gather_quantized()?;
         Ok(sd)
     }
 
@@ -147,7 +167,91 @@ impl StateDict {
             wrapper: wrapper.unwrap_or("(bare)").to_string(),
             tensors,
             metadata: BTreeMap::new(),
+            quantized: BTreeMap::new(),
         })
+    }
+
+    /// Moves the value/scale pairs of a quantized file into [`QuantizedEntry`]s, checking
+    /// their types and shapes against each other.
+    fn gather_quantized(&mut self) -> Result<(), CheckpointError> {
+        use crate::quant::{BLOCK, Quantize};
+        use burn::tensor::DType;
+        let bad = |reason: String| CheckpointError::Unreadable {
+            path: self.path.clone(),
+            format: "quantized safetensors",
+            reason,
+        };
+        let names: Vec<String> = self
+            .tensors
+            .keys()
+            .filter_map(|k| k.strip_suffix(QVALUES_SUFFIX).map(str::to_string))
+            .collect();
+        let Some(q) = self.metadata.get(QUANTIZE_KEY) else {
+            return match names.first() {
+                Some(n) => Err(bad(format!(
+                    "{n}{QVALUES_SUFFIX} is quantized but the file does not say how ({QUANTIZE_KEY})"
+                ))),
+                None => Ok(()),
+            };
+        };
+        let quantize = match Quantize::parse(q) {
+            Some(Quantize::None) | None => {
+                return Err(bad(format!("{QUANTIZE_KEY} is '{q}', expected q8 or q4")));
+            }
+            Some(q) => q,
+        };
+        for name in names {
+            let values = self.tensors.remove(&format!("{name}{QVALUES_SUFFIX}"));
+            let scales = self.tensors.remove(&format!("{name}{QSCALES_SUFFIX}"));
+            let (Some(values), Some(scales)) = (values, scales) else {
+                return Err(bad(format!("{name}: values without scales")));
+            };
+            let (vs, ss) = (values.shape.to_vec(), scales.shape.to_vec());
+            let [d_in, stored] = vs[..] else {
+                return Err(bad(format!(
+                    "{name}: values of shape {vs:?}, expected 2 dimensions"
+                )));
+            };
+            let (dtype, d_out) = match quantize {
+                Quantize::Q4 => (DType::U8, stored * 2),
+                _ => (DType::I8, stored),
+            };
+            if values.dtype != dtype {
+                return Err(bad(format!(
+                    "{name}: {quantize} values stored as {:?}, expected {dtype:?}",
+                    values.dtype
+                )));
+            }
+            if d_out % BLOCK != 0 || ss != [d_in, d_out / BLOCK] || scales.dtype != DType::F32 {
+                return Err(bad(format!(
+                    "{name}: scales {:?} {ss:?} do not fit values {vs:?} (expected F32 [{d_in}, {}])",
+                    scales.dtype,
+                    d_out / BLOCK
+                )));
+            }
+            self.quantized.insert(
+                name,
+                QuantizedEntry {
+                    values,
+                    scales,
+                    quantize,
+                    dims: [d_in, d_out],
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// How the file's linear weights are held: `None` for float weights.
+    pub fn quantization(&self) -> crate::quant::Quantize {
+        self.quantized
+            .values()
+            .next()
+            .map_or(crate::quant::Quantize::None, |e| e.quantize)
+    }
+
+    pub(crate) fn quantized(&self, name: &str) -> Option<&QuantizedEntry> {
+        self.quantized.get(name)
     }
 
     /// A checkpoint split over several files (Hugging Face shards: `model-00001-of-00002.safetensors`
@@ -163,6 +267,7 @@ impl StateDict {
         let mut format = Format::Safetensors;
         let mut wrapper = String::from("(bare)");
         let mut metadata = BTreeMap::new();
+        let mut quantized = BTreeMap::new();
         for (i, file) in files.iter().enumerate() {
             let part = Self::open(file, choice)?;
             if i == 0 {
@@ -172,6 +277,9 @@ impl StateDict {
             }
             for (k, v) in part.tensors {
                 tensors.entry(k).or_insert(v);
+            }
+            for (k, v) in part.quantized {
+                quantized.entry(k).or_insert(v);
             }
         }
         if tensors.is_empty() {
@@ -186,31 +294,40 @@ impl StateDict {
             wrapper,
             tensors,
             metadata,
+            quantized,
         })
     }
 
+    /// Number of weights (a quantized weight counts once).
     pub fn len(&self) -> usize {
-        self.tensors.len()
+        self.tensors.len() + self.quantized.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
+        self.len() == 0
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.quantized.contains_key(name)
     }
 
-    /// Names of every tensor, sorted.
+    /// Names of every weight, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+        let mut keys: Vec<&str> = self
+            .tensors
+            .keys()
+            .chain(self.quantized.keys())
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter()
     }
 
-    /// Name → shape of every tensor (what config inference reads).
+    /// Name → shape of every weight (what config inference reads; a quantized linear weight
+    /// has PyTorch's `[out, in]`, as a float one).
     pub fn shapes(&self) -> Shapes {
-        self.tensors
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shape.to_vec()))
+        self.keys()
+            .filter_map(|k| self.shape(k).map(|s| (k.to_string(), s)))
             .collect()
     }
 
@@ -269,12 +386,18 @@ impl StateDict {
     }
 
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.tensors.get(name).map(|t| t.shape.to_vec())
+        match self.quantized.get(name) {
+            Some(q) => Some(vec![q.dims[1], q.dims[0]]),
+            None => self.tensors.get(name).map(|t| t.shape.to_vec()),
+        }
     }
 
     /// The storage dtype of a tensor, as burn names it.
     pub fn dtype(&self, name: &str) -> Option<burn::tensor::DType> {
-        self.tensors.get(name).map(|t| t.dtype)
+        match self.quantized.get(name) {
+            Some(q) => q.quantize.scheme().map(burn::tensor::DType::QFloat),
+            None => self.tensors.get(name).map(|t| t.dtype),
+        }
     }
 
     pub(crate) fn snapshot(&self, name: &str) -> Option<&TensorSnapshot> {
@@ -364,4 +487,97 @@ fn read_pytorch(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, Checkpo
         reason: e.to_string(),
     })?;
     Ok(reader.into_tensors().into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::export::{RawTensor, write_raw};
+    use super::*;
+    use safetensors::tensor::Dtype;
+
+    fn file(tensors: Vec<RawTensor>, quantize: Option<&str>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.safetensors");
+        let metadata = quantize.map(|q| std::iter::once((QUANTIZE_KEY.into(), q.into())).collect());
+        write_raw(&path, &tensors, metadata).unwrap();
+        (dir, path)
+    }
+
+    fn values(name: &str, dtype: Dtype, shape: Vec<usize>) -> RawTensor {
+        let n = shape.iter().product();
+        RawTensor {
+            name: format!("{name}{QVALUES_SUFFIX}"),
+            dtype,
+            shape,
+            bytes: vec![1; n],
+        }
+    }
+
+    fn scales(name: &str, shape: Vec<usize>) -> RawTensor {
+        let n = shape.iter().product();
+        RawTensor::f32(format!("{name}{QSCALES_SUFFIX}"), shape, &vec![0.5; n])
+    }
+
+    fn refused(tensors: Vec<RawTensor>, quantize: Option<&str>, says: &str) {
+        let (_dir, path) = file(tensors, quantize);
+        match StateDict::open(&path, WeightsChoice::Model) {
+            Err(e @ CheckpointError::Unreadable { .. }) => {
+                assert!(e.to_string().contains(says), "{e}")
+            }
+            other => panic!("expected a refusal saying '{says}', got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn quantized_entries_read_as_their_float_shape() {
+        let w = "output.weight";
+        let (_dir, path) = file(
+            vec![values(w, Dtype::U8, vec![4, 32]), scales(w, vec![4, 2])],
+            Some("q4"),
+        );
+        let sd = StateDict::open(&path, WeightsChoice::Model).unwrap();
+        assert_eq!(sd.shape(w), Some(vec![64, 4]));
+        assert_eq!(sd.quantization(), crate::quant::Quantize::Q4);
+        assert_eq!(sd.keys().collect::<Vec<_>>(), vec![w]);
+    }
+
+    #[test]
+    fn malformed_quantized_files_are_refused_with_the_reason() {
+        let w = "output.weight";
+        refused(
+            vec![values(w, Dtype::I8, vec![4, 32]), scales(w, vec![4, 1])],
+            None,
+            "does not say how",
+        );
+        refused(
+            vec![values(w, Dtype::I8, vec![4, 32]), scales(w, vec![4, 1])],
+            Some("q3"),
+            "expected q8 or q4",
+        );
+        refused(
+            vec![values(w, Dtype::I8, vec![4, 32])],
+            Some("q8"),
+            "values without scales",
+        );
+        refused(
+            vec![values(w, Dtype::U8, vec![4, 32]), scales(w, vec![4, 1])],
+            Some("q8"),
+            "expected I8",
+        );
+        refused(
+            vec![values(w, Dtype::I8, vec![4, 32]), scales(w, vec![4, 2])],
+            Some("q8"),
+            "do not fit",
+        );
+        refused(
+            vec![values(w, Dtype::I8, vec![4, 30]), scales(w, vec![4, 1])],
+            Some("q8"),
+            "do not fit",
+        );
+        refused(
+            vec![values(w, Dtype::I8, vec![128]), scales(w, vec![4, 1])],
+            Some("q8"),
+            "2 dimensions",
+        );
+    }
 }

@@ -5,6 +5,7 @@ use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm, Linear, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::quantization::{QuantParam, QuantStore};
 use burn::tensor::{DType, TensorData};
 
 use super::StateDict;
@@ -19,6 +20,8 @@ pub struct Weights<'a, B: Backend> {
     /// Float type of the weight matrices alone (linear layers, embedding tables), when it
     /// differs from `dtype`.
     matrix_dtype: Option<burn::tensor::FloatDType>,
+    /// Quantization of the linear layers' weights ([`crate::quant`]).
+    quantize: crate::quant::Quantize,
 }
 
 impl<'a, B: Backend> Weights<'a, B> {
@@ -28,7 +31,15 @@ impl<'a, B: Backend> Weights<'a, B> {
             device,
             dtype: None,
             matrix_dtype: None,
+            quantize: crate::quant::Quantize::None,
         }
+    }
+
+    /// Quantizes every linear layer's weight as it is read (each in turn, so the model never
+    /// exists unquantized as a whole).
+    pub fn with_quantize(mut self, quantize: crate::quant::Quantize) -> Self {
+        self.quantize = quantize;
+        self
     }
 
     /// Makes every tensor in `dtype` (each converted right after it is read, so a model never
@@ -111,8 +122,6 @@ impl<'a, B: Backend> Weights<'a, B> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear<B>, CheckpointError> {
-        // Cast before the transpose: the storage keeps PyTorch's `[out, in]` order.
-        let weight = self.matrix(&format!("{name}.weight"), [d_out, d_in])?;
         let bias = if bias {
             Some(Param::from_tensor(
                 self.tensor(&format!("{name}.bias"), [d_out])?,
@@ -120,10 +129,80 @@ impl<'a, B: Backend> Weights<'a, B> {
         } else {
             None
         };
+        if let Some(entry) = self.state.quantized(&format!("{name}.weight")) {
+            return Ok(Linear {
+                weight: Param::from_tensor(self.quantized(name, entry, [d_in, d_out])?),
+                bias,
+            });
+        }
+        // Cast before the transpose: the storage keeps PyTorch's `[out, in]` order.
+        let weight = self.matrix(&format!("{name}.weight"), [d_out, d_in])?;
+        let weight = crate::quant::quantize_weight(weight.transpose(), self.quantize);
         Ok(Linear {
-            weight: Param::from_tensor(weight.transpose()),
+            weight: Param::from_tensor(weight),
             bias,
         })
+    }
+
+    /// A linear weight `[in, out]` read as the file holds it, quantized (no re-quantization).
+    fn quantized(
+        &self,
+        name: &str,
+        entry: &super::QuantizedEntry,
+        dims: [usize; 2],
+    ) -> Result<Tensor<B, 2>, CheckpointError> {
+        use crate::quant::Quantize;
+        let name = format!("{name}.weight");
+        let bad = |reason: String| CheckpointError::TensorData {
+            name: name.clone(),
+            reason,
+        };
+        if entry.dims != dims {
+            return Err(CheckpointError::ShapeMismatch(vec![ShapeMismatch {
+                name: name.clone(),
+                expected: vec![dims[1], dims[0]],
+                found: vec![entry.dims[1], entry.dims[0]],
+            }]));
+        }
+        let read =
+            |snap: &burn_store::TensorSnapshot| snap.to_data().map_err(|e| bad(format!("{e:?}")));
+        // The file's bytes: values in order along `out` (q4: two a byte, the first in the low
+        // nibble), which is also how a GPU backend packs them into u32 words.
+        let packed: Vec<u8> = read(&entry.values)?.as_bytes().to_vec();
+        let scales = read(&entry.scales)?
+            .to_vec::<f32>()
+            .map_err(|e| bad(format!("{e:?}")))?;
+        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(bad(format!(
+                "a scale of {s}: scales must be finite and positive"
+            )));
+        }
+        let scheme = entry.quantize.scheme().expect("a quantized entry");
+        let data = if crate::kernels::is_cpu::<B>() {
+            // The CPU backend holds one i8 a value and f32 scales.
+            let values: Vec<i8> = match entry.quantize {
+                Quantize::Q4 => packed
+                    .iter()
+                    // Two's-complement nibbles.
+                    .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
+                    .collect(),
+                _ => packed.iter().map(|&b| b as i8).collect(),
+            };
+            let scheme = scheme
+                .with_store(QuantStore::Native)
+                .with_param(QuantParam::F32);
+            TensorData::quantized(values, dims.to_vec(), scheme, &scales)
+        } else {
+            // GPU backends: the packed words, then the scales in the scheme's f16.
+            let mut bytes = packed;
+            bytes.extend(
+                scales
+                    .iter()
+                    .flat_map(|&s| burn::tensor::f16::from_f32(s).to_le_bytes()),
+            );
+            TensorData::from_bytes_vec(bytes, dims.to_vec(), DType::QFloat(scheme))
+        };
+        Ok(Tensor::from_data(data, self.device))
     }
 
     /// `nn.Conv2d(c_in, c_out, k, stride, padding)` with bias (same layout in burn).

@@ -56,17 +56,26 @@ pub(crate) fn linear2<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<
     }
 }
 
-/// A linear layer whose weight is held in another float type than `x` (the CPU's half
-/// precision: f32 activations, half weights): the product widens the weights, and the result
-/// has the type of `x`.
+/// A linear layer whose weight is held in another type than `x`: half weights on the CPU
+/// (f32 activations; the product widens the weights) or quantized weights on any backend. The
+/// result has the type of `x`.
 fn mixed_linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     let w = layer.weight.val();
     let dtype = x.dtype();
-    #[cfg(feature = "cpu")]
-    let y = crate::kernels::cpu::half_weight_matmul(x.clone(), w.clone());
-    #[cfg(not(feature = "cpu"))]
-    let y: Option<Tensor<B, 2>> = None;
-    let y = y.unwrap_or_else(|| x.cast(w.dtype()).matmul(w).cast(dtype));
+    let y = if matches!(w.dtype(), burn::tensor::DType::QFloat(_)) {
+        #[cfg(feature = "cpu")]
+        let y = crate::kernels::cpu::quant_weight_matmul(x.clone(), w.clone());
+        #[cfg(not(feature = "cpu"))]
+        let y: Option<Tensor<B, 2>> = None;
+        // burn's quantized product: on wgpu and cuda the kernel reads the packed values.
+        y.unwrap_or_else(|| x.matmul(w))
+    } else {
+        #[cfg(feature = "cpu")]
+        let y = crate::kernels::cpu::half_weight_matmul(x.clone(), w.clone());
+        #[cfg(not(feature = "cpu"))]
+        let y: Option<Tensor<B, 2>> = None;
+        y.unwrap_or_else(|| x.cast(w.dtype()).matmul(w).cast(dtype))
+    };
     match &layer.bias {
         Some(bias) => y + bias.val().cast(dtype).unsqueeze_dim(0),
         None => y,

@@ -14,6 +14,7 @@ use crate::checkpoint::{StateDict, Weights};
 use crate::config::{GptConfig, ModelType};
 use crate::error::{CheckpointError, ConfigError};
 use crate::precision::Precision;
+use crate::quant::{Quantize, quantize_weight};
 
 /// Pre-norm Llama block: `h = x + attn(norm(x))`, `out = h + ffn(norm(h))`.
 #[derive(Module, Debug)]
@@ -124,9 +125,29 @@ impl<B: Backend> Transformer<B> {
         precision: Precision,
         device: &B::Device,
     ) -> Result<Self, CheckpointError> {
+        Self::load_with(sd, cfg, precision, Quantize::None, device)
+    }
+
+    /// [`Transformer::load_as`] with every linear layer quantized as it is read
+    /// ([`crate::quant`]).
+    pub fn load_with(
+        sd: &StateDict,
+        cfg: &GptConfig,
+        precision: Precision,
+        quantize: Quantize,
+        device: &B::Device,
+    ) -> Result<Self, CheckpointError> {
         cfg.validate()?;
         sd.check(&cfg.state_dict_specs()).into_result()?;
-        let w = Weights::<B>::new(sd, device);
+        let held = sd.quantization();
+        if held != Quantize::None && quantize != Quantize::None && quantize != held {
+            return Err(CheckpointError::Requantize {
+                path: sd.path.clone(),
+                held: held.name(),
+                asked: quantize.name(),
+            });
+        }
+        let w = Weights::<B>::new(sd, device).with_quantize(quantize);
         let w = match precision {
             Precision::F32 => w,
             p if crate::kernels::is_cpu::<B>() => w.with_matrix_dtype(p.dtype()),
@@ -186,6 +207,38 @@ impl<B: Backend> Transformer<B> {
         self
     }
 
+    /// This model with every linear layer's weight quantized, as [`Transformer::load_with`]
+    /// would have loaded it (for models made here, such as the benchmark's random ones).
+    pub fn quantized(mut self, q: Quantize) -> Self {
+        if q == Quantize::None {
+            return self;
+        }
+        let linear = |l: Linear<B>| Linear {
+            weight: l.weight.map(|w| quantize_weight(w, q)),
+            bias: l.bias,
+        };
+        for layer in &mut self.layers {
+            let a = &mut layer.attention;
+            a.wqkv = linear(a.wqkv.clone());
+            a.wo = linear(a.wo.clone());
+            let f = &mut layer.feed_forward;
+            f.w1 = linear(f.w1.clone());
+            f.w2 = linear(f.w2.clone());
+            f.w3 = linear(f.w3.clone());
+        }
+        if let Some(c) = &mut self.cls_embedding.caption {
+            c.cap_proj.fc1 = linear(c.cap_proj.fc1.clone());
+            c.cap_proj.fc2 = linear(c.cap_proj.fc2.clone());
+        }
+        self.output = linear(self.output.clone());
+        self
+    }
+
+    /// How the linear layers' weights are held.
+    pub fn quantization(&self) -> Quantize {
+        Quantize::of(self.output.weight.val().dtype())
+    }
+
     fn rope_table(cfg: &GptConfig, device: &B::Device) -> Tensor<B, 3> {
         rope::freqs_cis_2d(
             cfg.grid_size(),
@@ -207,7 +260,7 @@ impl<B: Backend> Transformer<B> {
 
     /// The precision of the weight matrices.
     pub fn precision(&self) -> Precision {
-        Precision::of(self.output.weight.val().dtype()).unwrap_or_default()
+        Precision::of(self.tok_embeddings.weight.val().dtype()).unwrap_or_default()
     }
 
     /// Bytes of all weights as they are held.
@@ -216,7 +269,7 @@ impl<B: Backend> Transformer<B> {
         impl<B: Backend> burn::module::ModuleVisitor<B> for Bytes {
             fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
                 let t = param.val();
-                self.0 += t.shape().num_elements() * t.dtype().size();
+                self.0 += crate::quant::held_bytes(t.dtype(), t.shape().num_elements());
             }
         }
         let mut bytes = Bytes(0);

@@ -129,6 +129,114 @@ fn widen(bits: u16, half: Half) -> f32 {
     }
 }
 
+/// `x` `[m, k]` (f32) times `w` `[k, n]` quantized by [`crate::quant`] (the CPU backend's
+/// contiguous `i8` values, one f32 scale per 32 consecutive values along `n`) as f32 `[m, n]`.
+/// `None` when the backend, the types or the layout do not fit; the caller then uses burn's
+/// product, which dequantizes the whole weight first.
+pub fn quant_weight_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    use burn::tensor::quantization::QuantLevel;
+    use burn_flex::FlexQTensor;
+    if TypeId::of::<B::QuantizedTensorPrimitive>() != TypeId::of::<FlexQTensor>() {
+        return None;
+    }
+    let DType::QFloat(scheme) = w.dtype() else {
+        return None;
+    };
+    if scheme.level != QuantLevel::block([QBLOCK as u8]) || x.dtype() != DType::F32 {
+        return None;
+    }
+    let [m, k] = x.dims();
+    let [k2, n] = w.dims();
+    if k != k2 || n % QBLOCK != 0 {
+        return None;
+    }
+    let TensorPrimitive::QFloat(q) = w.into_primitive() else {
+        return None;
+    };
+    let q: FlexQTensor = cast(q);
+    let (a, b) = q.tensor().layout().contiguous_offsets()?;
+    let values: &[i8] = q.tensor().storage::<i8>().get(a..b)?;
+    let scales = q.scales();
+    if values.len() != k * n || scales.len() != k * n / QBLOCK {
+        return None;
+    }
+    let x: FlexTensor = cast(x.into_primitive().tensor());
+    let x_owned;
+    let xs: &[f32] = match x.layout().contiguous_offsets() {
+        Some((a, b)) => &x.storage::<f32>()[a..b],
+        None => {
+            x_owned = x.into_data().to_vec::<f32>().ok()?;
+            &x_owned
+        }
+    };
+    let out = qmatmul(xs, values, scales, m, k, n);
+    let out = FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous([m, n].into()),
+        DType::F32,
+    );
+    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out))))
+}
+
+/// Values per scale of a quantized weight ([`crate::quant::BLOCK`]).
+const QBLOCK: usize = crate::quant::BLOCK;
+
+/// `[m, n]` = `x` `[m, k]` · (`q` `[k, n]` × its block scales). Each task owns `QBLOCK`
+/// columns (one scale per input), reads them for every input and keeps the sums of every
+/// row in registers.
+fn qmatmul(x: &[f32], q: &[i8], scales: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let blocks = n / QBLOCK;
+    let tiles: Vec<Vec<f32>> = (0..blocks)
+        .into_par_iter()
+        .with_min_len(2)
+        .map(|t| {
+            let mut tile = vec![0f32; m * QBLOCK];
+            qtile(x, q, scales, m, k, n, t, &mut tile);
+            tile
+        })
+        .collect();
+    let mut out = vec![0f32; m * n];
+    for (t, tile) in tiles.iter().enumerate() {
+        for r in 0..m {
+            out[r * n + t * QBLOCK..r * n + (t + 1) * QBLOCK]
+                .copy_from_slice(&tile[r * QBLOCK..(r + 1) * QBLOCK]);
+        }
+    }
+    out
+}
+
+/// Columns `t·QBLOCK..(t+1)·QBLOCK` of the quantized product, `[m, QBLOCK]` into `tile`.
+#[allow(clippy::too_many_arguments)]
+fn qtile(
+    x: &[f32],
+    q: &[i8],
+    scales: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    t: usize,
+    tile: &mut [f32],
+) {
+    let blocks = n / QBLOCK;
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has the features `simd::qtile` is compiled for; the shapes were
+        // checked by the caller.
+        unsafe { simd::qtile(x, q, scales, m, k, n, t, tile) };
+        return;
+    }
+    for i in 0..k {
+        let s = scales[i * blocks + t];
+        let col = &q[i * n + t * QBLOCK..i * n + (t + 1) * QBLOCK];
+        for r in 0..m {
+            let c = x[r * k + i] * s;
+            for (o, &v) in tile[r * QBLOCK..(r + 1) * QBLOCK].iter_mut().zip(col) {
+                *o += c * f32::from(v);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -232,6 +340,106 @@ mod simd {
         }
     }
 
+    /// 32 quantized values at `p` as four vectors of f32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load32_i8(p: *const i8) -> [__m256; 4] {
+        unsafe {
+            let v = |o: usize| {
+                let b = _mm_loadl_epi64(p.add(o) as *const __m128i);
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b))
+            };
+            [v(0), v(8), v(16), v(24)]
+        }
+    }
+
+    /// `R` rows (at most two) of one 32-column tile: the sums stay in registers.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn qrows<const R: usize>(
+        x: *const f32,
+        q: *const i8,
+        scales: *const f32,
+        k: usize,
+        n: usize,
+        blocks: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 4]; R];
+            for i in 0..k {
+                let s = _mm256_set1_ps(*scales.add(i * blocks));
+                let w = load32_i8(q.add(i * n));
+                for r in 0..R {
+                    let c = _mm256_mul_ps(s, _mm256_set1_ps(*x.add(r * k + i)));
+                    for v in 0..4 {
+                        acc[r][v] = _mm256_fmadd_ps(c, w[v], acc[r][v]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for v in 0..4 {
+                    _mm256_storeu_ps(out.add(r * 32 + v * 8), acc[r][v]);
+                }
+            }
+        }
+    }
+
+    /// Columns `t·32..(t+1)·32` of the quantized product into `tile` `[m, 32]`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C ([`available`]).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn qtile(
+        x: &[f32],
+        q: &[i8],
+        scales: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        t: usize,
+        tile: &mut [f32],
+    ) {
+        let blocks = n / 32;
+        assert!(
+            x.len() >= m * k
+                && q.len() >= k * n
+                && scales.len() >= k * blocks
+                && tile.len() >= m * 32
+                && t < blocks,
+            "shapes checked by the caller"
+        );
+        // SAFETY: every offset read below is inside the bounds asserted above.
+        unsafe {
+            let (q, s) = (q.as_ptr().add(t * 32), scales.as_ptr().add(t));
+            let mut r = 0;
+            while r + 2 <= m {
+                qrows::<2>(
+                    x.as_ptr().add(r * k),
+                    q,
+                    s,
+                    k,
+                    n,
+                    blocks,
+                    tile.as_mut_ptr().add(r * 32),
+                );
+                r += 2;
+            }
+            if r < m {
+                qrows::<1>(
+                    x.as_ptr().add(r * k),
+                    q,
+                    s,
+                    k,
+                    n,
+                    blocks,
+                    tile.as_mut_ptr().add(r * 32),
+                );
+            }
+        }
+    }
+
     /// `out[r] = x[r] · w` for every row of `x` `[out.len(), k]`.
     ///
     /// # Safety
@@ -292,6 +500,43 @@ mod tests {
                     assert!(
                         (g - e).abs() <= 1e-5 * (k as f32).sqrt(),
                         "{half:?} {m}×{k}×{n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_quantized_product_matches_a_plain_loop() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for (m, k, n) in [(1, 16, 32), (2, 100, 64), (3, 37, 96), (5, 64, 160)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|_| next() as f32 / u32::MAX as f32 - 0.5)
+                .collect();
+            let q: Vec<i8> = (0..k * n).map(|_| (next() % 255) as i32 as i8).collect();
+            let s: Vec<f32> = (0..k * n / QBLOCK)
+                .map(|_| (next() % 1000) as f32 / 1e5)
+                .collect();
+            let got = qmatmul(&x, &q, &s, m, k, n);
+            for r in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|i| {
+                            f64::from(x[r * k + i])
+                                * f64::from(q[i * n + j])
+                                * f64::from(s[i * (n / QBLOCK) + j / QBLOCK])
+                        })
+                        .sum();
+                    let g = f64::from(got[r * n + j]);
+                    assert!(
+                        (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "({m},{k},{n}) [{r},{j}]: {g} vs {want}"
                     );
                 }
             }

@@ -6,10 +6,10 @@
 
 use burn::prelude::*;
 use burn::tensor::Bool;
-use llamagen::Precision;
 use llamagen::checkpoint::{StateDict, WeightsChoice};
 use llamagen::config::ModelType;
 use llamagen::gpt::{Condition, Transformer};
+use llamagen::{Precision, Quantize};
 use llamagen_tests::{Case, Manifest, to_f32};
 
 /// Logits `[b · (steps + 1), vocab]` of the prefill's last row and every teacher-forced step.
@@ -50,7 +50,7 @@ fn argmax(row: &[f32]) -> usize {
 fn half_precision_stays_close<B: Backend>(
     device: &B::Device,
     backend: &str,
-    precisions: &[(Precision, f32)],
+    precisions: &[(Precision, Quantize, f32)],
 ) {
     let manifest = Manifest::load();
     let mut checked = 0;
@@ -64,14 +64,24 @@ fn half_precision_stays_close<B: Backend>(
         let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
         let file = case.weight_files().remove(0);
         let sd = StateDict::open(&file, WeightsChoice::Model).unwrap();
-        for &(precision, tol) in precisions {
-            let model = Transformer::<B>::load_as(&sd, &cfg, precision, device).unwrap();
+        for &(precision, quantize, tol) in precisions {
+            let model =
+                Transformer::<B>::load_with(&sd, &cfg, precision, quantize, device).unwrap();
             assert_eq!(model.precision(), precision);
+            assert_eq!(model.quantization(), quantize);
             let f32_bytes = cfg.num_params() * 4;
-            assert!(
-                model.weight_bytes() < f32_bytes * 6 / 10,
-                "half the weights' bytes"
-            );
+            if quantize == Quantize::None {
+                assert!(
+                    model.weight_bytes() < f32_bytes * 6 / 10,
+                    "half the weights' bytes"
+                );
+            } else {
+                assert!(model.weight_bytes() < f32_bytes, "fewer bytes than f32");
+            }
+            let label = match quantize {
+                Quantize::None => precision.to_string(),
+                q => format!("{precision}+{q}"),
+            };
             let got = kv_logits(&case, &model);
             assert_eq!(got.len(), expected.len());
             let err = got
@@ -88,7 +98,7 @@ fn half_precision_stays_close<B: Backend>(
                 } else {
                     let margin = e[want] - e[pick];
                     println!(
-                        "{} [{backend} {precision}] row {r}: greedy token {pick} instead of {want}, \
+                        "{} [{backend} {label}] row {r}: greedy token {pick} instead of {want}, \
                          f32 margin {margin:.2e}",
                         case.name
                     );
@@ -100,14 +110,14 @@ fn half_precision_stays_close<B: Backend>(
                 }
             }
             println!(
-                "{} [{backend} {precision}]: max error {:.2e} of the logits' scale {scale:.2}, \
+                "{} [{backend} {label}]: max error {:.2e} of the logits' scale {scale:.2}, \
                  greedy tokens {same}/{rows} identical",
                 case.name,
                 err / scale
             );
             assert!(
                 err <= tol * scale,
-                "{} [{backend} {precision}]: error {err} above {tol} × {scale}",
+                "{} [{backend} {label}]: error {err} above {tol} × {scale}",
                 case.name
             );
             checked += 1;
@@ -121,7 +131,13 @@ fn gpt_in_half_precision_stays_close_on_cpu() {
     half_precision_stays_close::<llamagen::backend::Cpu>(
         &Default::default(),
         "cpu",
-        &[(Precision::F16, 2e-3), (Precision::Bf16, 2e-2)],
+        &[
+            (Precision::F16, Quantize::None, 2e-3),
+            (Precision::Bf16, Quantize::None, 2e-2),
+            (Precision::F32, Quantize::Q8, 2e-2),
+            (Precision::F16, Quantize::Q8, 2e-2),
+            (Precision::F32, Quantize::Q4, 0.3),
+        ],
     );
 }
 
@@ -138,6 +154,11 @@ fn gpt_in_half_precision_stays_close_on_wgpu() {
     half_precision_stays_close::<llamagen::backend::Wgpu>(
         &device,
         "wgpu",
-        &[(Precision::F16, 1e-2)],
+        &[
+            (Precision::F16, Quantize::None, 1e-2),
+            (Precision::F32, Quantize::Q8, 2e-2),
+            (Precision::F16, Quantize::Q8, 2e-2),
+            (Precision::F16, Quantize::Q4, 0.3),
+        ],
     );
 }

@@ -12,7 +12,9 @@ use llamagen::sampling::SamplerParams;
 use llamagen::vq::VqModel;
 use serde_json::json;
 
-use crate::commands::{BackendArg, PrecisionArg, resolve_backend, resolve_precision, with_backend};
+use crate::commands::{
+    BackendArg, PrecisionArg, QuantizeArg, resolve_backend, resolve_precision, with_backend,
+};
 
 #[derive(Args, Debug)]
 #[command(
@@ -53,6 +55,9 @@ pub struct BenchArgs {
     /// Float type of the generator's weights (see `llamagen generate --help`).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub precision: PrecisionArg,
+    /// Quantization of the generator's linear layers (see `llamagen generate --help`).
+    #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
+    pub quantize: QuantizeArg,
     /// Leave CubeCL's loggers off: no per-step counts, and no logging cost in the timings.
     #[arg(long)]
     pub no_counts: bool,
@@ -96,7 +101,9 @@ fn run_bench<B: Backend>(
     let mut cfg = GptConfig::named(&args.config)?;
     cfg.block_size = args.grid * args.grid;
     let precision = resolve_precision::<B>(args.precision, device)?;
-    let gpt = Transformer::<B>::init(&cfg, device)?.into_precision(precision);
+    let gpt = Transformer::<B>::init(&cfg, device)?
+        .into_precision(precision)
+        .quantized(args.quantize.into());
     let vq_cfg = VqConfig::named(&args.vq)?;
     let vq = VqModel::<B>::init(&vq_cfg, device)?;
     let generator = Generator::new(&gpt);
@@ -145,6 +152,7 @@ fn run_bench<B: Backend>(
         "compilations_after_warmup": k.map(|k| k.compilations_after_warmup),
         "autotunes_after_warmup": k.map(|k| k.autotunes_after_warmup),
         "precision": precision.name(),
+        "quantize": gpt.quantization().name(),
         "weights_bytes": gpt.weight_bytes(),
         "vq": args.vq,
         "vq_decode_seconds": report.vq_decode_seconds,
@@ -153,9 +161,10 @@ fn run_bench<B: Backend>(
         println!("{value}");
     } else {
         println!(
-            "{} ({}, {:.0} MB of weights) {}×{} batch {} cfg {} on {}: {:.2}s, {:.1} tokens/s per image, {:.1} tokens/s in all; {} decode {:.2}s",
+            "{} ({}, linear layers {}, {:.0} MB of weights) {}×{} batch {} cfg {} on {}: {:.2}s, {:.1} tokens/s per image, {:.1} tokens/s in all; {} decode {:.2}s",
             args.config,
             precision,
+            gpt.quantization(),
             gpt.weight_bytes() as f64 / 1e6,
             args.grid,
             args.grid,

@@ -18,6 +18,7 @@ use llamagen::image_io::{
     sample_file_name, save_png, tensor_to_images,
 };
 use llamagen::precision::Precision;
+use llamagen::quant::Quantize;
 use llamagen::sampling::{SamplerParams, TokenSampling};
 use llamagen::text::{CaptionFeatures, T5Folder, T5Precision, TextEncoder, TextError};
 use llamagen::vq::VqModel;
@@ -65,6 +66,38 @@ impl PrecisionArg {
             Precision::F32 => PrecisionArg::F32,
             Precision::F16 => PrecisionArg::F16,
             Precision::Bf16 => PrecisionArg::Bf16,
+        }
+    }
+}
+
+/// `--quantize`: how the generator's linear layers are held.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QuantizeArg {
+    /// In the precision's float type.
+    None,
+    /// 8-bit values with one f16 scale per 32 weights (about a quarter of f32's memory).
+    Q8,
+    /// 4-bit values with one f16 scale per 32 weights (about an eighth of f32's memory on a
+    /// GPU; the CPU backend keeps one byte a value).
+    Q4,
+}
+
+impl From<QuantizeArg> for Quantize {
+    fn from(q: QuantizeArg) -> Self {
+        match q {
+            QuantizeArg::None => Quantize::None,
+            QuantizeArg::Q8 => Quantize::Q8,
+            QuantizeArg::Q4 => Quantize::Q4,
+        }
+    }
+}
+
+impl QuantizeArg {
+    pub fn of(q: Quantize) -> Self {
+        match q {
+            Quantize::None => QuantizeArg::None,
+            Quantize::Q8 => QuantizeArg::Q8,
+            Quantize::Q4 => QuantizeArg::Q4,
         }
     }
 }
@@ -173,6 +206,10 @@ pub struct GenerateArgs {
     /// widened in the products. Default: f32, or the precision recorded in the --from PNG.
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
+    /// Quantize the generator's linear layers as they load (weights only; activations stay in
+    /// the precision). Default: none, or what the --from PNG records.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
     /// Precision of the T5 text encoder's weights: auto = bf16 where the backend computes in
     /// it, else f16, else f32 (half the memory of f32: FLAN-T5-XL's encoder takes 2.45 GB
     /// instead of 4.89 GB).
@@ -377,6 +414,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         }
         args.precision
             .get_or_insert(PrecisionArg::of(first.precision));
+        args.quantize.get_or_insert(QuantizeArg::of(first.quantize));
         for s in &record.samples {
             let condition = match (&s.prompt, s.class) {
                 (Some(p), _) => PlanCondition::Prompt(p.clone()),
@@ -455,6 +493,7 @@ fn run_generate<B: Backend>(
         n_head: args.n_head,
         ema: args.ema,
         precision: resolve_precision::<B>(args.precision.unwrap_or(PrecisionArg::F32), device)?,
+        quantize: args.quantize.map(Into::into).unwrap_or_default(),
     };
     let t0 = Instant::now();
     let wants_text = !args.prompts.is_empty()
@@ -474,11 +513,14 @@ fn run_generate<B: Backend>(
         device,
     )?;
     let cfg = &bundle.gpt.config;
+    let held = match bundle.gpt.quantization() {
+        Quantize::None => bundle.gpt.precision().to_string(),
+        q => format!("{}, linear layers {q}", bundle.gpt.precision()),
+    };
     eprintln!(
-        "loaded {} ({:.1}M parameters, {}, {:.0} MB) and a {}-level tokenizer on {} in {:.1}s; {}×{} tokens → {} px",
+        "loaded {} ({:.1}M parameters, {held}, {:.0} MB) and a {}-level tokenizer on {} in {:.1}s; {}×{} tokens → {} px",
         bundle.description(),
         cfg.num_params() as f64 / 1e6,
-        bundle.gpt.precision(),
         bundle.gpt.weight_bytes() as f64 / 1e6,
         bundle.vq.config.encoder_ch_mult.len(),
         kind.name(),
@@ -642,6 +684,7 @@ fn run_generate<B: Backend>(
                 tokens,
                 sampling: out.sampling,
                 precision: bundle.gpt.precision(),
+                quantize: bundle.gpt.quantization(),
             });
         }
         if let (Some(dir), Some(n)) = (&args.out_dir, next_number.as_mut()) {

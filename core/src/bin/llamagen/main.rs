@@ -5,15 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use llamagen::Precision;
 use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
+use llamagen::{Precision, Quantize};
 use serde_json::json;
 
 mod bench;
 mod commands;
 #[cfg(feature = "train")]
 mod interrupt;
+mod quantize;
 #[cfg(feature = "train")]
 mod train;
 use bench::BenchArgs;
@@ -98,6 +99,9 @@ enum Command {
     /// Measure generation speed with randomly initialised weights of a named configuration
     /// (no download): tokens/s per image and per batch, and the VQ decode time.
     Bench(BenchArgs),
+    /// Quantize a generator's linear layers (q8, q4) once and save it; the file loads again
+    /// without re-quantizing.
+    Quantize(quantize::QuantizeArgs),
     /// Procedural data sets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
@@ -181,6 +185,9 @@ enum Command {
         /// the configuration, nothing is allocated).
         #[arg(long, value_enum, default_value_t = commands::PrecisionArg::F32)]
         precision: commands::PrecisionArg,
+        /// Quantization of a GPT's linear layers for `weights_bytes` (as a GPU holds them).
+        #[arg(long, value_enum, default_value_t = commands::QuantizeArg::None)]
+        quantize: commands::QuantizeArg,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -241,6 +248,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Reconstruct(args) => commands::reconstruct(args),
         Command::Convert { input, output, ema } => commands::convert(&input, &output, ema),
         Command::Bench(args) => bench::bench(args),
+        Command::Quantize(args) => quantize::quantize(args),
         Command::Dataset(DatasetCommand::Shapes {
             out,
             per_class,
@@ -275,8 +283,10 @@ fn run(cli: Cli) -> Result<()> {
             downsample,
             ema,
             precision,
+            quantize,
             json,
         } => {
+            let quantize: Quantize = quantize.into();
             let precision = match precision {
                 commands::PrecisionArg::Auto => bail!(
                     "inspect takes f32, f16 or bf16: auto depends on the device a model runs on"
@@ -285,7 +295,14 @@ fn run(cli: Cli) -> Result<()> {
             };
             if let Some(name) = config {
                 let model_type: ModelType = model_type.parse()?;
-                inspect_named(&name, model_type, num_classes, vocab_size, precision, json)
+                inspect_named(
+                    &name,
+                    model_type,
+                    num_classes,
+                    vocab_size,
+                    (precision, quantize),
+                    json,
+                )
             } else {
                 let path = checkpoint.expect("clap requires a checkpoint without --config");
                 let hints = GptHints {
@@ -295,18 +312,20 @@ fn run(cli: Cli) -> Result<()> {
                     n_head,
                     ..GptHints::default()
                 };
-                inspect_file(&path, kind, &hints, ema, precision, json)
+                inspect_file(&path, kind, &hints, ema, (precision, quantize), json)
             }
         }
     }
 }
 
 /// A GPT configuration's description; `weights_bytes` is what its weights take in `precision`
-/// (on a GPU; the CPU keeps the norms' few weights in f32).
-fn gpt_json(cfg: &GptConfig, precision: Precision) -> serde_json::Value {
+/// with the linear layers quantized by `quantize` (on a GPU; the CPU keeps the norms' few
+/// weights in f32, and 4-bit values in a byte each).
+fn gpt_json(cfg: &GptConfig, (precision, quantize): Held) -> serde_json::Value {
     json!({
         "precision": precision.name(),
-        "weights_bytes": cfg.num_params() * precision.bytes(),
+        "quantize": quantize.name(),
+        "weights_bytes": llamagen::quant::weights_bytes(cfg, precision, quantize),
         "kind": "gpt",
         "name": cfg.size_name(),
         "config": cfg,
@@ -343,7 +362,11 @@ fn print_summary(v: &serde_json::Value) {
         }
     }
     if let (Some(bytes), Some(p)) = (v["weights_bytes"].as_u64(), v["precision"].as_str()) {
-        println!("  weights in {p:<11} {:.2} GB", bytes as f64 / 1e9);
+        let held = match v["quantize"].as_str() {
+            Some(q) if q != "none" => format!("{p}+{q}"),
+            _ => p.to_string(),
+        };
+        println!("  weights in {held:<11} {:.2} GB", bytes as f64 / 1e9);
     }
     for extra in ["head_dim", "ffn_hidden_dim", "grid_size", "downsample"] {
         if let Some(val) = v.get(extra) {
@@ -364,12 +387,15 @@ fn group(n: u64) -> String {
     out
 }
 
+/// The precision and quantization `weights_bytes` is computed for.
+type Held = (Precision, Quantize);
+
 fn inspect_named(
     name: &str,
     model_type: ModelType,
     num_classes: usize,
     vocab_size: usize,
-    precision: Precision,
+    held: Held,
     as_json: bool,
 ) -> Result<()> {
     let value = if name.to_ascii_uppercase().starts_with("VQ") {
@@ -381,7 +407,7 @@ fn inspect_named(
         if model_type == ModelType::T2i {
             cfg = cfg.into_t2i();
         }
-        gpt_json(&cfg, precision)
+        gpt_json(&cfg, held)
     };
     if as_json {
         println!("{value}");
@@ -396,7 +422,7 @@ fn inspect_file(
     kind: Kind,
     hints: &GptHints,
     ema: bool,
-    precision: Precision,
+    held: Held,
     as_json: bool,
 ) -> Result<()> {
     let choice = if ema {
@@ -423,7 +449,7 @@ fn inspect_file(
                     "{e}\nhint: pass --gpt-model (or --n-head) and --image-size when the file does not say them"
                 )
             })?;
-            (gpt_json(&cfg, precision), cfg.state_dict_specs())
+            (gpt_json(&cfg, held), cfg.state_dict_specs())
         }
         _ => {
             let cfg = sd.infer_vq_config()?;

@@ -1323,6 +1323,9 @@ pub struct EvalClassesArgs {
     /// Float type of the generator's weights (see `llamagen generate --help`).
     #[arg(long, value_enum, default_value_t = crate::commands::PrecisionArg::F32)]
     pub precision: crate::commands::PrecisionArg,
+    /// Quantization of the generator's linear layers (see `llamagen generate --help`).
+    #[arg(long, value_enum, default_value_t = crate::commands::QuantizeArg::None)]
+    pub quantize: crate::commands::QuantizeArg,
 }
 
 /// The tokenizer's part of eval-classes: how often the classifier still recognises fresh
@@ -1477,6 +1480,7 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
     };
     let opts = llamagen::bundle::LoadOptions {
         precision: crate::commands::resolve_precision::<B>(args.precision, &device)?,
+        quantize: args.quantize.into(),
         ..Default::default()
     };
     let bundle = crate::commands::load_bundle_or_demo::<B>(
@@ -1620,6 +1624,7 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
             report.push(serde_json::json!({
                 "cfg_scale": cfg_scale,
                 "precision": bundle.gpt.precision().name(),
+                "quantize": bundle.gpt.quantization().name(),
                 "classifier": path,
                 "overall": overall,
                 "interval_95": [low, high],
