@@ -17,6 +17,8 @@ pub struct BenchReport {
     pub seconds: f64,
     /// Median seconds of the tokenizer's decode of the generated grids.
     pub vq_decode_seconds: f64,
+    /// Median seconds of the tokenizer's encode of the decoded images back to codes.
+    pub vq_encode_seconds: f64,
     /// Tokens per image.
     pub tokens_per_image: usize,
     /// Device-to-host reads per decode step.
@@ -48,6 +50,68 @@ impl LaunchCounter for crate::kernels::counters::KernelLog {
     fn totals(&self) -> (u64, u64, u64) {
         let c = self.counts();
         (c.launches, c.compilations, c.autotunes)
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// What a benchmark of the tokenizer alone measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VqReport {
+    /// Median seconds to decode a batch of code grids into images.
+    pub decode_seconds: f64,
+    /// Median seconds to encode a batch of images into code grids.
+    pub encode_seconds: f64,
+}
+
+/// Times the tokenizer alone: `warmup` untimed rounds, then `runs` timed decodes of random
+/// `grid × grid` code grids (`batch` of them at once), each followed by a timed encode of the
+/// decoded images. Every timing ends with the result read back to the host.
+pub fn run_vq<B: Backend>(
+    vq: &VqModel<B>,
+    batch: usize,
+    grid: usize,
+    warmup: usize,
+    runs: usize,
+) -> VqReport {
+    let codebook = vq.config.codebook_size.max(1) as u64;
+    // A fixed pseudo-random code per position (the timing does not depend on the values).
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let tokens: Vec<Vec<u32>> = (0..batch)
+        .map(|_| {
+            (0..grid * grid)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % codebook) as u32
+                })
+                .collect()
+        })
+        .collect();
+    let device = vq.quant_conv.weight.device();
+    let mut dec = Vec::new();
+    let mut enc = Vec::new();
+    for round in 0..warmup + runs.max(1) {
+        let t = Instant::now();
+        let pixels = decode_tokens(vq, &tokens, grid).into_data();
+        let d = t.elapsed().as_secs_f64();
+        let pixels = Tensor::<B, 4>::from_data(pixels, &device);
+        let t = Instant::now();
+        let (_, codes) = vq.encode(pixels);
+        let _ = codes.into_data();
+        let e = t.elapsed().as_secs_f64();
+        if round >= warmup {
+            dec.push(d);
+            enc.push(e);
+        }
+    }
+    VqReport {
+        decode_seconds: median(&mut dec),
+        encode_seconds: median(&mut enc),
     }
 }
 
@@ -90,6 +154,7 @@ pub fn run<B: Backend>(
 
     let mut gen_times = Vec::new();
     let mut dec_times = Vec::new();
+    let mut enc_times = Vec::new();
     for _ in 0..runs.max(1) {
         let t = Instant::now();
         let out = generator.generate(requests, &mut (), None)?;
@@ -98,8 +163,12 @@ pub fn run<B: Backend>(
         on_run(seconds);
         let t = Instant::now();
         let pixels = decode_tokens(vq, &out.tokens, grid);
-        let _ = pixels.into_data();
+        let pixels = Tensor::<B, 4>::from_data(pixels.into_data(), &vq.quant_conv.weight.device());
         dec_times.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (_, codes) = vq.encode(pixels);
+        let _ = codes.into_data();
+        enc_times.push(t.elapsed().as_secs_f64());
     }
 
     // Counting runs: stopped after token `lo` and after token `hi`.
@@ -122,13 +191,10 @@ pub fn run<B: Backend>(
         }),
         _ => None,
     };
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok(BenchReport {
         seconds: median(&mut gen_times),
         vq_decode_seconds: median(&mut dec_times),
+        vq_encode_seconds: median(&mut enc_times),
         tokens_per_image: total,
         host_syncs_per_step,
         kernels,

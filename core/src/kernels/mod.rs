@@ -12,6 +12,8 @@
 //! rotary table and the attention's key bias are always f32.
 
 #[cfg(feature = "cpu")]
+pub mod conv;
+#[cfg(feature = "cpu")]
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;

@@ -30,6 +30,10 @@ pub(crate) fn norm_load<B: Backend>(
 /// which the CPU backend runs vectorised forward and backward; a `[1, channels, 1, 1]`
 /// scale broadcast over the batch takes its element-by-element path, several times slower.
 pub(crate) fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu")]
+    if let Some(y) = crate::kernels::conv::group_norm_silu(norm, &x, false) {
+        return y;
+    }
     let [b, c, h, w] = x.dims();
     let g = norm.num_groups;
     let grouped = x.reshape([b, g, (c / g) * h * w]);
@@ -47,15 +51,45 @@ pub(crate) fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Te
     out.reshape([b, c, h, w])
 }
 
-/// `conv(x)`. While the tokenizer trains on the CPU backend, "same" convolutions run through
-/// `train::cpu_conv` (forward and backward together about 1.6× faster than burn-flex's); the
-/// result is the same convolution.
-pub(crate) fn conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    #[cfg(all(feature = "train", feature = "cpu"))]
-    if let Some(y) = crate::train::cpu_conv::try_conv2d(conv, &x) {
+/// `silu(group_norm(x))`, in one pass over the values on the CPU backend.
+pub(crate) fn norm_silu<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu")]
+    if let Some(y) = crate::kernels::conv::group_norm_silu(norm, &x, true) {
         return y;
     }
-    conv.forward(x)
+    silu(group_norm(norm, x))
+}
+
+/// `conv(x)`. On the CPU backend (inference) through `kernels::conv` (Winograd for 3×3, im2col
+/// + one product per band of rows otherwise); while the tokenizer trains on the CPU backend,
+/// "same" convolutions run through `train::cpu_conv`; the result is the same convolution.
+pub(crate) fn conv<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    conv_add(conv, x, None)
+}
+
+/// `conv(x) + add`, the sum taken where the convolution writes its output on the CPU backend.
+pub(crate) fn conv_add<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    add: Option<Tensor<B, 4>>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu")]
+    if let Some(pad) = crate::kernels::conv::explicit_padding(conv)
+        && let Some(y) = crate::kernels::conv::conv2d(conv, &x, pad, add.as_ref())
+    {
+        return y;
+    }
+    #[cfg(all(feature = "train", feature = "cpu"))]
+    let y = match crate::train::cpu_conv::try_conv2d(conv, &x) {
+        Some(y) => y,
+        None => conv.forward(x),
+    };
+    #[cfg(not(all(feature = "train", feature = "cpu")))]
+    let y = conv.forward(x);
+    match add {
+        Some(a) => y + a,
+        None => y,
+    }
 }
 
 pub(crate) fn conv_init<B: Backend>(
@@ -118,16 +152,16 @@ impl<B: Backend> ResnetBlock<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = conv(&self.conv1, silu(group_norm(&self.norm1, x.clone())));
-        let h = conv(
-            &self.conv2,
-            self.dropout.forward(silu(group_norm(&self.norm2, h))),
-        );
+        let h = conv(&self.conv1, norm_silu(&self.norm1, x.clone()));
         let x = match &self.nin_shortcut {
             Some(shortcut) => conv(shortcut, x),
             None => x,
         };
-        x + h
+        conv_add(
+            &self.conv2,
+            self.dropout.forward(norm_silu(&self.norm2, h)),
+            Some(x),
+        )
     }
 }
 
@@ -179,7 +213,7 @@ impl<B: Backend> AttnBlock<B> {
         // Official scale: int(c) ** -0.5; softmax over the keys.
         let attn = softmax(q.matmul(k) * (c as f64).powf(-0.5), 2);
         let out = v.matmul(attn.swap_dims(1, 2)).reshape([b, c, h, w]);
-        x + conv(&self.proj_out, out)
+        conv_add(&self.proj_out, out, Some(x))
     }
 }
 
@@ -203,6 +237,10 @@ impl<B: Backend> Downsample<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        #[cfg(feature = "cpu")]
+        if let Some(y) = crate::kernels::conv::conv2d(&self.conv, &x, [0, 0, 1, 1], None) {
+            return y;
+        }
         self.conv
             .forward(x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0)))
     }
@@ -234,6 +272,10 @@ impl<B: Backend> Upsample<B> {
 
 /// Exact nearest ×2: every pixel repeated into a 2×2 block.
 pub fn upsample_nearest_2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu")]
+    if let Some(y) = crate::kernels::conv::upsample_nearest_2x(&x) {
+        return y;
+    }
     let [b, c, h, w] = x.dims();
     x.reshape([b, c, h, 1, w, 1])
         .expand([b, c, h, 2, w, 2])

@@ -1,10 +1,9 @@
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use super::blocks::{
-    AttnBlock, ResnetBlock, Upsample, conv, conv_init, group_norm, norm_init, norm_load,
+    AttnBlock, ResnetBlock, Upsample, conv, conv_init, norm_init, norm_load, norm_silu,
 };
 use super::encoder::MidBlock;
 use crate::checkpoint::Weights;
@@ -138,6 +137,6 @@ impl<B: Backend> Decoder<B> {
                 h = up.forward(h);
             }
         }
-        conv(&self.conv_out, silu(group_norm(&self.norm_out, h)))
+        conv(&self.conv_out, norm_silu(&self.norm_out, h))
     }
 }

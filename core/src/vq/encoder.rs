@@ -1,10 +1,9 @@
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use super::blocks::{
-    AttnBlock, Downsample, ResnetBlock, conv, conv_init, group_norm, norm_init, norm_load,
+    AttnBlock, Downsample, ResnetBlock, conv, conv_init, norm_init, norm_load, norm_silu,
 };
 use crate::checkpoint::Weights;
 use crate::config::VqConfig;
@@ -171,6 +170,6 @@ impl<B: Backend> Encoder<B> {
             }
         }
         let h = self.mid.forward(h);
-        conv(&self.conv_out, silu(group_norm(&self.norm_out, h)))
+        conv(&self.conv_out, norm_silu(&self.norm_out, h))
     }
 }

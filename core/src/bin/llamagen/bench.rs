@@ -25,16 +25,28 @@ backends kernel_launches_per_step, compilations_after_warmup and autotunes_after
 from CubeCL's own loggers (null on the CPU, with --no-counts, or when a cubecl.toml already sets \
 CubeCL's configuration). Per-step counts are the difference of two generations stopped at 1/4 \
 and 3/4 of the tokens, so the prefill cancels out. The launch logger costs host time on every \
-launch: quote steps/s from a run with --no-counts.\n\nExample:\n  llamagen bench \
---config GPT-B --grid 4 --batch 1 --backend wgpu --warmup 1 --json"
+launch: quote steps/s from a run with --no-counts. vq_decode_seconds and vq_encode_seconds: \
+the tokenizer's decode of the generated grids and its encode of those images (medians).\n\n\
+--vq-only times the tokenizer alone (random codes, random weights; no generator): \
+vq_decode_seconds, vq_encode_seconds, images_per_s for each, and peak_rss_bytes (the process's \
+peak resident memory, Linux).\n\nExamples:\n  llamagen bench \
+--config GPT-B --grid 4 --batch 1 --backend wgpu --warmup 1 --json\n  llamagen bench --vq-only \
+--vq VQ-16 --image-size 256 --batch 8 --runs 3 --json"
 )]
 pub struct BenchArgs {
     /// Named generator configuration.
     #[arg(long, default_value = "GPT-B")]
     pub config: String,
     /// Token grid side (16 → 256 tokens per image).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, conflicts_with = "image_size")]
     pub grid: usize,
+    /// Image side in pixels, instead of --grid (a multiple of the tokenizer's downsampling).
+    #[arg(long, value_name = "PIXELS")]
+    pub image_size: Option<usize>,
+    /// Time the tokenizer alone: decode of random codes and encode of the images, at --batch
+    /// and --image-size (or --grid).
+    #[arg(long)]
+    pub vq_only: bool,
     /// Images per batch.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -66,9 +78,26 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-pub fn bench(args: BenchArgs) -> Result<()> {
+pub fn bench(mut args: BenchArgs) -> Result<()> {
+    if let Some(size) = args.image_size {
+        let ds = VqConfig::named(&args.vq)?.downsample();
+        if size == 0 || size % ds != 0 {
+            bail!(
+                "--image-size {size} is not a multiple of {}'s downsampling ({ds} pixels a token)",
+                args.vq
+            );
+        }
+        args.grid = size / ds;
+    }
     if args.grid < 2 {
         bail!("--grid must be at least 2 (4 tokens per image)");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.vq_only {
+        let kind = resolve_backend(args.backend)?;
+        return with_backend!(kind, |device: B| run_vq_bench::<B>(&args, kind, &device));
     }
     // CubeCL's loggers must be on before the first GPU use.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -156,12 +185,13 @@ fn run_bench<B: Backend>(
         "weights_bytes": gpt.weight_bytes(),
         "vq": args.vq,
         "vq_decode_seconds": report.vq_decode_seconds,
+        "vq_encode_seconds": report.vq_encode_seconds,
     });
     if args.json {
         println!("{value}");
     } else {
         println!(
-            "{} ({}, linear layers {}, {:.0} MB of weights) {}×{} batch {} cfg {} on {}: {:.2}s, {:.1} tokens/s per image, {:.1} tokens/s in all; {} decode {:.2}s",
+            "{} ({}, linear layers {}, {:.0} MB of weights) {}×{} batch {} cfg {} on {}: {:.2}s, {:.1} tokens/s per image, {:.1} tokens/s in all; {} decode {:.2}s, encode {:.2}s",
             args.config,
             precision,
             gpt.quantization(),
@@ -175,7 +205,8 @@ fn run_bench<B: Backend>(
             cfg.block_size as f64 / seconds,
             tokens / seconds,
             args.vq,
-            report.vq_decode_seconds
+            report.vq_decode_seconds,
+            report.vq_encode_seconds
         );
         let syncs = report.host_syncs_per_step;
         match k {
@@ -185,6 +216,55 @@ fn run_bench<B: Backend>(
             ),
             None => println!("per decode step: {syncs:.2} host syncs"),
         }
+    }
+    Ok(())
+}
+
+/// The process's peak resident memory in bytes (`VmHWM`), where the system reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn run_vq_bench<B: Backend>(args: &BenchArgs, kind: BackendKind, device: &B::Device) -> Result<()> {
+    let vq_cfg = VqConfig::named(&args.vq)?;
+    let vq = VqModel::<B>::init(&vq_cfg, device)?;
+    let size = args.grid * vq_cfg.downsample();
+    let report = llamagen::bench::run_vq(&vq, args.batch, args.grid, args.warmup, args.runs);
+    let peak = peak_rss_bytes();
+    let per_s = |s: f64| args.batch as f64 / s;
+    if args.json {
+        let value = json!({
+            "vq": args.vq,
+            "image_size": size,
+            "grid": args.grid,
+            "batch": args.batch,
+            "backend": kind.name(),
+            "warmup": args.warmup,
+            "runs": args.runs.max(1),
+            "threads": rayon::current_num_threads(),
+            "vq_decode_seconds": report.decode_seconds,
+            "vq_encode_seconds": report.encode_seconds,
+            "decode_images_per_s": per_s(report.decode_seconds),
+            "encode_images_per_s": per_s(report.encode_seconds),
+            "peak_rss_bytes": peak,
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "{} {size}×{size} batch {} on {}: decode {:.3}s ({:.2} images/s), encode {:.3}s ({:.2} images/s){}",
+            args.vq,
+            args.batch,
+            kind.name(),
+            report.decode_seconds,
+            per_s(report.decode_seconds),
+            report.encode_seconds,
+            per_s(report.encode_seconds),
+            peak.map(|p| format!(", peak memory {:.0} MB", p as f64 / 1e6))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }

@@ -1,0 +1,1218 @@
+//! The image tokenizer's layers on the CPU, on f32 `[batch, channels, h, w]` slices:
+//! convolutions, GroupNorm fused with SiLU, and nearest ×2 upsampling.
+//!
+//! - **3×3, stride 1, padding 1** (most of the tokenizer's arithmetic), on images of at least
+//!   8×8 and 32×32 outputs a batch: Winograd's F(4×4, 3×3) (Lavin & Gray 2016, points 0, ±1,
+//!   ±2, ∞). Each 6×6 input tile and each 3×3 kernel are transformed once; the 36 products of
+//!   transformed values are 36 matrix products `[out, in] · [in, tiles]`, 4× fewer
+//!   multiplications than the direct convolution, then each 6×6 result is folded back into a
+//!   4×4 output. The transforms' constants are small (¼ … 8), so the result stays within a few
+//!   f32 roundings of the convolution's (the parity suite: 8e-6 on the reference tokenizers).
+//! - **Every other shape** (1×1, the encoder's stride-2 3×3 with its one-sided padding, and small
+//!   images where the transforms do not pay): the column matrix of a band of output rows (im2col)
+//!   times the weights, `[out, in·k²] · [in·k², pixels]`.
+//!
+//! The Winograd products are the project's own where the CPU has AVX2 + FMA (6 × 16 output tiles
+//! with their accumulators in registers), else the `gemm` crate's, which also does the im2col
+//! products. Work is split into bands of output rows of one image, spread over the current rayon
+//! pool, each band's products on its own thread; a band's buffers stay within a few MB, so the
+//! working set does not grow with the image. Bias and an optional residual are added where the
+//! output is written.
+//!
+//! [`group_norm_raw`] normalises each (image, group) in two passes and applies the affine scale and,
+//! optionally, SiLU in a third, with an exponential written to vectorise.
+//!
+//! The tensor-level entry points ([`conv2d`], [`group_norm_silu`], [`upsample_nearest_2x`])
+//! take burn tensors and answer `None` unless the backend is the CPU's (burn-flex, without
+//! autodiff) and the tensors are f32; the caller then runs burn's own operations.
+
+use std::any::{Any, TypeId};
+
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::{Bytes, DType, TensorPrimitive};
+use burn_flex::{FlexTensor, Layout};
+use rayon::prelude::*;
+
+/// Geometry of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    /// Input channels.
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Output channels.
+    pub o: usize,
+    /// Kernel side.
+    pub k: usize,
+    pub stride: usize,
+    /// Zero padding: top, left, bottom, right.
+    pub pad: [usize; 4],
+}
+
+impl ConvShape {
+    pub fn out_h(&self) -> usize {
+        (self.h + self.pad[0] + self.pad[2] - self.k) / self.stride + 1
+    }
+
+    pub fn out_w(&self) -> usize {
+        (self.w + self.pad[1] + self.pad[3] - self.k) / self.stride + 1
+    }
+
+    fn valid(&self) -> bool {
+        self.k >= 1
+            && self.stride >= 1
+            && self.h + self.pad[0] + self.pad[2] >= self.k
+            && self.w + self.pad[1] + self.pad[3] >= self.k
+    }
+
+    fn winograd(&self) -> bool {
+        self.k == 3
+            && self.stride == 1
+            && self.pad == [1; 4]
+            && self.h >= 8
+            && self.w >= 8
+            // Below 32×32 outputs the transforms of the weights cost more than they save.
+            && self.batch * self.h * self.w >= 1024
+    }
+}
+
+/// A pointer the bands of one output share; each band writes rows no other band writes.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (its own output rows), and the buffer
+// outlives the parallel loop that uses it.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer (a method, so that closures capture the whole `Out`, which is `Sync`).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `y = conv(x) + bias (+ add)`: `x` `[batch, c, h, w]`, `w` `[o, c, k, k]` (PyTorch's layout),
+/// `bias` `[o]`, `add` shaped as the output.
+pub fn conv2d_raw(
+    x: &[f32],
+    s: &ConvShape,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    add: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(s.valid(), "convolution shape {s:?}");
+    assert_eq!(x.len(), s.batch * s.c * s.h * s.w);
+    assert_eq!(w.len(), s.o * s.c * s.k * s.k);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let len = s.batch * s.o * oh * ow;
+    if let Some(a) = add {
+        assert_eq!(a.len(), len);
+    }
+    let mut y = vec![0.0f32; len];
+    if s.winograd() {
+        winograd(x, s, w, bias, add, &mut y);
+    } else {
+        direct(x, s, w, bias, add, &mut y);
+    }
+    y
+}
+
+/// Fills rows `[r0, r1)` of every output channel of image `b` with bias + add.
+#[allow(clippy::too_many_arguments)]
+fn prefill(
+    y: Out,
+    b: usize,
+    o: usize,
+    plane: usize,
+    span: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    add: Option<&[f32]>,
+) {
+    for oc in 0..o {
+        let at = (b * o + oc) * plane;
+        // SAFETY: `span` lies within one plane of the output; this task owns those rows.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(y.ptr().add(at + span.start), span.len()) };
+        let base = bias.map_or(0.0, |bs| bs[oc]);
+        match add {
+            Some(a) => {
+                for (d, a) in dst.iter_mut().zip(&a[at + span.start..at + span.end]) {
+                    *d = base + a;
+                }
+            }
+            None => dst.fill(base),
+        }
+    }
+}
+
+/// `dst (m×n, row stride dst_rs) += a (m×k, row-major) · b (k×n, row stride b_rs)`.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i·dst_rs + j`, `b` for reads at `i·b_rs + j`, for every
+/// `i, j` in range.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_acc(
+    dst: *mut f32,
+    dst_rs: usize,
+    a: &[f32],
+    b: *const f32,
+    b_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    parallel: bool,
+) {
+    debug_assert!(a.len() >= m * k);
+    let par = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded from the caller; `a` is a live m×k row-major slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            true,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b,
+            1,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// `dst (m×n, row stride dst_rs) = a (m×k, row stride a_rs) · b (k×n, row stride b_rs)`: with
+/// AVX2 + FMA, the project's own product ([`avx2::gemm`]); otherwise the `gemm` crate's.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i·dst_rs + j`, `a` for reads at `i·a_rs + l`, `b` for
+/// reads at `l·b_rs + j`, for every `i < m`, `j < n`, `l < k`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    b_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: forwarded from the caller; the CPU has AVX2 and FMA (checked).
+        unsafe { avx2::gemm(dst, dst_rs, a, a_rs, b, b_rs, m, n, k) };
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            a,
+            1,
+            a_rs as isize,
+            b,
+            1,
+            b_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Output rows per band so that a band's column matrix stays near `budget` floats.
+fn band_rows(per_row: usize, rows: usize, budget: usize) -> usize {
+    (budget / per_row.max(1)).clamp(1, rows.max(1))
+}
+
+/// im2col + one product per band of output rows.
+fn direct(
+    x: &[f32],
+    s: &ConvShape,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    add: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let plane = oh * ow;
+    let kk = s.c * s.k * s.k;
+    let out = Out(y.as_mut_ptr());
+    let one_by_one = s.k == 1 && s.stride == 1 && s.pad == [0; 4];
+    // Few bands: let the product split itself over the cores instead.
+    let rows = band_rows(kk * ow, oh, 1 << 18);
+    let bands = oh.div_ceil(rows);
+    let parallel_inside = s.batch * bands < 2 * rayon::current_num_threads();
+    let rows = if parallel_inside { oh } else { rows };
+    let bands = oh.div_ceil(rows);
+    let task = |(b, band): (usize, usize), cols: &mut Vec<f32>| {
+        let r0 = band * rows;
+        let r1 = (r0 + rows).min(oh);
+        let span = r0 * ow..r1 * ow;
+        prefill(out, b, s.o, plane, span.clone(), bias, add);
+        let img = &x[b * s.c * s.h * s.w..(b + 1) * s.c * s.h * s.w];
+        let (src, src_rs) = if one_by_one {
+            (img[span.start..].as_ptr(), s.h * s.w)
+        } else {
+            cols.resize(kk * span.len(), 0.0);
+            im2col_rows(img, s, r0, r1, cols);
+            (cols.as_ptr(), span.len())
+        };
+        // SAFETY: the destination is rows r0..r1 of every output channel of image b (row stride
+        // one plane); the source is `kk` rows of `span.len()` values at stride `src_rs`.
+        unsafe {
+            gemm_acc(
+                out.ptr().add(b * s.o * plane + span.start),
+                plane,
+                w,
+                src,
+                src_rs,
+                s.o,
+                span.len(),
+                kk,
+                parallel_inside,
+            );
+        }
+    };
+    let jobs: Vec<(usize, usize)> = (0..s.batch)
+        .flat_map(|b| (0..bands).map(move |band| (b, band)))
+        .collect();
+    if parallel_inside {
+        let mut cols = Vec::new();
+        for j in jobs {
+            task(j, &mut cols);
+        }
+    } else {
+        jobs.into_par_iter()
+            .for_each_init(Vec::new, |cols, j| task(j, cols));
+    }
+}
+
+/// The column matrix of output rows `r0..r1` of one image:
+/// `cols[(c·k + ky)·k + kx][(r − r0)·ow + ox] = x[c][r·stride + ky − pt][ox·stride + kx − pl]`,
+/// zero outside the image.
+pub(crate) fn im2col_rows(img: &[f32], s: &ConvShape, r0: usize, r1: usize, cols: &mut [f32]) {
+    let (h, w, k, st) = (s.h, s.w, s.k, s.stride);
+    let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
+    let ow = s.out_w();
+    let n = (r1 - r0) * ow;
+    for ci in 0..s.c {
+        let plane = &img[ci * h * w..(ci + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((ci * k + ky) * k + kx) * n..][..n];
+                // Output columns whose input column lies inside the image.
+                let off = kx as isize - pl;
+                let lo = if off >= 0 {
+                    0
+                } else {
+                    ((-off) as usize).div_ceil(st)
+                };
+                let hi = if (w as isize) <= off {
+                    0
+                } else {
+                    (((w as isize - off) as usize).div_ceil(st)).min(ow)
+                };
+                let hi = hi.max(lo);
+                for r in r0..r1 {
+                    let dst = &mut row[(r - r0) * ow..(r - r0 + 1) * ow];
+                    let sy = (r * st) as isize + ky as isize - pt;
+                    if sy < 0 || sy >= h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[sy as usize * w..][..w];
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
+                    if st == 1 {
+                        let s0 = (lo as isize + off) as usize;
+                        dst[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                    } else {
+                        for (ox, d) in dst[lo..hi].iter_mut().enumerate() {
+                            *d = src[(((lo + ox) * st) as isize + off) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// F(4×4, 3×3)'s `G` (interpolation points 0, ±1, ±2, ∞; Lavin & Gray 2016).
+const G4: [[f32; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `Bᵀ q` for six values `q` of a tile's row or column (`Bᵀ` of F(4×4, 3×3)).
+#[inline(always)]
+fn bt6(q: [f32; 6]) -> [f32; 6] {
+    let [q0, q1, q2, q3, q4, q5] = q;
+    [
+        4.0 * q0 - 5.0 * q2 + q4,
+        -4.0 * q1 - 4.0 * q2 + q3 + q4,
+        4.0 * q1 - 4.0 * q2 - q3 + q4,
+        -2.0 * q1 - q2 + 2.0 * q3 + q4,
+        2.0 * q1 - q2 - 2.0 * q3 + q4,
+        4.0 * q1 - 5.0 * q3 + q5,
+    ]
+}
+
+/// `Aᵀ m` for six values (`Aᵀ` of F(4×4, 3×3)).
+#[inline(always)]
+fn at6(m: [f32; 6]) -> [f32; 4] {
+    let [m0, m1, m2, m3, m4, m5] = m;
+    let (s12, d12, s34, d34) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+    [
+        m0 + s12 + s34,
+        d12 + 2.0 * d34,
+        s12 + 4.0 * s34,
+        d12 + 8.0 * d34 + m5,
+    ]
+}
+
+/// The kernels transformed for F(4×4, 3×3): `u[o][ξ][c]` for the 36 positions ξ of a 6×6 tile,
+/// `U = G g Gᵀ`, taken over all input channels of one output at once (each output's rows
+/// written one after the other; the products read `U[ξ]` as rows of stride 36·c).
+fn winograd_weights(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let mut u = vec![0.0f32; 36 * o * c];
+    let out = Out(u.as_mut_ptr());
+    (0..o).into_par_iter().for_each_init(Vec::new, |g, oi| {
+        g.resize(27 * c, 0.0);
+        // SAFETY: rows (ξ, oi) of u are written by the task of oi alone.
+        unsafe { simd(|| weights_row(w, oi, c, g, out)) }
+    });
+    u
+}
+
+/// Runs `f` compiled for AVX2 + FMA where the CPU has them (`f` and what it inlines).
+///
+/// # Safety
+/// None beyond `f`'s own.
+#[inline(always)]
+unsafe fn simd<T>(f: impl FnOnce() -> T) -> T {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked).
+        return unsafe { avx2::run(f) };
+    }
+    f()
+}
+
+/// Output `oi`'s 36 transformed rows `u[oi][ξ][·]`: `G g` (6 × 3 combinations of the 9
+/// weights), then `(G g) Gᵀ`, each over all input channels (contiguous, so they vectorise).
+#[inline(always)]
+fn weights_row(w: &[f32], oi: usize, c: usize, g: &mut [f32], out: Out) {
+    let (raw, gg) = g.split_at_mut(9 * c);
+    // raw[kl][c]: the 9 weights of output oi, one row per kernel position.
+    for ci in 0..c {
+        for kl in 0..9 {
+            raw[kl * c + ci] = w[(oi * c + ci) * 9 + kl];
+        }
+    }
+    // gg[i·3 + l][c] = Σ_k G[i][k] g[k][l].
+    for i in 0..6 {
+        for l in 0..3 {
+            let dst = &mut gg[(i * 3 + l) * c..(i * 3 + l + 1) * c];
+            let (g0, g1, g2) = (
+                &raw[l * c..(l + 1) * c],
+                &raw[(3 + l) * c..(4 + l) * c],
+                &raw[(6 + l) * c..(7 + l) * c],
+            );
+            let [k0, k1, k2] = G4[i];
+            for (((d, &a), &b), &e) in dst.iter_mut().zip(g0).zip(g1).zip(g2) {
+                *d = k0 * a + k1 * b + k2 * e;
+            }
+        }
+    }
+    for i in 0..6 {
+        let (r0, r1, r2) = (
+            &gg[(i * 3) * c..(i * 3 + 1) * c],
+            &gg[(i * 3 + 1) * c..(i * 3 + 2) * c],
+            &gg[(i * 3 + 2) * c..(i * 3 + 3) * c],
+        );
+        for j in 0..6 {
+            let [k0, k1, k2] = G4[j];
+            // SAFETY: row (ξ, oi) of u belongs to the caller's task.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out.ptr().add((oi * 36 + i * 6 + j) * c), c)
+            };
+            for (((d, &a), &b), &e) in dst.iter_mut().zip(r0).zip(r1).zip(r2) {
+                *d = k0 * a + k1 * b + k2 * e;
+            }
+        }
+    }
+}
+
+/// What every band of one Winograd convolution shares.
+struct WinoJob<'a> {
+    x: &'a [f32],
+    s: ConvShape,
+    u: &'a [f32],
+    bias: Option<&'a [f32]>,
+    add: Option<&'a [f32]>,
+    out: Out,
+    /// Tile rows a band.
+    rows: usize,
+    /// Tiles down and across.
+    th: usize,
+    tw: usize,
+}
+
+#[derive(Default)]
+struct WinoScratch {
+    v: Vec<f32>,
+    m: Vec<f32>,
+    d: Vec<f32>,
+    r: Vec<f32>,
+}
+
+/// F(4×4, 3×3) for a 3×3 stride-1 "same" convolution, over bands of tile rows.
+fn winograd(
+    x: &[f32],
+    s: &ConvShape,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    add: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (th, tw) = (s.h.div_ceil(4), s.w.div_ceil(4));
+    let u = winograd_weights(w, s.o, s.c);
+    // About 128 tiles a band, and enough bands for every core.
+    let mut rows = (128 / tw).clamp(1, th);
+    let threads = rayon::current_num_threads();
+    while rows > 1 && s.batch * th.div_ceil(rows) < 4 * threads {
+        rows = rows.div_ceil(2);
+    }
+    let bands = th.div_ceil(rows);
+    let job = WinoJob {
+        x,
+        s: *s,
+        u: &u,
+        bias,
+        add,
+        out: Out(y.as_mut_ptr()),
+        rows,
+        th,
+        tw,
+    };
+    let jobs: Vec<(usize, usize)> = (0..s.batch)
+        .flat_map(|b| (0..bands).map(move |band| (b, band)))
+        .collect();
+    jobs.into_par_iter()
+        .for_each_init(WinoScratch::default, |sc, (b, band)| {
+            // SAFETY: each band writes its own output rows (see `wino_band`).
+            unsafe { simd(|| wino_band(&job, b, band, sc)) }
+        });
+}
+
+/// One band of tile rows of image `b`: input transform, the 36 products, output transform.
+#[inline(always)]
+fn wino_band(job: &WinoJob<'_>, b: usize, band: usize, sc: &mut WinoScratch) {
+    let s = &job.s;
+    let (h, wd, c, o) = (s.h, s.w, s.c, s.o);
+    let (tw, plane) = (job.tw, s.h * s.w);
+    let t0 = band * job.rows;
+    let t1 = (t0 + job.rows).min(job.th);
+    let nt = (t1 - t0) * tw;
+    // A tile row's six input rows, each held as four phases: ph[r][t] = padded[4t + r], for t
+    // in 0..=tw (the padded row has one zero column left and zeros right).
+    let pt = tw + 1;
+    sc.v.resize(36 * c * nt, 0.0);
+    sc.m.resize(36 * o * nt, 0.0);
+    sc.d.resize(6 * 4 * pt, 0.0);
+    sc.r.resize(4 * 6 * tw, 0.0);
+    let img = &job.x[b * c * plane..(b + 1) * c * plane];
+    let stride = c * nt;
+    // Input transform: V[ξ][c][t] = (Bᵀ d B)[ξ].
+    for ci in 0..c {
+        let src = &img[ci * plane..(ci + 1) * plane];
+        for tr in t0..t1 {
+            let d = &mut sc.d;
+            d.fill(0.0);
+            // Rows 4·tr − 1 .. 4·tr + 5 of the zero-padded image, by phase.
+            for i in 0..6 {
+                let yy = (4 * tr + i) as isize - 1;
+                if yy < 0 || yy as usize >= h {
+                    continue;
+                }
+                let row = &src[yy as usize * wd..][..wd];
+                for (xx, &v) in row.iter().enumerate() {
+                    let p = xx + 1;
+                    d[(i * 4 + p % 4) * pt + p / 4] = v;
+                }
+            }
+            // Bᵀ over the six rows, phase by phase (contiguous): e replaces d in place.
+            for r in 0..4 {
+                for t in 0..pt {
+                    let q = std::array::from_fn(|i| d[(i * 4 + r) * pt + t]);
+                    let e = bt6(q);
+                    for (i, v) in e.into_iter().enumerate() {
+                        d[(i * 4 + r) * pt + t] = v;
+                    }
+                }
+            }
+            // Then along each row: tile t reads padded columns 4t .. 4t + 5, that is phases
+            // 0..3 at t and phases 0, 1 at t + 1.
+            let at = ci * nt + (tr - t0) * tw;
+            for i in 0..6 {
+                let ph = |r: usize| &d[(i * 4 + r) * pt..(i * 4 + r + 1) * pt];
+                let (p0, p1, p2, p3) = (ph(0), ph(1), ph(2), ph(3));
+                let base = i * 6 * stride + at;
+                let (v0, rest) = sc.v[base..].split_at_mut(stride);
+                let (v1, rest) = rest.split_at_mut(stride);
+                let (v2, rest) = rest.split_at_mut(stride);
+                let (v3, rest) = rest.split_at_mut(stride);
+                let (v4, rest) = rest.split_at_mut(stride);
+                let v5 = &mut rest[..tw];
+                for t in 0..tw {
+                    let e = bt6([p0[t], p1[t], p2[t], p3[t], p0[t + 1], p1[t + 1]]);
+                    v0[t] = e[0];
+                    v1[t] = e[1];
+                    v2[t] = e[2];
+                    v3[t] = e[3];
+                    v4[t] = e[4];
+                    v5[t] = e[5];
+                }
+            }
+        }
+    }
+    // The 36 products: M[ξ] (o × nt) = U[ξ] (o × c) · V[ξ] (c × nt).
+    for xi in 0..36 {
+        // SAFETY: M[ξ] is o × nt row-major, V[ξ] c × nt row-major, in live buffers.
+        unsafe {
+            gemm_into(
+                sc.m.as_mut_ptr().add(xi * o * nt),
+                nt,
+                job.u[xi * c..].as_ptr(),
+                36 * c,
+                sc.v.as_ptr().add(xi * c * nt),
+                nt,
+                o,
+                nt,
+                c,
+            );
+        }
+    }
+    // Output transform: Y = Aᵀ M A, plus bias and add, one tile row at a time.
+    let on = o * nt;
+    for oc in 0..o {
+        let base_b = job.bias.map_or(0.0, |bs| bs[oc]);
+        let at = (b * o + oc) * plane;
+        for tr in t0..t1 {
+            let first = oc * nt + (tr - t0) * tw;
+            // r[(i·6 + j)·tw + t] = (Aᵀ M)[i][j] of tile t.
+            for j in 0..6 {
+                let m = |k: usize| &sc.m[(k * 6 + j) * on + first..][..tw];
+                let ms = [m(0), m(1), m(2), m(3), m(4), m(5)];
+                let (r0, rest) = sc.r[j * tw..].split_at_mut(6 * tw);
+                let (r1, rest) = rest.split_at_mut(6 * tw);
+                let (r2, rest) = rest.split_at_mut(6 * tw);
+                let r3 = &mut rest[..tw];
+                for t in 0..tw {
+                    let a = at6(std::array::from_fn(|k| ms[k][t]));
+                    r0[t] = a[0];
+                    r1[t] = a[1];
+                    r2[t] = a[2];
+                    r3[t] = a[3];
+                }
+            }
+            for i in 0..4 {
+                let yy = 4 * tr + i;
+                if yy >= h {
+                    break;
+                }
+                let i0 = at + yy * wd;
+                // SAFETY: output rows 4·t0 .. 4·t1 of image b belong to this band.
+                let dst = unsafe { std::slice::from_raw_parts_mut(job.out.ptr().add(i0), wd) };
+                let r = &sc.r[i * 6 * tw..(i + 1) * 6 * tw];
+                let full = wd / 4;
+                for t in 0..full {
+                    let v = at6(std::array::from_fn(|j| r[j * tw + t]));
+                    for (jj, v) in v.into_iter().enumerate() {
+                        dst[4 * t + jj] = v + base_b;
+                    }
+                }
+                if full < tw {
+                    let v = at6(std::array::from_fn(|j| r[j * tw + full]));
+                    for (jj, v) in v.into_iter().enumerate().take(wd - 4 * full) {
+                        dst[4 * full + jj] = v + base_b;
+                    }
+                }
+                if let Some(a) = job.add {
+                    for (d, &a) in dst.iter_mut().zip(&a[i0..i0 + wd]) {
+                        *d += a;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// GroupNorm of `x` `[batch, c, hw]` with `groups` groups, ε, per-channel scale and shift,
+/// then SiLU when `silu`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_raw(
+    x: &[f32],
+    batch: usize,
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f64,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    silu: bool,
+) -> Vec<f32> {
+    assert!(groups > 0 && c % groups == 0);
+    assert_eq!(x.len(), batch * c * hw);
+    let per = c / groups;
+    let len = per * hw;
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(len)
+        .zip(x.par_chunks(len))
+        .enumerate()
+        .for_each(|(bg, (dst, src))| {
+            let g = bg % groups;
+            let mean = src.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+            let var = src
+                .iter()
+                .map(|&v| {
+                    let d = v as f64 - mean;
+                    d * d
+                })
+                .sum::<f64>()
+                / len as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ci in 0..per {
+                let ch = g * per + ci;
+                let scale = gamma.map_or(1.0, |gm| gm[ch] as f64) * inv;
+                let shift = beta.map_or(0.0, |bt| bt[ch] as f64) - mean * scale;
+                let (d, s) = (
+                    &mut dst[ci * hw..(ci + 1) * hw],
+                    &src[ci * hw..(ci + 1) * hw],
+                );
+                affine(d, s, scale as f32, shift as f32, silu);
+            }
+        });
+    y
+}
+
+/// `d = s·scale + shift`, then SiLU when `silu`.
+fn affine(d: &mut [f32], s: &[f32], scale: f32, shift: f32, silu: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked).
+        unsafe { avx2::affine(d, s, scale, shift, silu) };
+        return;
+    }
+    affine_body(d, s, scale, shift, silu);
+}
+
+#[inline(always)]
+fn affine_body(d: &mut [f32], s: &[f32], scale: f32, shift: f32, silu: bool) {
+    if silu {
+        for (d, &s) in d.iter_mut().zip(s) {
+            let v = s * scale + shift;
+            *d = v / (1.0 + exp(-v));
+        }
+    } else {
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d = s * scale + shift;
+        }
+    }
+}
+
+/// `e^x` to about 2 ulp, branch-free so that loops over it vectorise (Cody–Waite reduction to
+/// `r ∈ [−ln2/2, ln2/2]`, a degree-6 polynomial, the exponent built in the bits).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.max(-87.0).min(88.0);
+    // n = round(x / ln 2) by the 1.5·2²³ trick: the low bits of `t` then hold n itself, so
+    // 2ⁿ's exponent field is built from them with integer operations (no float → int
+    // conversion, whose saturation would keep the loop scalar).
+    const MAGIC: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67
+                    + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+
+    use std::arch::x86_64::*;
+
+    /// `dst = a · b` for row-major operands with the given row strides (see `gemm_into`): the
+    /// output in tiles of 6 rows × 16 columns, each tile's 12 accumulators in registers over
+    /// the whole inner dimension; `b`'s 16-column panel (read in place, one row of 64 bytes a
+    /// step) is reused by every row tile while it sits in L1. Columns past the last full panel
+    /// are summed one by one.
+    ///
+    /// # Safety
+    /// As `gemm_into`; the CPU must have AVX2 and FMA.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gemm(
+        dst: *mut f32,
+        dst_rs: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        b_rs: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) {
+        let full = n / 16 * 16;
+        // SAFETY (every block below): indices stay within i < m, j < n, l < k, as the caller
+        // guarantees valid.
+        unsafe {
+            for j0 in (0..full).step_by(16) {
+                let mut i0 = 0;
+                while i0 + 6 <= m {
+                    tile::<6>(dst, dst_rs, a, a_rs, b, b_rs, i0, j0, k);
+                    i0 += 6;
+                }
+                match m - i0 {
+                    0 => {}
+                    1 => tile::<1>(dst, dst_rs, a, a_rs, b, b_rs, i0, j0, k),
+                    2 => tile::<2>(dst, dst_rs, a, a_rs, b, b_rs, i0, j0, k),
+                    3 => tile::<3>(dst, dst_rs, a, a_rs, b, b_rs, i0, j0, k),
+                    4 => tile::<4>(dst, dst_rs, a, a_rs, b, b_rs, i0, j0, k),
+                    _ => tile::<5>(dst, dst_rs, a, a_rs, b, b_rs, i0, j0, k),
+                }
+            }
+            for i in 0..m {
+                for j in full..n {
+                    let mut acc = 0.0f32;
+                    for l in 0..k {
+                        acc += *a.add(i * a_rs + l) * *b.add(l * b_rs + j);
+                    }
+                    *dst.add(i * dst_rs + j) = acc;
+                }
+            }
+        }
+    }
+
+    /// Rows `i0..i0 + R`, columns `j0..j0 + 16` of `dst = a · b`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const R: usize>(
+        dst: *mut f32,
+        dst_rs: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        b_rs: usize,
+        i0: usize,
+        j0: usize,
+        k: usize,
+    ) {
+        // SAFETY: the caller's bounds (see `gemm`).
+        unsafe {
+            let mut lo = [_mm256_setzero_ps(); R];
+            let mut hi = [_mm256_setzero_ps(); R];
+            let a = a.add(i0 * a_rs);
+            let b = b.add(j0);
+            for l in 0..k {
+                let bp = b.add(l * b_rs);
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for i in 0..R {
+                    let av = _mm256_broadcast_ss(&*a.add(i * a_rs + l));
+                    lo[i] = _mm256_fmadd_ps(av, b0, lo[i]);
+                    hi[i] = _mm256_fmadd_ps(av, b1, hi[i]);
+                }
+            }
+            for i in 0..R {
+                let d = dst.add((i0 + i) * dst_rs + j0);
+                _mm256_storeu_ps(d, lo[i]);
+                _mm256_storeu_ps(d.add(8), hi[i]);
+            }
+        }
+    }
+
+    /// Runs `f`, inlined into a function compiled for AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn run<T>(f: impl FnOnce() -> T) -> T {
+        f()
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn affine(d: &mut [f32], s: &[f32], scale: f32, shift: f32, silu: bool) {
+        super::affine_body(d, s, scale, shift, silu)
+    }
+}
+
+/// Nearest ×2 upsampling of `[planes, h, w]`.
+pub fn upsample_nearest_2x_raw(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
+    assert_eq!(x.len(), planes * h * w);
+    let mut y = vec![0.0f32; planes * 4 * h * w];
+    y.par_chunks_mut(4 * h * w)
+        .zip(x.par_chunks(h * w))
+        .for_each(|(dst, src)| {
+            for (r, row) in src.chunks_exact(w).enumerate() {
+                let top = &mut dst[2 * r * 2 * w..(2 * r + 1) * 2 * w];
+                for (pair, &v) in top.chunks_exact_mut(2).zip(row) {
+                    pair[0] = v;
+                    pair[1] = v;
+                }
+                let (a, b) = dst[2 * r * 2 * w..(2 * r + 2) * 2 * w].split_at_mut(2 * w);
+                b.copy_from_slice(a);
+            }
+        });
+    y
+}
+
+// ---- burn tensors ----------------------------------------------------------------------------
+
+fn cast<T: 'static, U: 'static>(t: T) -> U {
+    *(Box::new(t) as Box<dyn Any>)
+        .downcast::<U>()
+        .expect("types checked by TypeId")
+}
+
+fn on_cpu<B: Backend>() -> bool {
+    TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>()
+}
+
+/// The f32 values of a tensor of the CPU backend, contiguous (copied only if they are not).
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let t: FlexTensor = cast(t.into_primitive().tensor());
+    let t = if t.is_contiguous() && t.layout().start_offset() == 0 {
+        t
+    } else {
+        t.to_contiguous()
+    };
+    t.as_slice::<f32>()?;
+    Some(t)
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("checked by values()")
+}
+
+fn tensor<B: Backend, const D: usize>(v: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+    let t = FlexTensor::new(
+        Bytes::from_elems(v),
+        Layout::contiguous(shape.into()),
+        DType::F32,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(cast(t)))
+}
+
+/// `conv(x) (+ add)` with the module's weights and bias and the given zero padding (top, left,
+/// bottom, right), on the CPU backend in f32; `None` elsewhere, or for dilated or grouped
+/// convolutions.
+pub fn conv2d<B: Backend>(
+    conv: &Conv2d<B>,
+    x: &Tensor<B, 4>,
+    pad: [usize; 4],
+    add: Option<&Tensor<B, 4>>,
+) -> Option<Tensor<B, 4>> {
+    if !on_cpu::<B>() || conv.dilation != [1, 1] || conv.groups != 1 {
+        return None;
+    }
+    let [k0, k1] = conv.kernel_size;
+    if k0 != k1 || conv.stride[0] != conv.stride[1] {
+        return None;
+    }
+    let [batch, c, h, w] = x.dims();
+    let [o, ci, _, _] = conv.weight.dims();
+    let s = ConvShape {
+        batch,
+        c,
+        h,
+        w,
+        o,
+        k: k0,
+        stride: conv.stride[0],
+        pad,
+    };
+    if ci != c || !s.valid() {
+        return None;
+    }
+    let xs = values(x.clone())?;
+    let ws = values(conv.weight.val())?;
+    let bs = match &conv.bias {
+        Some(b) => Some(values(b.val())?),
+        None => None,
+    };
+    let adds = match add {
+        Some(a) => {
+            if a.dims() != [batch, o, s.out_h(), s.out_w()] {
+                return None;
+            }
+            Some(values(a.clone())?)
+        }
+        None => None,
+    };
+    let y = conv2d_raw(
+        slice(&xs),
+        &s,
+        slice(&ws),
+        bs.as_ref().map(slice),
+        adds.as_ref().map(slice),
+    );
+    Some(tensor(y, [batch, o, s.out_h(), s.out_w()]))
+}
+
+/// The module's own padding as (top, left, bottom, right), where it is explicit.
+pub fn explicit_padding<B: Backend>(conv: &Conv2d<B>) -> Option<[usize; 4]> {
+    match conv.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) => Some([t, l, b, r]),
+        PaddingConfig2d::Valid => Some([0; 4]),
+        PaddingConfig2d::Same => None,
+    }
+}
+
+/// GroupNorm (then SiLU when `silu`) on the CPU backend in f32; `None` elsewhere.
+pub fn group_norm_silu<B: Backend>(
+    norm: &GroupNorm<B>,
+    x: &Tensor<B, 4>,
+    silu: bool,
+) -> Option<Tensor<B, 4>> {
+    if !on_cpu::<B>() {
+        return None;
+    }
+    let [b, c, h, w] = x.dims();
+    if norm.num_channels != c || c % norm.num_groups != 0 {
+        return None;
+    }
+    let xs = values(x.clone())?;
+    let gamma = match &norm.gamma {
+        Some(p) => Some(values(p.val())?),
+        None => None,
+    };
+    let beta = match &norm.beta {
+        Some(p) => Some(values(p.val())?),
+        None => None,
+    };
+    let y = group_norm_raw(
+        slice(&xs),
+        b,
+        c,
+        h * w,
+        norm.num_groups,
+        norm.epsilon,
+        gamma.as_ref().map(slice),
+        beta.as_ref().map(slice),
+        silu,
+    );
+    Some(tensor(y, [b, c, h, w]))
+}
+
+/// Nearest ×2 upsampling on the CPU backend in f32; `None` elsewhere.
+pub fn upsample_nearest_2x<B: Backend>(x: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+    if !on_cpu::<B>() {
+        return None;
+    }
+    let [b, c, h, w] = x.dims();
+    let xs = values(x.clone())?;
+    let y = upsample_nearest_2x_raw(slice(&xs), b * c, h, w);
+    Some(tensor(y, [b, c, 2 * h, 2 * w]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution by its definition, in f64.
+    fn reference(
+        x: &[f32],
+        s: &ConvShape,
+        w: &[f32],
+        bias: &[f32],
+        add: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let mut y = vec![0.0f32; s.batch * s.o * oh * ow];
+        for b in 0..s.batch {
+            for o in 0..s.o {
+                for r in 0..oh {
+                    for q in 0..ow {
+                        let mut acc = bias[o] as f64;
+                        for c in 0..s.c {
+                            for ky in 0..s.k {
+                                for kx in 0..s.k {
+                                    let iy = (r * s.stride + ky) as isize - s.pad[0] as isize;
+                                    let ix = (q * s.stride + kx) as isize - s.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv =
+                                        x[((b * s.c + c) * s.h + iy as usize) * s.w + ix as usize];
+                                    let wv = w[((o * s.c + c) * s.k + ky) * s.k + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        let i = ((b * s.o + o) * oh + r) * ow + q;
+                        y[i] = (acc + add.map_or(0.0, |a| a[i] as f64)) as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Deterministic values in [−1, 1).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_convolution_path_matches_the_definition() {
+        let cases = [
+            // Winograd: even, odd and narrow images, several bands, a residual.
+            (1, 3, 5, 32, 32, 3, 1, [1; 4], true),
+            (2, 4, 3, 33, 31, 3, 1, [1; 4], false),
+            (3, 2, 2, 17, 40, 3, 1, [1; 4], true),
+            // Under 8 pixels a side: im2col.
+            (40, 3, 4, 6, 7, 3, 1, [1; 4], true),
+            // im2col: small 3×3, 1×1, the encoder's stride-2 with one-sided padding, stride 2
+            // with symmetric padding.
+            (1, 6, 4, 8, 8, 3, 1, [1; 4], true),
+            (2, 5, 7, 9, 11, 1, 1, [0; 4], true),
+            (2, 3, 4, 16, 16, 3, 2, [0, 0, 1, 1], false),
+            (1, 3, 4, 15, 13, 3, 2, [1; 4], false),
+            (1, 2, 3, 40, 40, 1, 1, [0; 4], false),
+        ];
+        for (i, &(batch, c, o, h, w, k, stride, pad, with_add)) in cases.iter().enumerate() {
+            let s = ConvShape {
+                batch,
+                c,
+                h,
+                w,
+                o,
+                k,
+                stride,
+                pad,
+            };
+            let x = noise(batch * c * h * w, i as u64 + 1);
+            let wt = noise(o * c * k * k, i as u64 + 100);
+            let bias = noise(o, i as u64 + 200);
+            let add = with_add.then(|| noise(batch * o * s.out_h() * s.out_w(), i as u64 + 300));
+            let want = reference(&x, &s, &wt, &bias, add.as_deref());
+            let got = conv2d_raw(&x, &s, &wt, Some(&bias), add.as_deref());
+            assert_eq!(got.len(), want.len(), "case {i}");
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                err < 1e-5 * (c * k * k) as f32,
+                "case {i} {s:?}: max error {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_norm_and_silu_match_the_definition() {
+        let (b, c, hw, groups) = (2, 6, 50, 3);
+        let x: Vec<f32> = noise(b * c * hw, 7).iter().map(|v| 3.0 * v + 0.5).collect();
+        let gamma = noise(c, 8);
+        let beta = noise(c, 9);
+        for silu in [false, true] {
+            let y = group_norm_raw(&x, b, c, hw, groups, 1e-6, Some(&gamma), Some(&beta), silu);
+            let per = c / groups;
+            for bi in 0..b {
+                for g in 0..groups {
+                    let at = (bi * c + g * per) * hw;
+                    let vals = &x[at..at + per * hw];
+                    let mean = vals.iter().map(|&v| v as f64).sum::<f64>() / vals.len() as f64;
+                    let var = vals.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>()
+                        / vals.len() as f64;
+                    for (j, &v) in vals.iter().enumerate() {
+                        let ch = g * per + j / hw;
+                        let n = (v as f64 - mean) / (var + 1e-6).sqrt() * gamma[ch] as f64
+                            + beta[ch] as f64;
+                        let want = if silu { n / (1.0 + (-n).exp()) } else { n };
+                        let got = y[at + j] as f64;
+                        assert!((got - want).abs() < 1e-5, "{got} vs {want} (silu {silu})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_exponential_is_close_everywhere_it_is_used() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((exp(x) as f64) - (x as f64).exp()).abs() / (x as f64).exp();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 1e-6, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn upsampling_repeats_every_pixel_into_a_square() {
+        let x: Vec<f32> = (0..2 * 3 * 5).map(|v| v as f32).collect();
+        let y = upsample_nearest_2x_raw(&x, 2, 3, 5);
+        for p in 0..2 {
+            for r in 0..6 {
+                for q in 0..10 {
+                    assert_eq!(y[(p * 6 + r) * 10 + q], x[(p * 3 + r / 2) * 5 + q / 2]);
+                }
+            }
+        }
+    }
+}
