@@ -34,7 +34,10 @@ fn vq_only_times_decode_and_encode_of_the_tokenizer_alone() {
     }
     let per_s = v["decode_images_per_s"].as_f64().unwrap();
     let s = v["vq_decode_seconds"].as_f64().unwrap();
-    assert!((per_s * s - 2.0).abs() < 1e-6, "{per_s} images/s over {s} s");
+    assert!(
+        (per_s * s - 2.0).abs() < 1e-6,
+        "{per_s} images/s over {s} s"
+    );
     if cfg!(target_os = "linux") {
         assert!(v["peak_rss_bytes"].as_u64().unwrap() > 1_000_000, "{v}");
     }
@@ -61,7 +64,10 @@ fn an_image_size_the_tokenizer_cannot_tile_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("multiple of VQ-16's downsampling (16"), "{err}");
+    assert!(
+        err.contains("multiple of VQ-16's downsampling (16"),
+        "{err}"
+    );
     let out = llamagen()
         .args(["bench", "--vq-only", "--grid", "4", "--image-size", "64"])
         .output()

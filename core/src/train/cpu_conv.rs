@@ -3,11 +3,12 @@
 //!
 //! burn-flex computes a convolution's gradients through a transposed convolution (for the input)
 //! and a convolution with batch and channels swapped (for the weights), whose layout conversions
-//! and serial scatter loops cost about five times the forward pass. Here all three products are
-//! one matrix product per image over the image's column matrix (im2col), in the `gemm` crate
-//! that burn-flex itself uses:
+//! and serial scatter loops cost about five times the forward pass. Here the forward pass is the
+//! inference path's convolution (`kernels::conv`: Winograd F(4×4, 3×3) or im2col, by shape) and
+//! both gradients one matrix product per image over the image's column matrix (the same im2col),
+//! in the `gemm` crate that burn-flex itself uses:
 //!
-//! - output:          `Y[b] = W · cols(X[b])`              (`[O, C·k²] · [C·k², H·W]`)
+//! - output:          `Y = conv(X)`                        (`kernels::conv::conv2d_raw`)
 //! - weight gradient: `dW = Σ_b dY[b] · cols(X[b])ᵀ`
 //! - input gradient:  `dX[b] = col2im(Wᵀ · dY[b])`
 //!
@@ -32,6 +33,8 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::{TensorData, TensorPrimitive};
 
+use crate::kernels::conv::{ConvShape, conv2d_raw, im2col_rows};
+
 type Ad = burn::backend::Autodiff<Flex>;
 
 /// Geometry of one convolution: `[batch, channels, h, w]` in, `[out, channels, k, k]` weights.
@@ -55,33 +58,26 @@ impl Geom {
     }
 }
 
-/// `cols[(c·k + ky)·k + kx][y·w + x] = x[c][y + ky − p][x + kx − p]`, zero outside the image.
-fn im2col(x: &[f32], g: &Geom, cols: &mut [f32]) {
-    let (h, w, k, p) = (g.h, g.w, g.k, (g.k / 2) as isize);
-    for ci in 0..g.c {
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        for ky in 0..k {
-            for kx in 0..k {
-                let row = &mut cols[((ci * k + ky) * k + kx) * h * w..][..h * w];
-                let off = kx as isize - p;
-                let x0 = (-off).max(0) as usize;
-                let x1 = (w as isize - off).min(w as isize).max(x0 as isize) as usize;
-                for y in 0..h {
-                    let dst = &mut row[y * w..(y + 1) * w];
-                    let sy = y as isize + ky as isize - p;
-                    if sy < 0 || sy >= h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[sy as usize * w..][..w];
-                    dst[..x0].fill(0.0);
-                    dst[x1..].fill(0.0);
-                    let s0 = (x0 as isize + off) as usize;
-                    dst[x0..x1].copy_from_slice(&src[s0..s0 + (x1 - x0)]);
-                }
-            }
+impl Geom {
+    /// The same convolution as `kernels::conv` describes it: stride 1, padding k/2 all round.
+    fn shape(&self) -> ConvShape {
+        ConvShape {
+            batch: self.batch,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            k: self.k,
+            stride: 1,
+            pad: [self.k / 2; 4],
         }
     }
+}
+
+/// `cols[(c·k + ky)·k + kx][y·w + x] = x[c][y + ky − p][x + kx − p]`, zero outside the image:
+/// the inference path's column matrix, over all rows.
+fn im2col(x: &[f32], g: &Geom, cols: &mut [f32]) {
+    im2col_rows(x, &g.shape(), 0, g.h, cols);
 }
 
 /// The adjoint of [`im2col`]: adds each column-matrix entry back to the pixel it was read from.
@@ -183,27 +179,9 @@ fn cols_of<'a>(x: &'a [f32], g: &Geom, b: usize, buf: &'a mut Vec<f32>) -> &'a [
     buf
 }
 
+/// The forward pass is the inference path's convolution (Winograd or im2col, by shape).
 fn forward_raw(x: &[f32], w: &[f32], bias: &[f32], g: &Geom) -> Vec<f32> {
-    let (hw, kk) = (g.hw(), g.kk());
-    let mut y = vec![0.0f32; g.batch * g.o * hw];
-    let mut buf = Vec::new();
-    for b in 0..g.batch {
-        let out = &mut y[b * g.o * hw..(b + 1) * g.o * hw];
-        for (o, row) in out.chunks_mut(hw).enumerate() {
-            row.fill(bias[o]);
-        }
-        let cols = cols_of(x, g, b, &mut buf);
-        matmul(
-            out,
-            g.o,
-            hw,
-            kk,
-            row_major(w, kk),
-            row_major(cols, hw),
-            true,
-        );
-    }
-    y
+    conv2d_raw(x, &g.shape(), w, Some(bias), None)
 }
 
 /// Gradients of input, weight and bias for the output gradient `dy`.
@@ -387,6 +365,8 @@ mod tests {
             (3, 4, 4, 5, 9, 1),
             (2, 8, 6, 4, 4, 3),
             (1, 2, 3, 1, 5, 3),
+            // Large enough for the forward pass to take Winograd's path.
+            (2, 3, 5, 24, 24, 3),
         ] {
             let conv = Conv2dConfig::new([c, o], [k, k])
                 .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
