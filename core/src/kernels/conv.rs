@@ -74,6 +74,9 @@ impl ConvShape {
             && self.pad == [1; 4]
             && self.h >= 8
             && self.w >= 8
+            // Few input channels (an RGB image): the transformed tiles cost more than the
+            // products they save.
+            && self.c >= 16
             // Below 32×32 outputs the transforms of the weights cost more than they save.
             && self.batch * self.h * self.w >= 1024
     }
@@ -509,10 +512,11 @@ fn winograd(
 ) {
     let (th, tw) = (s.h.div_ceil(4), s.w.div_ceil(4));
     let u = winograd_weights(w, s.o, s.c);
-    // About 128 tiles a band, and enough bands for every core.
+    // About 128 tiles a band, and enough bands for every core, but not under 16 tiles (one
+    // panel of the product) while the image has them.
     let mut rows = (128 / tw).clamp(1, th);
     let threads = rayon::current_num_threads();
-    while rows > 1 && s.batch * th.div_ceil(rows) < 4 * threads {
+    while rows > 1 && (rows / 2) * tw >= 16 && s.batch * th.div_ceil(rows) < 4 * threads {
         rows = rows.div_ceil(2);
     }
     let bands = th.div_ceil(rows);
@@ -787,7 +791,7 @@ mod avx2 {
     /// output in tiles of 6 rows × 16 columns, each tile's 12 accumulators in registers over
     /// the whole inner dimension; `b`'s 16-column panel (read in place, one row of 64 bytes a
     /// step) is reused by every row tile while it sits in L1. Columns past the last full panel
-    /// are summed one by one.
+    /// go through a zero-padded copy of their panel.
     ///
     /// # Safety
     /// As `gemm_into`; the CPU must have AVX2 and FMA.
@@ -823,13 +827,40 @@ mod avx2 {
                     _ => tile::<5>(dst, dst_rs, a, a_rs, b, b_rs, i0, j0, k),
                 }
             }
-            for i in 0..m {
-                for j in full..n {
-                    let mut acc = 0.0f32;
-                    for l in 0..k {
-                        acc += *a.add(i * a_rs + l) * *b.add(l * b_rs + j);
+            if full < n {
+                // The last columns: through a zero-padded copy of b's panel and of the output.
+                let rest = n - full;
+                let mut panel = vec![0.0f32; k * 16];
+                for l in 0..k {
+                    std::ptr::copy_nonoverlapping(
+                        b.add(l * b_rs + full),
+                        panel.as_mut_ptr().add(l * 16),
+                        rest,
+                    );
+                }
+                let mut out = [0.0f32; 6 * 16];
+                let mut i0 = 0;
+                while i0 < m {
+                    let r = (m - i0).min(6);
+                    let o = out.as_mut_ptr();
+                    let p = panel.as_ptr();
+                    let a0 = a.add(i0 * a_rs);
+                    match r {
+                        1 => tile::<1>(o, 16, a0, a_rs, p, 16, 0, 0, k),
+                        2 => tile::<2>(o, 16, a0, a_rs, p, 16, 0, 0, k),
+                        3 => tile::<3>(o, 16, a0, a_rs, p, 16, 0, 0, k),
+                        4 => tile::<4>(o, 16, a0, a_rs, p, 16, 0, 0, k),
+                        5 => tile::<5>(o, 16, a0, a_rs, p, 16, 0, 0, k),
+                        _ => tile::<6>(o, 16, a0, a_rs, p, 16, 0, 0, k),
                     }
-                    *dst.add(i * dst_rs + j) = acc;
+                    for i in 0..r {
+                        std::ptr::copy_nonoverlapping(
+                            out.as_ptr().add(i * 16),
+                            dst.add((i0 + i) * dst_rs + full),
+                            rest,
+                        );
+                    }
+                    i0 += r;
                 }
             }
         }
@@ -1119,9 +1150,11 @@ mod tests {
     fn every_convolution_path_matches_the_definition() {
         let cases = [
             // Winograd: even, odd and narrow images, several bands, a residual.
-            (1, 3, 5, 32, 32, 3, 1, [1; 4], true),
-            (2, 4, 3, 33, 31, 3, 1, [1; 4], false),
-            (3, 2, 2, 17, 40, 3, 1, [1; 4], true),
+            (1, 16, 5, 32, 32, 3, 1, [1; 4], true),
+            (2, 17, 3, 33, 31, 3, 1, [1; 4], false),
+            (3, 16, 2, 17, 40, 3, 1, [1; 4], true),
+            // Too few input channels for Winograd: im2col.
+            (1, 3, 5, 32, 32, 3, 1, [1; 4], false),
             // Under 8 pixels a side: im2col.
             (40, 3, 4, 6, 7, 3, 1, [1; 4], true),
             // im2col: small 3×3, 1×1, the encoder's stride-2 with one-sided padding, stride 2
@@ -1159,6 +1192,50 @@ mod tests {
                 err < 1e-5 * (c * k * k) as f32,
                 "case {i} {s:?}: max error {err}"
             );
+        }
+    }
+
+    #[test]
+    fn the_product_matches_a_plain_loop_with_strides_and_edges() {
+        for &(m, n, k) in &[
+            (7, 37, 5),
+            (6, 16, 3),
+            (13, 50, 129),
+            (1, 8, 1),
+            (12, 64, 32),
+        ] {
+            let (a_rs, b_rs, d_rs) = (k + 3, n + 5, n + 2);
+            let a = noise(m * a_rs, 11);
+            let b = noise(k * b_rs, 12);
+            let mut d = vec![f32::NAN; m * d_rs];
+            // SAFETY: every index is inside the buffers of the stated strides.
+            unsafe {
+                gemm_into(
+                    d.as_mut_ptr(),
+                    d_rs,
+                    a.as_ptr(),
+                    a_rs,
+                    b.as_ptr(),
+                    b_rs,
+                    m,
+                    n,
+                    k,
+                )
+            };
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|l| a[i * a_rs + l] as f64 * b[l * b_rs + j] as f64)
+                        .sum();
+                    let got = d[i * d_rs + j] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{m}×{n}×{k} at {i},{j}: {got} vs {want}"
+                    );
+                }
+                // Past each row's n columns nothing was written.
+                assert!(d[i * d_rs + n..(i + 1) * d_rs].iter().all(|v| v.is_nan()));
+            }
         }
     }
 

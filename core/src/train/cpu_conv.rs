@@ -366,7 +366,7 @@ mod tests {
             (2, 8, 6, 4, 4, 3),
             (1, 2, 3, 1, 5, 3),
             // Large enough for the forward pass to take Winograd's path.
-            (2, 3, 5, 24, 24, 3),
+            (2, 16, 5, 24, 24, 3),
         ] {
             let conv = Conv2dConfig::new([c, o], [k, k])
                 .with_padding(PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2))
