@@ -204,6 +204,12 @@ impl TokenSampler {
         }
     }
 
+    /// One uniform number in [0, 1) from this sample's stream (the decoding strategies that
+    /// draw more than one number per token take theirs here).
+    pub fn uniform(&mut self) -> f64 {
+        self.rng.random()
+    }
+
     /// Samples one token from (already CFG-combined) logits. One uniform number is drawn per
     /// token whatever the settings, so streams stay aligned.
     pub fn sample(&mut self, logits: &[f32]) -> Choice {

@@ -129,6 +129,34 @@ impl<B: Backend> LayerKv<B> {
         }
     }
 
+    /// Drops every position from `len` on (a rollback of uncommitted positions): the cache is
+    /// then the one that never saw them. A fixed buffer only resets its length (the columns
+    /// past it are written again before any query can see them: attention is causal).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len() {
+            return;
+        }
+        match self {
+            LayerKv::Growing { settled, recent } => {
+                let keep = |p: KvPart<B>, n: usize| KvPart {
+                    k: p.k.narrow(2, 0, n),
+                    v: p.v.narrow(2, 0, n),
+                };
+                let settled_len = settled.as_ref().map_or(0, KvPart::len);
+                if len <= settled_len {
+                    *recent = None;
+                    *settled = match settled.take() {
+                        Some(s) if len > 0 => Some(keep(s, len)),
+                        _ => None,
+                    };
+                } else if let Some(r) = recent.take() {
+                    *recent = Some(keep(r, len - settled_len));
+                }
+            }
+            LayerKv::Fixed { len: held, .. } => *held = len,
+        }
+    }
+
     /// The parts in position order. A fixed buffer is one part of `max_len` positions, the
     /// unwritten ones included (the attention mask hides them).
     pub fn parts(&self) -> Vec<KvPart<B>> {
@@ -215,6 +243,22 @@ impl<B: Backend> KvCache<B> {
             .unsqueeze::<3>()
             .expand([b, self.max_len, self.max_len]);
         self.allowed = allowed.bool_or(diag);
+    }
+
+    /// Drops every position from `len` on, in every layer ([`LayerKv::truncate`]).
+    pub fn truncate(&mut self, len: usize) {
+        for layer in &mut self.layers {
+            layer.truncate(len);
+        }
+    }
+
+    /// Positions held (those of the first layer; all layers hold the same).
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerKv::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Positions `[start, start+len)` as query rows over the key columns attention reads

@@ -2,6 +2,7 @@
 //! parity with the official code, checkpoint handling, generator behaviour.
 
 mod checkpoints;
+mod decoding;
 mod generator;
 mod half_precision;
 mod kernels;

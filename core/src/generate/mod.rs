@@ -1,7 +1,13 @@
 //! The generation loop shared by the CLI and the studio: a batch of requests, each with its own
 //! condition and sampler settings; prefill, then one-token decode steps on the KV cache, CFG
 //! doubling the batch as the official code does; one event per token; cancellable between
-//! tokens; resampling from a kept prefix.
+//! tokens; resampling from a kept prefix. Besides one token a pass, the same run can decode
+//! several tokens a pass ([`Decoding`]: speculative Jacobi decoding, ZipAR).
+
+mod decoding;
+mod sjd;
+
+pub use decoding::{Decoding, DecodingError};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -9,7 +15,7 @@ use burn::prelude::*;
 use burn::tensor::{Bool, TensorData};
 
 use crate::config::ModelType;
-use crate::gpt::{CacheLayout, Condition, Transformer};
+use crate::gpt::{CacheLayout, Condition, KvCache, Transformer};
 use crate::kernels::DeviceSampler;
 use crate::sampling::{SamplerParams, SamplingError, TokenSampler, TokenSampling};
 use crate::vq::VqModel;
@@ -57,6 +63,10 @@ pub enum GenerateError {
     },
     #[error("sample {index}: {reason}")]
     Condition { index: usize, reason: String },
+    #[error(transparent)]
+    Decoding(#[from] DecodingError),
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("sample {index}: prefix of {len} tokens {reason}")]
     Prefix {
         index: usize,
@@ -89,6 +99,9 @@ pub struct TokenEvent<'a> {
     pub entropy: Option<&'a [f32]>,
     /// The logits each sample was drawn from (when asked for).
     pub logits: Option<&'a [Vec<f32>]>,
+    /// Forward passes of the generator so far (the prefill included): `index + 1` when
+    /// decoding one token a pass, fewer with [`Decoding::Sjd`] or [`Decoding::Zipar`].
+    pub passes: usize,
 }
 
 /// Receives the per-token events. `()` ignores them and costs nothing.
@@ -119,6 +132,9 @@ pub struct Generation {
     pub cancelled: bool,
     /// Where the tokens were drawn.
     pub sampling: TokenSampling,
+    /// Forward passes of the generator that produced tokens (the prefill, or the pass over a
+    /// kept prefix, included): one per token when decoding sequentially.
+    pub forward_passes: usize,
 }
 
 impl Generation {
@@ -135,11 +151,37 @@ pub static HOST_READS: AtomicU64 = AtomicU64::new(0);
 /// Generates image tokens with a transformer; reusable across runs (each run has its own cache).
 pub struct Generator<'a, B: Backend> {
     pub gpt: &'a Transformer<B>,
+    /// How forward passes become tokens (sequential unless set).
+    pub decoding: Decoding,
+}
+
+/// What a decoding strategy starts from: the cache holds the condition and any kept prefix, and
+/// `last` holds the logits that predict the first token to generate.
+pub(crate) struct Run<'r, B: Backend> {
+    gpt: &'r Transformer<B>,
+    cache: KvCache<B>,
+    /// `[rows, 1, vocab]`.
+    last: Tensor<B, 3>,
+    requests: &'r [Request],
+    use_cfg: bool,
+    prefix_len: usize,
+    detail: EventDetail,
+    /// Forward passes so far.
+    passes: usize,
 }
 
 impl<'a, B: Backend> Generator<'a, B> {
     pub fn new(gpt: &'a Transformer<B>) -> Self {
-        Self { gpt }
+        Self {
+            gpt,
+            decoding: Decoding::Sequential,
+        }
+    }
+
+    /// This generator with another decoding strategy.
+    pub fn with_decoding(mut self, decoding: Decoding) -> Self {
+        self.decoding = decoding;
+        self
     }
 
     fn validate(&self, requests: &[Request]) -> Result<usize, GenerateError> {
@@ -273,6 +315,7 @@ impl<'a, B: Backend> Generator<'a, B> {
         cancel: Option<&AtomicBool>,
     ) -> Result<Generation, GenerateError> {
         let prefix_len = self.validate(requests)?;
+        self.decoding.validate(self.gpt.config.grid_size())?;
         let gpt = self.gpt;
         let cfg = &gpt.config;
         let device = gpt.device();
@@ -312,6 +355,7 @@ impl<'a, B: Backend> Generator<'a, B> {
         // Prefill the condition, then feed any kept prefix in one step.
         let logits = gpt.prefill(&cond, &mut cache);
         let mut last = logits.slice([0..rows, t - 1..t, 0..v]);
+        let mut passes = 1;
         if prefix_len > 0 {
             let mut ids = Vec::with_capacity(rows * prefix_len);
             for _ in 0..rows / b {
@@ -323,7 +367,30 @@ impl<'a, B: Backend> Generator<'a, B> {
                 Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, prefix_len]), &device);
             let out = gpt.decode(prefix, t, &mut cache);
             last = out.slice([0..rows, prefix_len - 1..prefix_len, 0..v]);
+            passes += 1;
         }
+
+        match self.decoding {
+            Decoding::Sequential => {}
+            Decoding::Sjd { window } => {
+                let run = Run {
+                    gpt,
+                    cache,
+                    last,
+                    requests,
+                    use_cfg,
+                    prefix_len,
+                    detail,
+                    passes,
+                };
+                return Ok(sjd::run(run, window, observer, cancel));
+            }
+            Decoding::Zipar { .. } => {
+                return Err(GenerateError::Unsupported("ZipAR is not built yet"));
+            }
+        }
+        // The pass that filled the cache gave the first token's logits.
+        passes -= 1;
 
         // GPU backends: tokens drawn on the device and fed straight back; only each step's
         // (token, probability, entropy) comes back, read while the next step is queued.
@@ -343,7 +410,7 @@ impl<'a, B: Backend> Generator<'a, B> {
         if let Some(sampler) = device_sampler {
             let bias = crate::kernels::key_bias(&cache.allowed);
             let mut last = last.reshape([rows, v]);
-            let mut record = |index: usize, host: Vec<f32>| {
+            let mut record = |index: usize, host: Vec<f32>, passes: usize| {
                 HOST_READS.fetch_add(1, Ordering::Relaxed);
                 let mut step_probs = Vec::with_capacity(b);
                 let mut step_entropy = Vec::with_capacity(b);
@@ -361,6 +428,7 @@ impl<'a, B: Backend> Generator<'a, B> {
                     probs: detail.confidence.then_some(&step_probs[..]),
                     entropy: detail.confidence.then_some(&step_entropy[..]),
                     logits: None,
+                    passes,
                 });
             };
             // Each step: draw on the device, request the draw's (token, probability, entropy)
@@ -375,10 +443,11 @@ impl<'a, B: Backend> Generator<'a, B> {
                     .sample(last.clone(), index, use_cfg)
                     .expect("device sampler supported");
                 let read = crate::kernels::PendingRead::start(draw.info);
+                passes += 1;
                 if index + 1 < total {
                     last = gpt.decode_fused(draw.ids, t + index, &mut cache, &bias);
                 }
-                record(index, read.wait());
+                record(index, read.wait(), passes);
             }
         } else {
             for index in prefix_len..total {
@@ -394,6 +463,7 @@ impl<'a, B: Backend> Generator<'a, B> {
                     .to_vec()
                     .expect("f32 logits");
                 HOST_READS.fetch_add(1, Ordering::Relaxed);
+                passes += 1;
                 let mut step_logits: Vec<Vec<f32>> = Vec::with_capacity(b);
                 let mut step_probs = Vec::with_capacity(b);
                 let mut step_entropy = Vec::with_capacity(b);
@@ -429,6 +499,7 @@ impl<'a, B: Backend> Generator<'a, B> {
                     probs: detail.confidence.then_some(&step_probs[..]),
                     entropy: detail.confidence.then_some(&step_entropy[..]),
                     logits: detail.logits.then_some(&step_logits[..]),
+                    passes,
                 });
                 if index + 1 == total {
                     break;
@@ -447,6 +518,7 @@ impl<'a, B: Backend> Generator<'a, B> {
             entropy,
             cancelled,
             sampling,
+            forward_passes: passes,
         })
     }
 }
