@@ -6,6 +6,7 @@
 
 mod decoding;
 mod sjd;
+mod zipar;
 
 pub use decoding::{Decoding, DecodingError};
 
@@ -65,8 +66,6 @@ pub enum GenerateError {
     Condition { index: usize, reason: String },
     #[error(transparent)]
     Decoding(#[from] DecodingError),
-    #[error("{0}")]
-    Unsupported(&'static str),
     #[error("sample {index}: prefix of {len} tokens {reason}")]
     Prefix {
         index: usize,
@@ -333,7 +332,12 @@ impl<'a, B: Backend> Generator<'a, B> {
         } else {
             cond
         };
-        let mut cache = gpt.new_cache(rows);
+        // ZipAR writes a stand-in entry for the start of each row.
+        let extra = match self.decoding {
+            Decoding::Zipar { .. } => cfg.grid_size(),
+            _ => 0,
+        };
+        let mut cache = gpt.new_cache_sized(rows, extra, CacheLayout::for_backend::<B>());
         if let Some(m) = masks {
             // The unconditional half uses the same caption masks (official generate()).
             cache.mask_captions(if use_cfg {
@@ -385,8 +389,18 @@ impl<'a, B: Backend> Generator<'a, B> {
                 };
                 return Ok(sjd::run(run, window, observer, cancel));
             }
-            Decoding::Zipar { .. } => {
-                return Err(GenerateError::Unsupported("ZipAR is not built yet"));
+            Decoding::Zipar { window } => {
+                let run = Run {
+                    gpt,
+                    cache,
+                    last,
+                    requests,
+                    use_cfg,
+                    prefix_len,
+                    detail,
+                    passes,
+                };
+                return Ok(zipar::run(run, window, observer, cancel));
             }
         }
         // The pass that filled the cache gave the first token's logits.

@@ -363,11 +363,17 @@ impl<B: Backend> Transformer<B> {
 
     /// A KV cache in a chosen layout.
     pub fn new_cache_with(&self, batch: usize, layout: CacheLayout) -> KvCache<B> {
+        self.new_cache_sized(batch, 0, layout)
+    }
+
+    /// A KV cache with room for `extra` positions beyond the whole sequence (entries that are
+    /// written and later hidden, as [`Transformer::decode_at`]'s callers may write).
+    pub fn new_cache_sized(&self, batch: usize, extra: usize, layout: CacheLayout) -> KvCache<B> {
         let cfg = &self.config;
         KvCache::new(
             cfg.n_layer,
             batch,
-            cfg.cls_token_num + cfg.block_size,
+            cfg.cls_token_num + cfg.block_size + extra,
             (cfg.kv_heads(), cfg.head_dim()),
             layout,
             self.act_dtype(),
@@ -409,6 +415,39 @@ impl<B: Backend> Transformer<B> {
     ) -> Tensor<B, 3> {
         let h = self.tok_embeddings.forward(tokens).cast(self.act_dtype());
         self.forward_cached(h, start, cache)
+    }
+
+    /// Image tokens `[batch, n]` at any absolute positions (`positions`, one per column, each
+    /// `≥ cls_token_num`), appended to the cache after what it holds, in this order; `blocked`
+    /// (`[batch, 1, n, columns]`, true = not attended; columns as [`KvCache::blocked`] counts
+    /// them) says which cache entries each query sees. Returns logits `[batch, n, vocab]`. For
+    /// decoding orders other than raster order (ZipAR), where the cache's entry order is not
+    /// the position order.
+    pub fn decode_at(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &[usize],
+        blocked: Tensor<B, 4, Bool>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let device = self.device();
+        let ids: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        let n = ids.len();
+        let freqs = self.freqs_cis.clone().select(
+            0,
+            Tensor::<B, 1, Int>::from_data(burn::tensor::TensorData::new(ids, [n]), &device),
+        );
+        let mut h = self.tok_embeddings.forward(tokens).cast(self.act_dtype());
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let start = kv.len();
+            h = layer.forward(
+                h,
+                freqs.clone(),
+                AttnMask::Blocked(blocked.clone()),
+                Some((kv, start)),
+            );
+        }
+        self.head(h)
     }
 
     /// Mean cross-entropy of `logits` `[batch, seq, vocab]` against `targets` `[batch, seq]`;

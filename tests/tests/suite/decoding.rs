@@ -291,12 +291,22 @@ fn requests_of(case: &Case, model_type: ModelType, params: SamplerParams) -> Vec
 /// at several windows, with CFG on, off and stopped by an interval.
 #[test]
 fn sjd_with_greedy_sampling_gives_the_official_tokens() {
+    sjd_greedy_on_the_references::<B>(&Default::default(), "cpu");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn sjd_with_greedy_sampling_gives_the_official_tokens_on_wgpu() {
+    sjd_greedy_on_the_references::<llamagen::backend::Wgpu>(&Default::default(), "wgpu");
+}
+
+fn sjd_greedy_on_the_references<B: Backend>(device: &B::Device, backend: &str) {
     let manifest = Manifest::load();
     let mut report = Report::default();
     let mut checked = 0;
     for case in manifest.gpt_cases() {
         let cfg = case.gpt_config();
-        let model = Transformer::<B>::load(&case.state_dict(), &cfg, &Default::default()).unwrap();
+        let model = Transformer::<B>::load(&case.state_dict(), &cfg, device).unwrap();
         let scale = if case.has("cfg_scale") {
             case.values_f32("cfg_scale")[0]
         } else {
@@ -327,7 +337,12 @@ fn sjd_with_greedy_sampling_gives_the_official_tokens() {
                 assert!(out.is_complete(cfg.block_size));
                 assert!(out.forward_passes <= cfg.block_size);
                 let flat: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
-                report.check_exact(&case, &format!("[sjd window {window}]"), &name, flat);
+                report.check_exact(
+                    &case,
+                    &format!("[{backend}, sjd window {window}]"),
+                    &name,
+                    flat,
+                );
             }
             checked += 1;
         }
@@ -469,4 +484,128 @@ fn sjd_tokens_follow_the_sequential_distribution() {
         }
     }
     println!("largest χ² / critical value: {worst:.2}");
+}
+
+/// ZipAR with the window at the grid's width is sequential decoding (same tokens for the same
+/// seeds, greedy or sampled); narrower windows take exactly 2W + (H − 2)·w passes and keep a
+/// prefix.
+#[test]
+fn zipar_passes_and_its_full_window_is_sequential() {
+    let model = tiny_model(32, 36, 5);
+    let g = 6;
+    let reqs: Vec<Request> = (0..3)
+        .map(|i| {
+            Request::class(
+                i,
+                SamplerParams {
+                    cfg_scale: 3.0,
+                    top_k: 0,
+                    seed: 40 + i as u64,
+                    ..SamplerParams::default()
+                },
+            )
+        })
+        .collect();
+    let sequential = Generator::new(&model)
+        .generate(&reqs, &mut (), None)
+        .unwrap();
+    assert_eq!(sequential.forward_passes, 36);
+    let full = Generator::new(&model)
+        .with_decoding(Decoding::Zipar { window: g })
+        .generate(&reqs, &mut (), None)
+        .unwrap();
+    assert_eq!(full.tokens, sequential.tokens);
+    assert_eq!(full.forward_passes, 36);
+    for w in 1..g {
+        let out = Generator::new(&model)
+            .with_decoding(Decoding::Zipar { window: w })
+            .generate(&reqs, &mut (), None)
+            .unwrap();
+        assert!(out.is_complete(36), "window {w}");
+        assert_eq!(out.forward_passes, 2 * g + (g - 2) * w, "window {w}");
+        // The first row is decoded one token a pass: the same as sequential.
+        for (a, b) in out.tokens.iter().zip(&sequential.tokens) {
+            assert_eq!(a[..g], b[..g], "window {w}");
+        }
+    }
+    // A kept prefix, ending mid-row and at a row's end.
+    for keep in [4, 12] {
+        let with_prefix: Vec<Request> = reqs
+            .iter()
+            .zip(&sequential.tokens)
+            .map(|(r, t)| Request {
+                prefix: t[..keep].to_vec(),
+                ..r.clone()
+            })
+            .collect();
+        let seq = Generator::new(&model)
+            .generate(&with_prefix, &mut (), None)
+            .unwrap();
+        let zip = Generator::new(&model)
+            .with_decoding(Decoding::Zipar { window: g })
+            .generate(&with_prefix, &mut (), None)
+            .unwrap();
+        assert_eq!(zip.tokens, seq.tokens, "prefix {keep}");
+        let narrow = Generator::new(&model)
+            .with_decoding(Decoding::Zipar { window: 2 })
+            .generate(&with_prefix, &mut (), None)
+            .unwrap();
+        assert!(narrow.is_complete(36));
+        for (a, b) in narrow.tokens.iter().zip(&sequential.tokens) {
+            assert_eq!(a[..keep], b[..keep], "prefix {keep}");
+        }
+    }
+}
+
+/// ZipAR with the full window on the reference generators (greedy): the official tokens.
+#[test]
+fn zipar_with_the_full_window_gives_the_official_tokens() {
+    zipar_on_the_references::<B>(&Default::default(), "cpu");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn zipar_with_the_full_window_gives_the_official_tokens_on_wgpu() {
+    zipar_on_the_references::<llamagen::backend::Wgpu>(&Default::default(), "wgpu");
+}
+
+fn zipar_on_the_references<B: Backend>(device: &B::Device, backend: &str) {
+    let manifest = Manifest::load();
+    let mut report = Report::default();
+    for case in manifest.gpt_cases() {
+        let cfg = case.gpt_config();
+        let name = "gen_cfg4_tokens";
+        if !case.has(name) {
+            continue;
+        }
+        let model = Transformer::<B>::load(&case.state_dict(), &cfg, device).unwrap();
+        let scale = if case.has("cfg_scale") {
+            case.values_f32("cfg_scale")[0]
+        } else {
+            4.0
+        };
+        let reqs = requests_of(&case, cfg.model_type, SamplerParams::greedy(scale));
+        let g = cfg.grid_size();
+        let out = Generator::new(&model)
+            .with_decoding(Decoding::Zipar { window: g })
+            .generate(&reqs, &mut (), None)
+            .unwrap();
+        assert_eq!(out.forward_passes, cfg.block_size);
+        let flat: Vec<i64> = out.tokens.iter().flatten().map(|&t| t as i64).collect();
+        report.check_exact(
+            &case,
+            &format!("[{backend}, zipar full window]"),
+            name,
+            flat,
+        );
+        if g > 2 {
+            let out = Generator::new(&model)
+                .with_decoding(Decoding::Zipar { window: 1 })
+                .generate(&reqs, &mut (), None)
+                .unwrap();
+            assert!(out.is_complete(cfg.block_size));
+            assert_eq!(out.forward_passes, 2 * g + (g - 2));
+        }
+    }
+    report.finish();
 }
