@@ -799,6 +799,7 @@ impl StudioApp {
                     sampling,
                     precision: info.precision,
                     quantize: info.quantize,
+                    decoding: llamagen::generate::Decoding::Sequential,
                 },
                 image: img,
                 texture: tex,

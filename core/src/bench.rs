@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
 
 use crate::generate::{GenerateError, Generator, HOST_READS, Request, TokenEvent, decode_tokens};
 use crate::vq::VqModel;
@@ -21,6 +22,9 @@ pub struct BenchReport {
     pub vq_encode_seconds: f64,
     /// Tokens per image.
     pub tokens_per_image: usize,
+    /// Forward passes of the generator per batch (= per image: the batch shares them) in the
+    /// last timed run; `tokens_per_image` when decoding one token a pass.
+    pub forward_passes: usize,
     /// Device-to-host reads per decode step.
     pub host_syncs_per_step: f64,
     /// GPU work per decode step and after warm-up (`None` without CubeCL's loggers: the CPU
@@ -155,10 +159,12 @@ pub fn run<B: Backend>(
     let mut gen_times = Vec::new();
     let mut dec_times = Vec::new();
     let mut enc_times = Vec::new();
+    let mut forward_passes = 0;
     for _ in 0..runs.max(1) {
         let t = Instant::now();
         let out = generator.generate(requests, &mut (), None)?;
         let seconds = t.elapsed().as_secs_f64();
+        forward_passes = out.forward_passes;
         gen_times.push(seconds);
         on_run(seconds);
         let t = Instant::now();
@@ -196,7 +202,56 @@ pub fn run<B: Backend>(
         vq_decode_seconds: median(&mut dec_times),
         vq_encode_seconds: median(&mut enc_times),
         tokens_per_image: total,
+        forward_passes,
         host_syncs_per_step,
         kernels,
     })
+}
+
+/// Median seconds of one forward pass over `len` image tokens for each `len` in `lens`, with
+/// the logits read back (what a pass of speculative decoding costs): `rows` rows (the batch,
+/// doubled by CFG), classes `0..rows`, at the middle of the sequence (the cache holds the
+/// condition and half the image). Each timed pass is rolled back afterwards.
+pub fn pass_seconds<B: Backend>(
+    gpt: &crate::gpt::Transformer<B>,
+    rows: usize,
+    lens: &[usize],
+    runs: usize,
+) -> Vec<(usize, f64)> {
+    let cfg = &gpt.config;
+    let device = gpt.device();
+    let t = cfg.cls_token_num;
+    let ids = |n: usize, salt: usize| {
+        let v: Vec<i64> = (0..rows * n)
+            .map(|i| ((i * 7919 + salt) % cfg.vocab_size) as i64)
+            .collect();
+        Tensor::<B, 2, Int>::from_data(TensorData::new(v, [rows, n]), &device)
+    };
+    let classes: Vec<i64> = (0..rows).map(|i| (i % cfg.num_classes) as i64).collect();
+    let cond =
+        crate::gpt::Condition::Class(Tensor::from_data(TensorData::new(classes, [rows]), &device));
+    let mut cache = gpt.new_cache(rows);
+    let _ = gpt.prefill(&cond, &mut cache).into_data();
+    let mid = cfg.block_size / 2;
+    let _ = gpt.decode(ids(mid, 1), t, &mut cache).into_data();
+    let held = cache.len();
+    lens.iter()
+        .map(|&len| {
+            let len = len.clamp(1, cfg.block_size - mid);
+            // One untimed pass for this length (allocations, any shape-dependent set-up).
+            let _ = gpt.decode(ids(len, 2), t + mid, &mut cache).into_data();
+            cache.truncate(held);
+            let mut times: Vec<f64> = (0..runs.max(1))
+                .map(|r| {
+                    let input = ids(len, 3 + r);
+                    let start = Instant::now();
+                    let _ = gpt.decode(input, t + mid, &mut cache).into_data();
+                    let s = start.elapsed().as_secs_f64();
+                    cache.truncate(held);
+                    s
+                })
+                .collect();
+            (len, median(&mut times))
+        })
+        .collect()
 }

@@ -127,6 +127,9 @@ pub struct SampleRecord {
     /// How the generator's linear layers were held (records from before this field: none).
     #[serde(default)]
     pub quantize: crate::quant::Quantize,
+    /// How forward passes became tokens (records from before this field: sequential).
+    #[serde(default)]
+    pub decoding: crate::generate::Decoding,
 }
 
 /// The record embedded in a PNG: one sample, or the cells of a grid in reading order.
@@ -168,7 +171,10 @@ impl PngRecord {
                     s.gpt.path,
                     s.vq.path,
                     s.image_size
-                )
+                ) + &match s.decoding {
+                    crate::generate::Decoding::Sequential => String::new(),
+                    d => format!(", decoding: {}", d.describe()),
+                }
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -335,12 +341,14 @@ mod tests {
             sampling: Default::default(),
             precision: crate::precision::Precision::Bf16,
             quantize: crate::quant::Quantize::Q8,
+            decoding: crate::generate::Decoding::Sjd { window: 8 },
         }]);
         save_png(&path, &img, &record).unwrap();
         assert_eq!(read_png_record(&path).unwrap(), record);
         let back = image::open(&path).unwrap().to_rgb8();
         assert_eq!(back, img);
         assert!(record.summary().contains("class: 207 (golden retriever)"));
+        assert!(record.summary().contains("decoding: sjd (window 8)"));
         std::fs::remove_dir_all(dir).ok();
     }
 

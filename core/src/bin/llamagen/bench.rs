@@ -6,7 +6,7 @@ use burn::prelude::*;
 use clap::Args;
 use llamagen::backend::BackendKind;
 use llamagen::config::{GptConfig, VqConfig};
-use llamagen::generate::{Generator, Request};
+use llamagen::generate::{Decoding, Generator, Request};
 use llamagen::gpt::Transformer;
 use llamagen::sampling::SamplerParams;
 use llamagen::vq::VqModel;
@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::commands::{
     BackendArg, PrecisionArg, QuantizeArg, resolve_backend, resolve_precision, with_backend,
 };
+use crate::decoding::DecodeArgs;
 
 #[derive(Args, Debug)]
 #[command(
@@ -73,6 +74,12 @@ pub struct BenchArgs {
     /// Leave CubeCL's loggers off: no per-step counts, and no logging cost in the timings.
     #[arg(long)]
     pub no_counts: bool,
+    /// Also time one forward pass over each of these numbers of tokens (comma-separated, e.g.
+    /// 1,2,4,8,17), with the logits read back: what a pass of speculative decoding costs.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,…")]
+    pub pass_lengths: Vec<usize>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -135,7 +142,8 @@ fn run_bench<B: Backend>(
         .quantized(args.quantize.into());
     let vq_cfg = VqConfig::named(&args.vq)?;
     let vq = VqModel::<B>::init(&vq_cfg, device)?;
-    let generator = Generator::new(&gpt);
+    let decoding = args.decode.resolve(args.grid, None)?;
+    let generator = Generator::new(&gpt).with_decoding(decoding);
     let requests: Vec<Request> = (0..args.batch)
         .map(|i| {
             Request::class(
@@ -163,6 +171,16 @@ fn run_bench<B: Backend>(
     )?;
     let seconds = report.seconds;
     let tokens = (args.batch * cfg.block_size) as f64;
+    let rows = if args.cfg_scale > 1.0 {
+        2 * args.batch
+    } else {
+        args.batch
+    };
+    let passes = llamagen::bench::pass_seconds(&gpt, rows, &args.pass_lengths, args.runs);
+    let pass_json: serde_json::Map<String, serde_json::Value> = passes
+        .iter()
+        .map(|(n, s)| (n.to_string(), json!(s)))
+        .collect();
     let k = report.kernels;
     let value = json!({
         "config": args.config,
@@ -186,6 +204,12 @@ fn run_bench<B: Backend>(
         "vq": args.vq,
         "vq_decode_seconds": report.vq_decode_seconds,
         "vq_encode_seconds": report.vq_encode_seconds,
+        "decode": decoding.name(),
+        "sjd_window": match decoding { Decoding::Sjd { window } => Some(window), _ => None },
+        "zipar_window": match decoding { Decoding::Zipar { window } => Some(window), _ => None },
+        "forward_passes_per_image": report.forward_passes,
+        "accepted_tokens_per_pass": cfg.block_size as f64 / report.forward_passes.max(1) as f64,
+        "pass_seconds_by_tokens": pass_json,
     });
     if args.json {
         println!("{value}");
@@ -215,6 +239,23 @@ fn run_bench<B: Backend>(
                 k.launches_per_step, k.compilations_after_warmup, k.autotunes_after_warmup
             ),
             None => println!("per decode step: {syncs:.2} host syncs"),
+        }
+        println!(
+            "decoding {}: {} forward passes per image, {:.2} tokens a pass",
+            decoding.describe(),
+            report.forward_passes,
+            cfg.block_size as f64 / report.forward_passes.max(1) as f64
+        );
+        if !passes.is_empty() {
+            let one = passes[0].1;
+            let list: Vec<String> = passes
+                .iter()
+                .map(|(n, s)| format!("{n}: {:.1} ms ({:.2}×)", s * 1e3, s / one))
+                .collect();
+            println!(
+                "one pass over N tokens (batch rows {rows}): {}",
+                list.join(", ")
+            );
         }
     }
     Ok(())

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::decoding::DecodeArgs;
 use anyhow::{Context, Result, anyhow, bail};
 use burn::prelude::*;
 use clap::{Args, ValueEnum};
@@ -12,7 +13,7 @@ use llamagen::backend::{BackendKind, wgpu_adapter};
 use llamagen::bundle::{BundleError, Demo, LoadOptions, ModelBundle, ModelCard};
 use llamagen::checkpoint::{StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType};
-use llamagen::generate::{Generator, Observer, Request, TokenEvent, decode_tokens};
+use llamagen::generate::{Decoding, Generator, Observer, Request, TokenEvent, decode_tokens};
 use llamagen::image_io::{
     PngRecord, SampleRecord, image_to_tensor, make_grid, next_file_number, read_png_record,
     sample_file_name, save_png, tensor_to_images,
@@ -236,6 +237,8 @@ pub struct GenerateArgs {
     /// scale, say.
     #[arg(long)]
     pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
 }
 
 pub fn resolve_backend(arg: BackendArg) -> Result<BackendKind> {
@@ -393,6 +396,7 @@ impl GenerateArgs {
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let mut args = args;
     let mut plans = Vec::new();
+    let mut recorded = None;
     if let Some(png) = args.from.clone() {
         let record = read_png_record(&png)?;
         let first = record
@@ -415,6 +419,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         args.precision
             .get_or_insert(PrecisionArg::of(first.precision));
         args.quantize.get_or_insert(QuantizeArg::of(first.quantize));
+        recorded = Some(first.decoding);
         for s in &record.samples {
             let condition = match (&s.prompt, s.class) {
                 (Some(p), _) => PlanCondition::Prompt(p.clone()),
@@ -457,7 +462,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     }
     let kind = resolve_backend(args.backend)?;
     with_backend!(kind, |device: B| run_generate::<B>(
-        &args, plans, kind, &device
+        &args, plans, recorded, kind, &device
     ))
 }
 
@@ -484,6 +489,7 @@ pub fn load_bundle_or_demo<B: Backend>(
 fn run_generate<B: Backend>(
     args: &GenerateArgs,
     mut plans: Vec<Plan>,
+    recorded: Option<Decoding>,
     kind: BackendKind,
     device: &B::Device,
 ) -> Result<()> {
@@ -604,6 +610,19 @@ fn run_generate<B: Backend>(
         }
     }
 
+    let decoding = args.decode.resolve(cfg.grid_size(), recorded)?;
+    if decoding != Decoding::Sequential {
+        eprintln!(
+            "decoding: {}{}",
+            decoding.describe(),
+            if decoding.is_exact() {
+                ""
+            } else {
+                " (changes the distribution: not the model's sequential samples)"
+            }
+        );
+    }
+
     // Every input is checked now; the output is, before any time goes into encoding prompts
     // or sampling.
     check_output(args)?;
@@ -623,7 +642,8 @@ fn run_generate<B: Backend>(
         std::collections::HashMap::new()
     };
 
-    let generator = Generator::new(&bundle.gpt);
+    let generator = Generator::new(&bundle.gpt).with_decoding(decoding);
+    let mut passes = 0;
     let total_tokens = (plans.len() * cfg.block_size) as u64;
     let bar = progress(total_tokens, "tokens");
     let mut images = Vec::with_capacity(plans.len());
@@ -645,6 +665,7 @@ fn run_generate<B: Backend>(
             })
             .collect();
         let out = generator.generate(&requests, &mut BarObserver { bar: &bar }, None)?;
+        passes += out.forward_passes;
         if let Some(r) = chunk
             .iter()
             .filter_map(|p| p.recorded)
@@ -685,6 +706,7 @@ fn run_generate<B: Backend>(
                 sampling: out.sampling,
                 precision: bundle.gpt.precision(),
                 quantize: bundle.gpt.quantization(),
+                decoding,
             });
         }
         if let (Some(dir), Some(n)) = (&args.out_dir, next_number.as_mut()) {
@@ -699,10 +721,13 @@ fn run_generate<B: Backend>(
     }
     bar.finish_and_clear();
     let secs = t_gen.elapsed().as_secs_f64();
+    let batches = plans.len().div_ceil(args.batch_size);
     eprintln!(
-        "generated {} image(s) in {secs:.1}s ({:.1} tokens/s)",
+        "generated {} image(s) in {secs:.1}s ({:.1} tokens/s; {:.1} forward passes per batch of {} tokens an image)",
         images.len(),
-        total_tokens as f64 / secs
+        total_tokens as f64 / secs,
+        passes as f64 / batches as f64,
+        cfg.block_size
     );
 
     if args.out_dir.is_none() {

@@ -12,6 +12,7 @@ use serde_json::json;
 
 mod bench;
 mod commands;
+mod decoding;
 #[cfg(feature = "train")]
 mod interrupt;
 mod quantize;

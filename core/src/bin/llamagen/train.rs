@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use llamagen::backend::BackendKind;
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use llamagen::dataset::SHAPE_CLASSES;
-use llamagen::generate::{Generator, Request, RequestCondition, decode_tokens};
+use llamagen::generate::{Decoding, Generator, Request, RequestCondition, decode_tokens};
 use llamagen::image_io::{make_grid, tensor_to_images};
 use llamagen::sampling::SamplerParams;
 use llamagen::train::Autodiff;
@@ -1326,6 +1326,8 @@ pub struct EvalClassesArgs {
     /// Quantization of the generator's linear layers (see `llamagen generate --help`).
     #[arg(long, value_enum, default_value_t = crate::commands::QuantizeArg::None)]
     pub quantize: crate::commands::QuantizeArg,
+    #[command(flatten)]
+    pub decode: crate::decoding::DecodeArgs,
 }
 
 /// The tokenizer's part of eval-classes: how often the classifier still recognises fresh
@@ -1545,8 +1547,12 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
         defaults.top_p = p;
     }
     defaults.validate()?;
+    let decoding = args.decode.resolve(grid, None)?;
+    let generator = Generator::new(&bundle.gpt).with_decoding(decoding);
     let mut report = Vec::new();
     for &cfg_scale in &args.cfg_scales {
+        // Forward passes summed over the images, and the seconds of generation.
+        let (mut passes, mut gen_seconds) = (0usize, 0f64);
         // What each classifier took each class's samples for: [classifier][class][shape].
         let mut taken_for = vec![vec![[0usize; SHAPE_CLASSES.len()]; names.len()]; clfs.len()];
         // Text models: how often the frame shows the prompt's background colour (shape
@@ -1581,7 +1587,10 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                     }
                 })
                 .collect();
-            let g = Generator::new(&bundle.gpt).generate(&requests, &mut (), None)?;
+            let started = std::time::Instant::now();
+            let g = generator.generate(&requests, &mut (), None)?;
+            gen_seconds += started.elapsed().as_secs_f64();
+            passes += g.forward_passes * chunk.len();
             let images = tensor_to_images(decode_tokens(&bundle.vq, &g.tokens, grid));
             for (clf, taken) in clfs.iter().zip(&mut taken_for) {
                 for (&(c, _), p) in chunk.iter().zip(clf.classify(&images)) {
@@ -1625,6 +1634,14 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                 "cfg_scale": cfg_scale,
                 "precision": bundle.gpt.precision().name(),
                 "quantize": bundle.gpt.quantization().name(),
+                "decode": decoding.name(),
+                "decode_window": match decoding {
+                    Decoding::Sjd { window } | Decoding::Zipar { window } => Some(window),
+                    Decoding::Sequential => None,
+                },
+                "forward_passes_per_image": passes as f64 / plans.len() as f64,
+                "generation_seconds": gen_seconds,
+                "batch_size": args.batch_size,
                 "classifier": path,
                 "overall": overall,
                 "interval_95": [low, high],
@@ -1639,14 +1656,17 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                     String::new()
                 };
                 println!(
-                    "cfg {cfg_scale}: {:.1}% overall{by} (95% interval {:.1}–{:.1}%; {} samples per class; temperature {}, top-k {}, top-p {})",
+                    "cfg {cfg_scale}: {:.1}% overall{by} (95% interval {:.1}–{:.1}%; {} samples per class; temperature {}, top-k {}, top-p {}; {}, {:.1} forward passes per image, {:.1}s of generation)",
                     overall * 100.0,
                     low * 100.0,
                     high * 100.0,
                     args.num,
                     defaults.temperature,
                     defaults.top_k,
-                    defaults.top_p
+                    defaults.top_p,
+                    decoding.describe(),
+                    passes as f64 / plans.len() as f64,
+                    gen_seconds
                 );
                 for ((n, k), m) in names.iter().zip(&per_class).zip(&mistaken) {
                     let pct = |k: usize| k as f64 * 100.0 / args.num as f64;
