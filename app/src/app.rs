@@ -84,6 +84,10 @@ pub struct View {
     pub prefix_len: usize,
     pub done: usize,
     pub status: RunStatus,
+    /// How the run decodes, and the forward passes of each of its batches so far (by the
+    /// batch's first request).
+    pub decoding: llamagen::generate::Decoding,
+    pub passes: std::collections::BTreeMap<usize, usize>,
 }
 
 impl View {
@@ -573,6 +577,7 @@ impl StudioApp {
             decode_every: self.settings.decode_every,
             cancel: cancel.clone(),
             prompts: cells.iter().map(|c| c.prompt.clone()).collect(),
+            decoding: self.settings.decoding,
         };
         self.sent_jobs.push(job.clone());
         self.worker.send(Command::Generate(job));
@@ -588,6 +593,8 @@ impl StudioApp {
             prefix_len: prefix.len(),
             done: prefix.len() * n,
             status: RunStatus::Running,
+            decoding: self.settings.decoding,
+            passes: Default::default(),
         });
     }
 
@@ -699,9 +706,11 @@ impl StudioApp {
                 new,
                 probs,
                 entropy,
+                passes,
                 ..
             } => {
                 if let Some(v) = self.view.as_mut().filter(|v| v.job == Some(job)) {
+                    v.passes.insert(first, passes);
                     for (i, c) in v.cells.iter_mut().skip(first).take(new.len()).enumerate() {
                         if c.tokens.len() == index {
                             c.tokens.push(new[i]);
@@ -799,7 +808,7 @@ impl StudioApp {
                     sampling,
                     precision: info.precision,
                     quantize: info.quantize,
-                    decoding: llamagen::generate::Decoding::Sequential,
+                    decoding: v.decoding,
                 },
                 image: img,
                 texture: tex,
@@ -874,6 +883,7 @@ impl StudioApp {
             self.settings.classes = vec![c];
         }
         let total = r.tokens.len();
+        let decoding = r.decoding;
         self.view = Some(View {
             cells: vec![cell],
             columns: 1,
@@ -885,6 +895,8 @@ impl StudioApp {
             prefix_len: 0,
             done: total,
             status: RunStatus::Done { seconds: 0.0 },
+            decoding,
+            passes: Default::default(),
         });
     }
 

@@ -56,6 +56,8 @@ pub struct Settings {
     pub save_dir: PathBuf,
     /// The generator's weights' float type (half the memory in f16 or bf16).
     pub precision: llamagen::Precision,
+    /// How forward passes become tokens (sequential, SJD or ZipAR).
+    pub decoding: llamagen::generate::Decoding,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             save_images: true,
             save_dir: default_save_dir(),
             precision: llamagen::Precision::F32,
+            decoding: llamagen::generate::Decoding::Sequential,
         }
     }
 }

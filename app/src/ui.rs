@@ -82,11 +82,16 @@ fn run_bar(app: &mut StudioApp, ui: &mut egui::Ui) {
         if let Some(v) = &app.view {
             let frac = v.done as f32 / v.total.max(1) as f32;
             let (rate, eta) = v.speed();
+            let passes: usize = v.passes.values().sum();
             let text = match &v.status {
                 RunStatus::Running => format!(
-                    "{}/{} tokens · {rate:.1} tokens/s · {}",
+                    "{}/{} tokens{} · {rate:.1} tokens/s · {}",
                     v.done,
                     v.total,
+                    match v.decoding {
+                        llamagen::generate::Decoding::Sequential => String::new(),
+                        d => format!(" in {passes} passes ({})", d.name()),
+                    },
                     if eta.is_finite() {
                         format!("{eta:.0} s left")
                     } else {
@@ -458,6 +463,7 @@ fn sampler_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
                 .unwrap_or(0);
         }
     });
+    decoding_choice(app, ui);
     ui.add(Slider::new(&mut app.settings.num_images, 1..=16).text("Images per class"));
     ui.add(Slider::new(&mut app.settings.batch_size, 1..=64).text("Batch size"))
         .on_hover_text(
@@ -490,6 +496,64 @@ fn sampler_panel(app: &mut StudioApp, ui: &mut egui::Ui) {
                 );
                 ui.selectable_value(&mut app.settings.overlay, Overlay::Entropy, "entropy");
             });
+    });
+}
+
+/// Sequential, SJD or ZipAR, with the window of the last two.
+fn decoding_choice(app: &mut StudioApp, ui: &mut egui::Ui) {
+    use llamagen::generate::Decoding;
+    let grid = app.info().map(|i| i.grid_size).unwrap_or(16).max(1);
+    let d = &mut app.settings.decoding;
+    ui.horizontal(|ui| {
+        let l = ui.label("Decoding");
+        egui::ComboBox::from_id_salt("decoding")
+            .selected_text(d.name())
+            .show_ui(ui, |ui| {
+                let sjd = Decoding::Sjd {
+                    window: Decoding::DEFAULT_SJD_WINDOW,
+                };
+                let zipar = Decoding::Zipar {
+                    window: (2 * grid).div_ceil(3),
+                };
+                for (choice, hint) in [
+                    (Decoding::Sequential, "one token a forward pass"),
+                    (
+                        sjd,
+                        "speculative Jacobi decoding: several tokens a pass, the same distribution",
+                    ),
+                    (
+                        zipar,
+                        "rows in parallel: fewer passes, but it changes the distribution",
+                    ),
+                ] {
+                    let selected = d.name() == choice.name();
+                    if ui
+                        .selectable_label(selected, choice.name())
+                        .on_hover_text(hint)
+                        .clicked()
+                        && !selected
+                    {
+                        *d = choice;
+                    }
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        match d {
+            Decoding::Sequential => {}
+            Decoding::Sjd { window } => {
+                ui.add(Slider::new(window, 1..=32).text("window"))
+                    .on_hover_text("draft tokens verified each forward pass");
+            }
+            Decoding::Zipar { window } => {
+                *window = (*window).clamp(1, grid);
+                ui.add(Slider::new(window, 1..=grid).text("window"))
+                    .on_hover_text(
+                        "tokens a row needs before the row below starts; the grid's width is \
+                         sequential decoding",
+                    );
+            }
+        }
     });
 }
 

@@ -107,6 +107,8 @@ pub struct Job {
     /// The prompt of each request of a text-conditional model (encoded by the worker's T5,
     /// once per distinct prompt); `None` for class requests.
     pub prompts: Vec<Option<String>>,
+    /// How forward passes become tokens.
+    pub decoding: llamagen::generate::Decoding,
 }
 
 pub enum Command {
@@ -157,6 +159,8 @@ pub enum Event {
         new: Vec<u32>,
         probs: Vec<f32>,
         entropy: Vec<f32>,
+        /// Forward passes of this batch so far (fewer than tokens with SJD or ZipAR).
+        passes: usize,
     },
     /// A true VQ decode of the complete rows generated so far of images `first..`: each image
     /// is `tokens_done / grid` rows of patches tall.
@@ -460,8 +464,15 @@ impl Worker {
                 }
             }
         }
-        let generator = Generator::new(&bundle.gpt);
         let grid = bundle.grid_size();
+        // A window wider than this model's grid is the widest it takes.
+        let decoding = match job.decoding {
+            llamagen::generate::Decoding::Zipar { window } => llamagen::generate::Decoding::Zipar {
+                window: window.clamp(1, grid),
+            },
+            d => d,
+        };
+        let generator = Generator::new(&bundle.gpt).with_decoding(decoding);
         let per_batch = match job.batch_size {
             0 => job.requests.len(),
             n => n,
@@ -634,6 +645,7 @@ impl Observer for JobObserver<'_, '_> {
             new,
             probs: event.probs.map(<[f32]>::to_vec).unwrap_or_default(),
             entropy: event.entropy.map(<[f32]>::to_vec).unwrap_or_default(),
+            passes: event.passes,
         });
         let done = event.index + 1;
         if self.decode_every > 0 && done % self.decode_every == 0 && done < event.total {

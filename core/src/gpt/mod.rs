@@ -37,8 +37,8 @@ pub(crate) fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<
     let x2 = x.reshape([b * s, d]);
     let y = if layer.weight.val().dtype() != x2.dtype() {
         mixed_linear(layer, x2)
-    } else if crate::kernels::is_cpu::<B>() && b * s <= SPLIT_MAX_ROWS {
-        split_columns(layer, x2)
+    } else if crate::kernels::is_cpu::<B>() && b * s <= SKINNY_MAX_ROWS {
+        skinny(layer, x2)
     } else {
         layer.forward(x2)
     };
@@ -86,6 +86,26 @@ fn mixed_linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> 
 /// matrix product on several threads, so one core would do all the work: split the weight's
 /// columns in two (strided views, no copy) and multiply both halves at once.
 const SPLIT_MAX_ROWS: usize = 16;
+
+/// Rows up to which a CPU linear layer reads its weights once with dot products per row
+/// ([`crate::kernels::cpu::f32_weight_matmul`]) rather than through a general product that
+/// packs the weight: decode steps and the passes of speculative decoding.
+const SKINNY_MAX_ROWS: usize = 12;
+
+fn skinny<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "cpu")]
+    if let Some(y) = crate::kernels::cpu::f32_weight_matmul(x.clone(), layer.weight.val()) {
+        return match &layer.bias {
+            Some(bias) => y + bias.val().unsqueeze_dim(0),
+            None => y,
+        };
+    }
+    if x.dims()[0] <= SPLIT_MAX_ROWS {
+        split_columns(layer, x)
+    } else {
+        layer.forward(x)
+    }
+}
 
 fn split_columns<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     let w = layer.weight.val();

@@ -176,8 +176,15 @@ impl<B: Backend> Transformer<B> {
         let table = |p: Param<Tensor<B, 2>>| p.map(|t| t.cast(d));
         // Cast in PyTorch's `[out, in]` order, the layout the loader leaves and the CPU's
         // half products read.
+        // The values are copied in that order (a cast to the same type would keep the
+        // storage as it is).
         let linear = |l: Linear<B>| Linear {
-            weight: l.weight.map(|w| w.transpose().cast(d).transpose()),
+            weight: l.weight.map(|w| {
+                let device = w.device();
+                Tensor::<B, 2>::from_data(w.transpose().into_data(), &device)
+                    .cast(d)
+                    .transpose()
+            }),
             bias: l.bias.map(all),
         };
         for layer in &mut self.layers {

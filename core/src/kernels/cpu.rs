@@ -77,6 +77,101 @@ pub fn half_weight_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Optio
     Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out))))
 }
 
+/// `x` `[m, k]` times `w` `[k, n]`, both f32, with `w` in the layout of a loaded linear layer
+/// (each output's inputs contiguous): every weight is read once, whatever `m`, and each output
+/// is a dot product per row. For the few rows of a decode step or a speculative pass, where
+/// a general product would pack (copy) the whole weight on every call. `None` when the backend,
+/// the types or the layout do not fit.
+pub fn f32_weight_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<FlexTensor>()
+        || w.dtype() != DType::F32
+        || x.dtype() != DType::F32
+    {
+        return None;
+    }
+    let [m, k] = x.dims();
+    let [k2, n] = w.dims();
+    if k != k2 {
+        return None;
+    }
+    let w: FlexTensor = cast(w.into_primitive().tensor());
+    let layout = w.layout();
+    if layout.strides() != [1, k as isize] {
+        return None;
+    }
+    let start = layout.start_offset();
+    let weights = w.storage::<f32>().get(start..start + n * k)?;
+    let x: FlexTensor = cast(x.into_primitive().tensor());
+    let x_owned;
+    let xs: &[f32] = match x.layout().contiguous_offsets() {
+        Some((a, b)) => &x.storage::<f32>()[a..b],
+        None => {
+            x_owned = x.into_data().to_vec::<f32>().ok()?;
+            &x_owned
+        }
+    };
+    let out = matmul_f32(xs, weights, m, k, n);
+    let out = FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous([m, n].into()),
+        DType::F32,
+    );
+    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out))))
+}
+
+/// Columns of the f32 product per register tile (with four rows: twelve sums in registers,
+/// seven loads for twelve fused multiply-adds).
+const F32_TILE_COLUMNS: usize = 3;
+
+/// `[m, n]` = `x` `[m, k]` · `wᵀ`, `w` `[n, k]` f32.
+fn matmul_f32(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out_t = vec![0f32; n * m];
+    let per_task = COLUMNS_PER_TASK / F32_TILE_COLUMNS * F32_TILE_COLUMNS;
+    out_t
+        .par_chunks_mut(per_task * m)
+        .enumerate()
+        .for_each(|(task, cols)| {
+            let first = task * per_task;
+            let mut c = 0;
+            #[cfg(target_arch = "x86_64")]
+            if simd::available() {
+                while (c + F32_TILE_COLUMNS) * m <= cols.len() {
+                    let j = first + c;
+                    let ws = &w[j * k..(j + F32_TILE_COLUMNS) * k];
+                    let out = &mut cols[c * m..(c + F32_TILE_COLUMNS) * m];
+                    // SAFETY: the CPU has the features `simd::columns_f32` is compiled for.
+                    unsafe { simd::columns_f32(x, ws, k, out) };
+                    c += F32_TILE_COLUMNS;
+                }
+            }
+            for (cc, col) in cols.chunks_mut(m).enumerate().skip(c) {
+                let j = first + cc;
+                dot_rows_f32(x, &w[j * k..(j + 1) * k], k, col);
+            }
+        });
+    let mut out = vec![0f32; m * n];
+    for j in 0..n {
+        for r in 0..m {
+            out[r * n + j] = out_t[j * m + r];
+        }
+    }
+    out
+}
+
+/// `out[r] = x[r] · w` for every row `r` of `x` `[out.len(), k]`, all f32.
+fn dot_rows_f32(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has the features `simd::dot_rows_f32` is compiled for.
+        unsafe { simd::dot_rows_f32(x, w, k, out) };
+        return;
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &x[r * k..(r + 1) * k];
+        *o = row.iter().zip(w).map(|(a, b)| a * b).sum();
+    }
+}
+
 fn bits_of<T: bytemuck::Pod>(v: &[T]) -> &[u16] {
     bytemuck::cast_slice(v)
 }
@@ -440,6 +535,133 @@ mod simd {
         }
     }
 
+    /// [`rows`] for f32 weights.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows_f32<const R: usize>(x: *const f32, w: *const f32, k: usize, out: *mut f32) {
+        unsafe {
+            let body = k / 16 * 16;
+            let mut a0 = [_mm256_setzero_ps(); R];
+            let mut a1 = [_mm256_setzero_ps(); R];
+            let mut i = 0;
+            while i < body {
+                let w0 = _mm256_loadu_ps(w.add(i));
+                let w1 = _mm256_loadu_ps(w.add(i + 8));
+                for r in 0..R {
+                    let xr = x.add(r * k + i);
+                    a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), a0[r]);
+                    a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr.add(8)), a1[r]);
+                }
+                i += 16;
+            }
+            for r in 0..R {
+                let mut s = sum8(_mm256_add_ps(a0[r], a1[r]));
+                for t in body..k {
+                    s += *x.add(r * k + t) * *w.add(t);
+                }
+                *out.add(r) = s;
+            }
+        }
+    }
+
+    /// `R` rows against three weight vectors: twelve sums at most, one per (row, column).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_f32<const R: usize>(
+        x: *const f32,
+        w: *const f32,
+        k: usize,
+        m: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let body = k / 8 * 8;
+            let mut acc = [[_mm256_setzero_ps(); 3]; R];
+            let mut i = 0;
+            while i < body {
+                let w0 = _mm256_loadu_ps(w.add(i));
+                let w1 = _mm256_loadu_ps(w.add(k + i));
+                let w2 = _mm256_loadu_ps(w.add(2 * k + i));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(x.add(r * k + i));
+                    a[0] = _mm256_fmadd_ps(w0, xv, a[0]);
+                    a[1] = _mm256_fmadd_ps(w1, xv, a[1]);
+                    a[2] = _mm256_fmadd_ps(w2, xv, a[2]);
+                }
+                i += 8;
+            }
+            for (r, a) in acc.iter().enumerate() {
+                for (c, v) in a.iter().enumerate() {
+                    let mut s = sum8(*v);
+                    for t in body..k {
+                        s += *x.add(r * k + t) * *w.add(c * k + t);
+                    }
+                    // Column-major output: column c's rows are `m` apart.
+                    *out.add(c * m + r) = s;
+                }
+            }
+        }
+    }
+
+    /// Three output columns (`w` holds their three weight vectors, `[3, k]`) for every row of
+    /// `x` `[m, k]`, into `out` `[3, m]` (column-major).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C ([`available`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn columns_f32(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+        let m = out.len() / 3;
+        assert!(
+            out.len() == 3 * m && x.len() >= m * k && w.len() >= 3 * k,
+            "shapes checked by the caller"
+        );
+        let (x, w, o) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        // SAFETY: rows r..r+n of `x`, the three weight vectors and the output columns' rows
+        // r..r+n are in bounds by the assertion above.
+        unsafe {
+            while r + 4 <= m {
+                tile_f32::<4>(x.add(r * k), w, k, m, o.add(r));
+                r += 4;
+            }
+            match m - r {
+                3 => tile_f32::<3>(x.add(r * k), w, k, m, o.add(r)),
+                2 => tile_f32::<2>(x.add(r * k), w, k, m, o.add(r)),
+                1 => tile_f32::<1>(x.add(r * k), w, k, m, o.add(r)),
+                _ => {}
+            }
+        }
+    }
+
+    /// `out[r] = x[r] · w` for every row of `x` `[out.len(), k]`, all f32.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C ([`available`]).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_rows_f32(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
+        let m = out.len();
+        assert!(
+            x.len() >= m * k && w.len() >= k,
+            "shapes checked by the caller"
+        );
+        let (x, w, o) = (x.as_ptr(), w.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        // SAFETY: rows r..r+n of `x` (k values each), `w` (k values) and out[r..r+n] are in
+        // bounds by the assertion above.
+        unsafe {
+            while r + 4 <= m {
+                rows_f32::<4>(x.add(r * k), w, k, o.add(r));
+                r += 4;
+            }
+            match m - r {
+                3 => rows_f32::<3>(x.add(r * k), w, k, o.add(r)),
+                2 => rows_f32::<2>(x.add(r * k), w, k, o.add(r)),
+                1 => rows_f32::<1>(x.add(r * k), w, k, o.add(r)),
+                _ => {}
+            }
+        }
+    }
+
     /// `out[r] = x[r] · w` for every row of `x` `[out.len(), k]`.
     ///
     /// # Safety
@@ -500,6 +722,41 @@ mod tests {
                     assert!(
                         (g - e).abs() <= 1e-5 * (k as f32).sqrt(),
                         "{half:?} {m}×{k}×{n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_f32_product_matches_a_plain_loop() {
+        let mut seed = 3u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+        };
+        for (m, k, n) in [
+            (1, 16, 3),
+            (2, 768, 130),
+            (5, 37, 70),
+            (9, 64, 1),
+            (34, 40, 65),
+            (7, 13, 200),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+            let got = matmul_f32(&x, &w, m, k, n);
+            for r in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|i| f64::from(x[r * k + i]) * f64::from(w[j * k + i]))
+                        .sum();
+                    let g = f64::from(got[r * n + j]);
+                    assert!(
+                        (g - want).abs() <= 1e-5 * (k as f64).sqrt(),
+                        "({m},{k},{n}) [{r},{j}]"
                     );
                 }
             }
