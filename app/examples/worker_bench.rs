@@ -154,6 +154,7 @@ fn worker_run(
         decode_every,
         cancel: Arc::new(AtomicBool::new(false)),
         prompts: vec![None; num],
+        decoding: Settings::default().decoding,
     }));
     let since = |t: Instant| t.duration_since(sent).as_secs_f64();
     let mut first_token = None;

@@ -86,6 +86,7 @@ fn no_token_step_waits_on_a_preview_decode() {
         decode_every: 1,
         cancel: Arc::new(AtomicBool::new(false)),
         prompts: vec![None; 4],
+        decoding: Default::default(),
     }));
     let events = until(&worker, |e| matches!(e, Event::Finished { job: 7, .. }));
     let timeline = worker.timeline();
@@ -133,6 +134,55 @@ fn no_token_step_waits_on_a_preview_decode() {
         assert_eq!(images[0].width() as usize, grid * info.patch);
         assert_eq!(images[0].height() as usize, tokens_done / grid * info.patch);
     }
+}
+
+/// A run with SJD: every token arrives once, in order, in fewer passes than tokens.
+#[test]
+fn a_run_with_speculative_decoding_delivers_every_token_in_fewer_passes() {
+    let worker = WorkerHandle::spawn(Compute::Cpu, || {});
+    let info = loaded(&worker);
+    let total = info.grid_size * info.grid_size;
+    let requests: Vec<Request> = (0..2)
+        .map(|i| {
+            Request::class(
+                i,
+                SamplerParams {
+                    seed: 5 + i as u64,
+                    ..info.sampler
+                },
+            )
+        })
+        .collect();
+    worker.send(Command::Generate(Job {
+        id: 9,
+        requests,
+        batch_size: 0,
+        decode_every: 0,
+        cancel: Arc::new(AtomicBool::new(false)),
+        prompts: vec![None; 2],
+        decoding: llamagen::generate::Decoding::Sjd { window: 8 },
+    }));
+    let events = until(&worker, |e| matches!(e, Event::Finished { job: 9, .. }));
+    let steps: Vec<(usize, usize)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token {
+                job: 9,
+                index,
+                passes,
+                ..
+            } => Some((*index, *passes)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (0..total).collect::<Vec<_>>(),
+        "every token once, in order"
+    );
+    let passes = steps.last().unwrap().1;
+    assert!(passes < total, "{passes} passes for {total} tokens");
+    assert!(steps.windows(2).all(|w| w[0].1 <= w[1].1));
 }
 
 #[test]
