@@ -374,34 +374,22 @@ impl<'a, B: Backend> Generator<'a, B> {
             passes += 1;
         }
 
-        match self.decoding {
-            Decoding::Sequential => {}
-            Decoding::Sjd { window } => {
-                let run = Run {
-                    gpt,
-                    cache,
-                    last,
-                    requests,
-                    use_cfg,
-                    prefix_len,
-                    detail,
-                    passes,
-                };
-                return Ok(sjd::run(run, window, observer, cancel));
-            }
-            Decoding::Zipar { window } => {
-                let run = Run {
-                    gpt,
-                    cache,
-                    last,
-                    requests,
-                    use_cfg,
-                    prefix_len,
-                    detail,
-                    passes,
-                };
-                return Ok(zipar::run(run, window, observer, cancel));
-            }
+        if self.decoding != Decoding::Sequential {
+            let run = Run {
+                gpt,
+                cache,
+                last,
+                requests,
+                use_cfg,
+                prefix_len,
+                detail,
+                passes,
+            };
+            return Ok(match self.decoding {
+                Decoding::Sjd { window } => sjd::run(run, window, observer, cancel),
+                Decoding::Zipar { window } => zipar::run(run, window, observer, cancel),
+                Decoding::Sequential => unreachable!("handled below"),
+            });
         }
         // The pass that filled the cache gave the first token's logits.
         passes -= 1;
@@ -469,32 +457,16 @@ impl<'a, B: Backend> Generator<'a, B> {
                     cancelled = true;
                     break;
                 }
-                let host: Vec<f32> = last
-                    .clone()
-                    .reshape([rows, v])
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec()
-                    .expect("f32 logits");
-                HOST_READS.fetch_add(1, Ordering::Relaxed);
+                let host = read_logits(last.clone());
                 passes += 1;
                 let mut step_logits: Vec<Vec<f32>> = Vec::with_capacity(b);
                 let mut step_probs = Vec::with_capacity(b);
                 let mut step_entropy = Vec::with_capacity(b);
                 let mut next = Vec::with_capacity(rows);
                 for (i, sampler) in samplers.iter_mut().enumerate() {
-                    let cond_row = &host[i * v..(i + 1) * v];
-                    let combined: Vec<f32> = if use_cfg && sampler.params.cfg_active(index) {
-                        let uncond_row = &host[(b + i) * v..(b + i + 1) * v];
-                        let s = sampler.params.cfg_scale;
-                        uncond_row
-                            .iter()
-                            .zip(cond_row)
-                            .map(|(&u, &c)| u + (c - u) * s)
-                            .collect()
-                    } else {
-                        cond_row.to_vec()
-                    };
+                    let row = |r: usize| &host[r * v..(r + 1) * v];
+                    let combined =
+                        guided(&sampler.params, index, row(i), use_cfg.then(|| row(b + i)));
                     let choice = sampler.sample(&combined);
                     tokens[i].push(choice.token as u32);
                     probs[i].push(choice.prob);
@@ -535,6 +507,34 @@ impl<'a, B: Backend> Generator<'a, B> {
             forward_passes: passes,
         })
     }
+}
+
+/// The logits a sample draws token `index` from: `uncond + (cond − uncond) · scale` while its
+/// guidance is on (official `generate()`), else the conditional row.
+pub(crate) fn guided(
+    params: &SamplerParams,
+    index: usize,
+    cond: &[f32],
+    uncond: Option<&[f32]>,
+) -> Vec<f32> {
+    match uncond {
+        Some(uncond) if params.cfg_active(index) => uncond
+            .iter()
+            .zip(cond)
+            .map(|(&u, &c)| u + (c - u) * params.cfg_scale)
+            .collect(),
+        _ => cond.to_vec(),
+    }
+}
+
+/// A pass's logits on the host in f32, row-major, counted in [`HOST_READS`].
+pub(crate) fn read_logits<B: Backend, const D: usize>(logits: Tensor<B, D>) -> Vec<f32> {
+    HOST_READS.fetch_add(1, Ordering::Relaxed);
+    logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 logits")
 }
 
 /// Decodes finished token grids to images `[batch, 3, H, W]` (roughly in [−1, 1]).

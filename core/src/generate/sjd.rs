@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::{Generation, HOST_READS, Observer, Run, TokenEvent};
+use super::{Generation, Observer, Run, TokenEvent, guided, read_logits as read};
 use crate::sampling::{TokenSampler, TokenSampling, argmax, draw, logits_to_probs};
 
 /// The distribution a draft token was drawn from.
@@ -157,18 +157,7 @@ fn target(
     keep_logits: bool,
 ) -> Target {
     let at = |r: usize| &host[(r * seq + row) * v..(r * seq + row + 1) * v];
-    let cond = at(i);
-    let combined: Vec<f32> = if use_cfg && sampler.params.cfg_active(index) {
-        let uncond = at(b + i);
-        let s = sampler.params.cfg_scale;
-        uncond
-            .iter()
-            .zip(cond)
-            .map(|(&u, &c)| u + (c - u) * s)
-            .collect()
-    } else {
-        cond.to_vec()
-    };
+    let combined = guided(&sampler.params, index, at(i), use_cfg.then(|| at(b + i)));
     let probs = logits_to_probs(&combined, &sampler.params);
     let greedy = (sampler.params.top_k == 1).then(|| argmax(&probs));
     Target {
@@ -403,14 +392,4 @@ pub(super) fn run<B: Backend>(
         sampling: TokenSampling::Host,
         forward_passes: passes,
     }
-}
-
-/// The logits of a pass on the host, `[rows · seq · vocab]` in f32.
-fn read<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
-    HOST_READS.fetch_add(1, Ordering::Relaxed);
-    logits
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 logits")
 }

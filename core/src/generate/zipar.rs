@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::prelude::*;
 use burn::tensor::{Bool, TensorData};
 
-use super::{Generation, HOST_READS, Observer, Run, TokenEvent};
+use super::{Generation, Observer, Run, TokenEvent, guided, read_logits as read};
 use crate::sampling::{TokenSampler, TokenSampling};
 
 /// One input of a pass.
@@ -59,17 +59,12 @@ impl Tokens {
         let keep = !self.logits.is_empty();
         for (i, sampler) in self.samplers.iter_mut().enumerate() {
             let row = |r: usize| &host[(r * seq + at) * v..(r * seq + at + 1) * v];
-            let cond = row(i);
-            let combined: Vec<f32> = if self.use_cfg && sampler.params.cfg_active(index) {
-                let s = sampler.params.cfg_scale;
-                row(b + i)
-                    .iter()
-                    .zip(cond)
-                    .map(|(&u, &c)| u + (c - u) * s)
-                    .collect()
-            } else {
-                cond.to_vec()
-            };
+            let combined = guided(
+                &sampler.params,
+                index,
+                row(i),
+                self.use_cfg.then(|| row(b + i)),
+            );
             let choice = sampler.sample(&combined);
             self.grid[i][index] = choice.token as u32;
             self.probs[i][index] = choice.prob;
@@ -325,14 +320,4 @@ pub(super) fn run<B: Backend>(
         sampling: TokenSampling::Host,
         forward_passes: passes,
     }
-}
-
-/// The logits of a pass on the host, `[rows · seq · vocab]` in f32.
-fn read<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
-    HOST_READS.fetch_add(1, Ordering::Relaxed);
-    logits
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 logits")
 }

@@ -59,22 +59,8 @@ pub fn half_weight_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Optio
         Half::Bf16 => bits_of(w.storage::<burn::tensor::bf16>()),
     };
     let weights = bits.get(start..start + n * k)?;
-    let x: FlexTensor = cast(x.into_primitive().tensor());
-    let x_owned;
-    let xs: &[f32] = match x.layout().contiguous_offsets() {
-        Some((a, b)) => &x.storage::<f32>()[a..b],
-        None => {
-            x_owned = x.into_data().to_vec::<f32>().ok()?;
-            &x_owned
-        }
-    };
-    let out = matmul(xs, weights, m, k, n, half);
-    let out = FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous([m, n].into()),
-        DType::F32,
-    );
-    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out))))
+    let out = with_rows(x, |xs| matmul(xs, weights, m, k, n, half))?;
+    Some(tensor_of(out, m, n))
 }
 
 /// `x` `[m, k]` times `w` `[k, n]`, both f32, with `w` in the layout of a loaded linear layer
@@ -101,22 +87,8 @@ pub fn f32_weight_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option
     }
     let start = layout.start_offset();
     let weights = w.storage::<f32>().get(start..start + n * k)?;
-    let x: FlexTensor = cast(x.into_primitive().tensor());
-    let x_owned;
-    let xs: &[f32] = match x.layout().contiguous_offsets() {
-        Some((a, b)) => &x.storage::<f32>()[a..b],
-        None => {
-            x_owned = x.into_data().to_vec::<f32>().ok()?;
-            &x_owned
-        }
-    };
-    let out = matmul_f32(xs, weights, m, k, n);
-    let out = FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous([m, n].into()),
-        DType::F32,
-    );
-    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out))))
+    let out = with_rows(x, |xs| matmul_f32(xs, weights, m, k, n))?;
+    Some(tensor_of(out, m, n))
 }
 
 /// Columns of the f32 product per register tile (with four rows: twelve sums in registers,
@@ -149,13 +121,7 @@ fn matmul_f32(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
                 dot_rows_f32(x, &w[j * k..(j + 1) * k], k, col);
             }
         });
-    let mut out = vec![0f32; m * n];
-    for j in 0..n {
-        for r in 0..m {
-            out[r * n + j] = out_t[j * m + r];
-        }
-    }
-    out
+    row_major(&out_t, m, n)
 }
 
 /// `out[r] = x[r] · w` for every row `r` of `x` `[out.len(), k]`, all f32.
@@ -170,6 +136,37 @@ fn dot_rows_f32(x: &[f32], w: &[f32], k: usize, out: &mut [f32]) {
         let row = &x[r * k..(r + 1) * k];
         *o = row.iter().zip(w).map(|(a, b)| a * b).sum();
     }
+}
+
+/// `f` applied to the f32 values of `x` (CPU backend) in row-major order, borrowed where they
+/// are contiguous.
+fn with_rows<B: Backend, R>(x: Tensor<B, 2>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let x: FlexTensor = cast(x.into_primitive().tensor());
+    Some(match x.layout().contiguous_offsets() {
+        Some((a, b)) => f(&x.storage::<f32>()[a..b]),
+        None => f(&x.into_data().to_vec::<f32>().ok()?),
+    })
+}
+
+/// `[m, n]` f32 values as a tensor of the CPU backend.
+fn tensor_of<B: Backend>(out: Vec<f32>, m: usize, n: usize) -> Tensor<B, 2> {
+    let out = FlexTensor::new(
+        Bytes::from_elems(out),
+        Layout::contiguous([m, n].into()),
+        DType::F32,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(cast(out)))
+}
+
+/// The products are computed column by column (`[n, m]`); the result is `[m, n]`.
+fn row_major(out_t: &[f32], m: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for j in 0..n {
+        for r in 0..m {
+            out[r * n + j] = out_t[j * m + r];
+        }
+    }
+    out
 }
 
 fn bits_of<T: bytemuck::Pod>(v: &[T]) -> &[u16] {
@@ -193,13 +190,7 @@ fn matmul(x: &[f32], w: &[u16], m: usize, k: usize, n: usize, half: Half) -> Vec
                 dot_rows(x, &w[j * k..(j + 1) * k], k, half, col);
             }
         });
-    let mut out = vec![0f32; m * n];
-    for j in 0..n {
-        for r in 0..m {
-            out[r * n + j] = out_t[j * m + r];
-        }
-    }
-    out
+    row_major(&out_t, m, n)
 }
 
 /// `out[r] = x[r] · w` for every row `r` of `x` `[out.len(), k]`.
@@ -255,22 +246,8 @@ pub fn quant_weight_matmul<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Opti
     if values.len() != k * n || scales.len() != k * n / QBLOCK {
         return None;
     }
-    let x: FlexTensor = cast(x.into_primitive().tensor());
-    let x_owned;
-    let xs: &[f32] = match x.layout().contiguous_offsets() {
-        Some((a, b)) => &x.storage::<f32>()[a..b],
-        None => {
-            x_owned = x.into_data().to_vec::<f32>().ok()?;
-            &x_owned
-        }
-    };
-    let out = qmatmul(xs, values, scales, m, k, n);
-    let out = FlexTensor::new(
-        Bytes::from_elems(out),
-        Layout::contiguous([m, n].into()),
-        DType::F32,
-    );
-    Some(Tensor::from_primitive(TensorPrimitive::Float(cast(out))))
+    let out = with_rows(x, |xs| qmatmul(xs, values, scales, m, k, n))?;
+    Some(tensor_of(out, m, n))
 }
 
 /// Values per scale of a quantized weight ([`crate::quant::BLOCK`]).
