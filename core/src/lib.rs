@@ -9,6 +9,7 @@ pub mod classes;
 pub mod config;
 pub mod dataset;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gpt;
 pub mod image_io;

@@ -376,3 +376,38 @@ impl Report {
         );
     }
 }
+
+/// One request per sample of a fixture case, each with `params`: its labels (c2i), or its caption
+/// features and mask (t2i).
+pub fn requests(
+    case: &Case,
+    model_type: llamagen::config::ModelType,
+    params: llamagen::sampling::SamplerParams,
+) -> Vec<llamagen::generate::Request> {
+    use llamagen::config::ModelType;
+    use llamagen::generate::{Request, RequestCondition};
+    match model_type {
+        ModelType::C2i => case
+            .values_i64("labels")
+            .into_iter()
+            .map(|c| Request::class(c as usize, params))
+            .collect(),
+        ModelType::T2i => {
+            let shape = case.shape("caption");
+            let (b, t) = (shape[0], shape[1]);
+            let per = t * shape[2];
+            let feats = case.values_f32("caption");
+            let masks = case.values_i64("emb_masks");
+            (0..b)
+                .map(|i| Request {
+                    condition: RequestCondition::Caption {
+                        features: feats[i * per..(i + 1) * per].to_vec(),
+                        mask: masks[i * t..(i + 1) * t].iter().map(|&m| m == 1).collect(),
+                    },
+                    params,
+                    prefix: Vec::new(),
+                })
+                .collect()
+        }
+    }
+}

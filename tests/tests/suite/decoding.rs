@@ -260,33 +260,6 @@ fn held(cache: &llamagen::gpt::KvCache<B>) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn requests_of(case: &Case, model_type: ModelType, params: SamplerParams) -> Vec<Request> {
-    match model_type {
-        ModelType::C2i => case
-            .values_i64("labels")
-            .into_iter()
-            .map(|c| Request::class(c as usize, params))
-            .collect(),
-        ModelType::T2i => {
-            let shape = case.shape("caption");
-            let (b, t) = (shape[0], shape[1]);
-            let per = t * shape[2];
-            let feats = case.values_f32("caption");
-            let masks = case.values_i64("emb_masks");
-            (0..b)
-                .map(|i| Request {
-                    condition: RequestCondition::Caption {
-                        features: feats[i * per..(i + 1) * per].to_vec(),
-                        mask: masks[i * t..(i + 1) * t].iter().map(|&m| m == 1).collect(),
-                    },
-                    params,
-                    prefix: Vec::new(),
-                })
-                .collect()
-        }
-    }
-}
-
 /// With greedy sampling SJD makes exactly the official tokens on every reference generator,
 /// at several windows, with CFG on, off and stopped by an interval.
 #[test]
@@ -330,7 +303,7 @@ fn sjd_greedy_on_the_references<B: Backend>(device: &B::Device, backend: &str) {
                 cfg_interval,
                 ..SamplerParams::greedy(scale)
             };
-            let reqs = requests_of(&case, cfg.model_type, params);
+            let reqs = llamagen_tests::requests(&case, cfg.model_type, params);
             for window in [1, 4, 16] {
                 let generator = Generator::new(&model).with_decoding(Decoding::Sjd { window });
                 let out = generator.generate(&reqs, &mut (), None).unwrap();
@@ -584,7 +557,7 @@ fn zipar_on_the_references<B: Backend>(device: &B::Device, backend: &str) {
         } else {
             4.0
         };
-        let reqs = requests_of(&case, cfg.model_type, SamplerParams::greedy(scale));
+        let reqs = llamagen_tests::requests(&case, cfg.model_type, SamplerParams::greedy(scale));
         let g = cfg.grid_size();
         let out = Generator::new(&model)
             .with_decoding(Decoding::Zipar { window: g })

@@ -25,33 +25,6 @@ impl Observer for StepLogits {
     }
 }
 
-fn requests(case: &Case, model_type: ModelType, params: SamplerParams) -> Vec<Request> {
-    match model_type {
-        ModelType::C2i => case
-            .values_i64("labels")
-            .into_iter()
-            .map(|c| Request::class(c as usize, params))
-            .collect(),
-        ModelType::T2i => {
-            let shape = case.shape("caption");
-            let (b, per) = (shape[0], shape[1] * shape[2]);
-            let feats = case.values_f32("caption");
-            let masks = case.values_i64("emb_masks");
-            let t = shape[1];
-            (0..b)
-                .map(|i| Request {
-                    condition: RequestCondition::Caption {
-                        features: feats[i * per..(i + 1) * per].to_vec(),
-                        mask: masks[i * t..(i + 1) * t].iter().map(|&m| m == 1).collect(),
-                    },
-                    params,
-                    prefix: Vec::new(),
-                })
-                .collect()
-        }
-    }
-}
-
 fn run_all<B: Backend>(device: &B::Device, backend: &str) {
     let manifest = Manifest::load();
     let mut report = Report::default();
@@ -84,7 +57,7 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
                 cfg_interval,
                 ..SamplerParams::greedy(scale)
             };
-            let reqs = requests(&case, cfg.model_type, params);
+            let reqs = llamagen_tests::requests(&case, cfg.model_type, params);
             let mut steps = StepLogits::default();
             let out = generator.generate(&reqs, &mut steps, None).unwrap();
             assert!(out.is_complete(cfg.block_size));
@@ -107,7 +80,7 @@ fn run_all<B: Backend>(device: &B::Device, backend: &str) {
                         seed,
                         ..SamplerParams::default()
                     };
-                    let reqs = requests(&case, cfg.model_type, params);
+                    let reqs = llamagen_tests::requests(&case, cfg.model_type, params);
                     generator.generate(&reqs, &mut (), None).unwrap().tokens
                 };
                 assert_eq!(sampled(7), sampled(7), "{label}: same seed, same tokens");

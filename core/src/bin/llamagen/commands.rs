@@ -138,8 +138,9 @@ impl From<T5PrecisionArg> for T5Precision {
     }
 }
 
-#[derive(Args, Debug)]
-pub struct GenerateArgs {
+/// Which generator and tokenizer, how they are held, and where they run (`generate`, `sample`).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
     /// Generator checkpoint: official .pt (c2i_B_256.pt …) or .safetensors.
     #[arg(long)]
     pub gpt_ckpt: Option<PathBuf>,
@@ -158,24 +159,34 @@ pub struct GenerateArgs {
     /// Take the `ema` weights of training checkpoints when present.
     #[arg(long)]
     pub ema: bool,
-    /// Class to generate: an id or a name (ImageNet names for the official models, case-insensitive);
-    /// repeat for several classes.
-    #[arg(long = "class", short = 'c')]
-    pub classes: Vec<String>,
-    /// Text prompt for a text-conditional (t2i) model; repeat for several prompts. With no
-    /// checkpoints, the bundled text demo model ("a red star on a blue background"); official
-    /// t2i models need --t5.
-    #[arg(long = "prompt", short = 'p')]
-    pub prompts: Vec<String>,
-    /// A file of prompts, one a line (blank lines and lines starting with '#' are skipped).
-    #[arg(long)]
-    pub prompt_file: Option<PathBuf>,
+    /// Float type of the generator's weights. On GPUs the arithmetic follows (norms, RoPE,
+    /// attention scores and logits stay f32); on the CPU the weights alone are held in half and
+    /// widened in the products. Default: f32, or the precision recorded in the --from PNG.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+    /// Quantize the generator's linear layers as they load (weights only; activations stay in
+    /// the precision). Default: none, or what the --from PNG records.
+    #[arg(long, value_enum)]
+    pub quantize: Option<QuantizeArg>,
     /// The FLAN-T5 model folder of text-conditional models (Hugging Face layout: config.json,
     /// model.safetensors or its shards or pytorch_model*.bin, tokenizer.json), e.g. a download
     /// of google/flan-t5-xl. Freed once the prompts are encoded. Default: the folder the
     /// model's card names (the bundled text demo model has its own small encoder).
     #[arg(long)]
     pub t5: Option<PathBuf>,
+    /// Precision of the T5 text encoder's weights: auto = bf16 where the backend computes in
+    /// it, else f16, else f32 (half the memory of f32: FLAN-T5-XL's encoder takes 2.45 GB
+    /// instead of 4.89 GB).
+    #[arg(long, value_enum, default_value_t = T5PrecisionArg::Auto)]
+    pub t5_precision: T5PrecisionArg,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+}
+
+/// The sampler options; each one not given keeps the model card's value (`generate`, `sample`).
+#[derive(Args, Debug, Clone)]
+pub struct SamplerArgs {
     /// Classifier-free guidance scale (1 = off). Default: the model card's (the bundled demo
     /// models: 4), else the official sampler's 4.
     #[arg(long, allow_negative_numbers = true)]
@@ -193,6 +204,26 @@ pub struct GenerateArgs {
     /// Nucleus sampling mass in (0, 1] (1 = off). Default: the model card's, else 1.
     #[arg(long)]
     pub top_p: Option<f32>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Class to generate: an id or a name (ImageNet names for the official models, case-insensitive);
+    /// repeat for several classes.
+    #[arg(long = "class", short = 'c')]
+    pub classes: Vec<String>,
+    /// Text prompt for a text-conditional (t2i) model; repeat for several prompts. With no
+    /// checkpoints, the bundled text demo model ("a red star on a blue background"); official
+    /// t2i models need --t5.
+    #[arg(long = "prompt", short = 'p')]
+    pub prompts: Vec<String>,
+    /// A file of prompts, one a line (blank lines and lines starting with '#' are skipped).
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub sampler: SamplerArgs,
     /// Seed of the first image; image i uses seed + i. Random when not given (and printed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -202,23 +233,6 @@ pub struct GenerateArgs {
     /// Images generated together in one batch.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Float type of the generator's weights. On GPUs the arithmetic follows (norms, RoPE,
-    /// attention scores and logits stay f32); on the CPU the weights alone are held in half and
-    /// widened in the products. Default: f32, or the precision recorded in the --from PNG.
-    #[arg(long, value_enum)]
-    pub precision: Option<PrecisionArg>,
-    /// Quantize the generator's linear layers as they load (weights only; activations stay in
-    /// the precision). Default: none, or what the --from PNG records.
-    #[arg(long, value_enum)]
-    pub quantize: Option<QuantizeArg>,
-    /// Precision of the T5 text encoder's weights: auto = bf16 where the backend computes in
-    /// it, else f16, else f32 (half the memory of f32: FLAN-T5-XL's encoder takes 2.45 GB
-    /// instead of 4.89 GB).
-    #[arg(long, value_enum, default_value_t = T5PrecisionArg::Auto)]
-    pub t5_precision: T5PrecisionArg,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
-    pub backend: BackendArg,
     /// Output PNG: all images in one grid (replaced if it exists). Default: samples.png, or
     /// samples-1.png, samples-2.png, … when that is taken: a run without --out never replaces
     /// an earlier one's.
@@ -239,6 +253,92 @@ pub struct GenerateArgs {
     pub from: Option<PathBuf>,
     #[command(flatten)]
     pub decode: DecodeArgs,
+}
+
+impl SamplerArgs {
+    /// The sampler options given on the command line, written over `params`.
+    pub fn apply(&self, params: &mut SamplerParams) {
+        if let Some(v) = self.cfg_scale {
+            params.cfg_scale = v;
+        }
+        if let Some(v) = self.cfg_interval {
+            params.cfg_interval = v;
+        }
+        if let Some(v) = self.temperature {
+            params.temperature = v;
+        }
+        if let Some(v) = self.top_k {
+            params.top_k = v.max(0) as usize;
+        }
+        if let Some(v) = self.top_p {
+            params.top_p = v;
+        }
+    }
+}
+
+impl SamplerArgs {
+    /// Refuses what no model takes (before any model is loaded).
+    pub fn check(&self) -> Result<()> {
+        if let Some(k) = self.top_k.filter(|&k| k < 0) {
+            bail!("--top-k must be ≥ 0 (0 keeps every token), got {k}");
+        }
+        Ok(())
+    }
+}
+
+impl ModelArgs {
+    /// Refuses a generator without its tokenizer or the other way round.
+    pub fn check_pair(&self) -> Result<()> {
+        if self.gpt_ckpt.is_some() != self.vq_ckpt.is_some() {
+            bail!(
+                "pass both --gpt-ckpt and --vq-ckpt (official .pt files such as c2i_B_256.pt and vq_ds16_c2i.pt, or .safetensors), or neither for the bundled demo model"
+            );
+        }
+        Ok(())
+    }
+
+    /// Loads the pair given (the bundled demo `demo` when none is) and says what was loaded.
+    pub fn load<B: Backend>(
+        &self,
+        demo: Demo,
+        kind: BackendKind,
+        device: &B::Device,
+    ) -> Result<ModelBundle<B>> {
+        let opts = LoadOptions {
+            gpt_model: self.gpt_model.clone(),
+            image_size: self.image_size,
+            n_head: self.n_head,
+            ema: self.ema,
+            precision: resolve_precision::<B>(self.precision.unwrap_or(PrecisionArg::F32), device)?,
+            quantize: self.quantize.map(Into::into).unwrap_or_default(),
+        };
+        let t0 = Instant::now();
+        let bundle = load_bundle_or_demo::<B>(
+            self.gpt_ckpt.as_deref(),
+            self.vq_ckpt.as_deref(),
+            demo,
+            &opts,
+            device,
+        )?;
+        let cfg = &bundle.gpt.config;
+        let held = match bundle.gpt.quantization() {
+            Quantize::None => bundle.gpt.precision().to_string(),
+            q => format!("{}, linear layers {q}", bundle.gpt.precision()),
+        };
+        eprintln!(
+            "loaded {} ({:.1}M parameters, {held}, {:.0} MB) and a {}-level tokenizer on {} in {:.1}s; {}×{} tokens → {} px",
+            bundle.description(),
+            cfg.num_params() as f64 / 1e6,
+            bundle.gpt.weight_bytes() as f64 / 1e6,
+            bundle.vq.config.encoder_ch_mult.len(),
+            kind.name(),
+            t0.elapsed().as_secs_f64(),
+            cfg.grid_size(),
+            cfg.grid_size(),
+            bundle.image_size
+        );
+        Ok(bundle)
+    }
 }
 
 pub fn resolve_backend(arg: BackendArg) -> Result<BackendKind> {
@@ -316,7 +416,7 @@ macro_rules! with_backend {
 pub(crate) use with_backend;
 
 /// The progress bar: tokens/s and ETA on a terminal, nothing otherwise.
-fn progress(total: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -330,8 +430,8 @@ fn progress(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
-struct BarObserver<'a> {
-    bar: &'a ProgressBar,
+pub(crate) struct BarObserver<'a> {
+    pub bar: &'a ProgressBar,
 }
 
 impl Observer for BarObserver<'_> {
@@ -342,22 +442,22 @@ impl Observer for BarObserver<'_> {
 
 /// What one planned image is conditioned on.
 #[derive(Debug, Clone, PartialEq)]
-enum PlanCondition {
+pub(crate) enum PlanCondition {
     Class(usize),
     Prompt(String),
 }
 
 /// One image to make: its condition and settings, and where it lands in the output.
-struct Plan {
-    condition: PlanCondition,
-    params: SamplerParams,
-    index: usize,
+pub(crate) struct Plan {
+    pub condition: PlanCondition,
+    pub params: SamplerParams,
+    pub index: usize,
     /// Where a --from record's tokens were drawn.
-    recorded: Option<TokenSampling>,
+    pub recorded: Option<TokenSampling>,
 }
 
 /// The prompts of a --prompt-file: one a line, blank lines and `#` comments skipped.
-fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
+pub(crate) fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the prompt file {}", path.display()))?;
     let prompts: Vec<String> = text
@@ -370,27 +470,6 @@ fn read_prompt_file(path: &Path) -> Result<Vec<String>> {
         bail!("the prompt file {} holds no prompts", path.display());
     }
     Ok(prompts)
-}
-
-impl GenerateArgs {
-    /// The sampler options given on the command line, written over `params`.
-    fn override_sampler(&self, params: &mut SamplerParams) {
-        if let Some(v) = self.cfg_scale {
-            params.cfg_scale = v;
-        }
-        if let Some(v) = self.cfg_interval {
-            params.cfg_interval = v;
-        }
-        if let Some(v) = self.temperature {
-            params.temperature = v;
-        }
-        if let Some(v) = self.top_k {
-            params.top_k = v.max(0) as usize;
-        }
-        if let Some(v) = self.top_p {
-            params.top_p = v;
-        }
-    }
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -406,19 +485,22 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         // A bundled demo model is found in this machine's assets (the record names it by its
         // place there); any other model by its recorded path.
         let bundled = llamagen::bundle::is_bundled(&first.gpt);
-        if args.gpt_ckpt.is_none() && !bundled {
-            args.gpt_ckpt = Some(PathBuf::from(&first.gpt.path));
+        if args.model.gpt_ckpt.is_none() && !bundled {
+            args.model.gpt_ckpt = Some(PathBuf::from(&first.gpt.path));
         }
-        if args.vq_ckpt.is_none() && !bundled {
-            args.vq_ckpt = Some(PathBuf::from(&first.vq.path));
+        if args.model.vq_ckpt.is_none() && !bundled {
+            args.model.vq_ckpt = Some(PathBuf::from(&first.vq.path));
         }
-        args.image_size.get_or_insert(first.image_size);
-        if args.n_head.is_none() {
-            args.n_head = first.n_head;
+        args.model.image_size.get_or_insert(first.image_size);
+        if args.model.n_head.is_none() {
+            args.model.n_head = first.n_head;
         }
-        args.precision
+        args.model
+            .precision
             .get_or_insert(PrecisionArg::of(first.precision));
-        args.quantize.get_or_insert(QuantizeArg::of(first.quantize));
+        args.model
+            .quantize
+            .get_or_insert(QuantizeArg::of(first.quantize));
         recorded = Some(first.decoding);
         for s in &record.samples {
             let condition = match (&s.prompt, s.class) {
@@ -431,7 +513,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                 ),
             };
             let mut params = s.params;
-            args.override_sampler(&mut params);
+            args.sampler.apply(&mut params);
             plans.push(Plan {
                 condition,
                 params,
@@ -449,18 +531,12 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         let more = read_prompt_file(file)?;
         args.prompts.extend(more);
     }
-    if let Some(k) = args.top_k.filter(|&k| k < 0) {
-        bail!("--top-k must be ≥ 0 (0 keeps every token), got {k}");
-    }
+    args.sampler.check()?;
     if args.batch_size == 0 || args.num == 0 {
         bail!("--num and --batch-size must be at least 1");
     }
-    if args.gpt_ckpt.is_some() != args.vq_ckpt.is_some() {
-        bail!(
-            "pass both --gpt-ckpt and --vq-ckpt (official .pt files such as c2i_B_256.pt and vq_ds16_c2i.pt, or .safetensors), or neither for the bundled demo model"
-        );
-    }
-    let kind = resolve_backend(args.backend)?;
+    args.model.check_pair()?;
+    let kind = resolve_backend(args.model.backend)?;
     with_backend!(kind, |device: B| run_generate::<B>(
         &args, plans, recorded, kind, &device
     ))
@@ -493,15 +569,6 @@ fn run_generate<B: Backend>(
     kind: BackendKind,
     device: &B::Device,
 ) -> Result<()> {
-    let opts = LoadOptions {
-        gpt_model: args.gpt_model.clone(),
-        image_size: args.image_size,
-        n_head: args.n_head,
-        ema: args.ema,
-        precision: resolve_precision::<B>(args.precision.unwrap_or(PrecisionArg::F32), device)?,
-        quantize: args.quantize.map(Into::into).unwrap_or_default(),
-    };
-    let t0 = Instant::now();
     let wants_text = !args.prompts.is_empty()
         || plans
             .iter()
@@ -511,30 +578,8 @@ fn run_generate<B: Backend>(
     } else {
         Demo::Classes
     };
-    let bundle = load_bundle_or_demo::<B>(
-        args.gpt_ckpt.as_deref(),
-        args.vq_ckpt.as_deref(),
-        demo,
-        &opts,
-        device,
-    )?;
+    let bundle = args.model.load::<B>(demo, kind, device)?;
     let cfg = &bundle.gpt.config;
-    let held = match bundle.gpt.quantization() {
-        Quantize::None => bundle.gpt.precision().to_string(),
-        q => format!("{}, linear layers {q}", bundle.gpt.precision()),
-    };
-    eprintln!(
-        "loaded {} ({:.1}M parameters, {held}, {:.0} MB) and a {}-level tokenizer on {} in {:.1}s; {}×{} tokens → {} px",
-        bundle.description(),
-        cfg.num_params() as f64 / 1e6,
-        bundle.gpt.weight_bytes() as f64 / 1e6,
-        bundle.vq.config.encoder_ch_mult.len(),
-        kind.name(),
-        t0.elapsed().as_secs_f64(),
-        cfg.grid_size(),
-        cfg.grid_size(),
-        bundle.image_size
-    );
     let text_model = cfg.model_type == ModelType::T2i;
     if text_model && !args.classes.is_empty() {
         bail!(
@@ -579,7 +624,7 @@ fn run_generate<B: Backend>(
             seed,
             ..bundle.sampler
         };
-        args.override_sampler(&mut base);
+        args.sampler.apply(&mut base);
         base.validate()?;
         let mut conditions = Vec::new();
         for query in &args.classes {
@@ -611,17 +656,7 @@ fn run_generate<B: Backend>(
     }
 
     let decoding = args.decode.resolve(cfg.grid_size(), recorded)?;
-    if decoding != Decoding::Sequential {
-        eprintln!(
-            "decoding: {}{}",
-            decoding.describe(),
-            if decoding.is_exact() {
-                ""
-            } else {
-                " (changes the distribution: not the model's sequential samples)"
-            }
-        );
-    }
+    crate::decoding::announce(decoding);
 
     // Every input is checked now; the output is, before any time goes into encoding prompts
     // or sampling.
@@ -636,8 +671,15 @@ fn run_generate<B: Backend>(
                 PlanCondition::Class(_) => None,
             })
             .collect();
-        let t5 = args.t5.as_deref().or(bundle.t5_dir.as_deref());
-        encode_prompts::<B>(args, t5, &prompts, cfg, device)?
+        let t5 = args.model.t5.as_deref().or(bundle.t5_dir.as_deref());
+        encode_prompts::<B>(
+            t5,
+            args.model.t5_precision.into(),
+            args.batch_size,
+            &prompts,
+            cfg,
+            device,
+        )?
     } else {
         std::collections::HashMap::new()
     };
@@ -653,30 +695,25 @@ fn run_generate<B: Backend>(
     // (Ctrl+C) keeps what it finished.
     let mut next_number = args.out_dir.as_deref().map(next_file_number);
     for chunk in plans.chunks(args.batch_size) {
-        let requests: Vec<Request> = chunk
-            .iter()
-            .map(|p| match &p.condition {
-                PlanCondition::Class(c) => Request::class(*c, p.params),
-                PlanCondition::Prompt(s) => Request {
-                    condition: captions[s].condition(),
-                    params: p.params,
-                    prefix: Vec::new(),
-                },
-            })
-            .collect();
-        let out = generator.generate(&requests, &mut BarObserver { bar: &bar }, None)?;
-        passes += out.forward_passes;
+        let batch = make_batch(
+            &bundle,
+            &generator,
+            chunk,
+            &captions,
+            &mut BarObserver { bar: &bar },
+        )?;
+        passes += batch.forward_passes;
         if let Some(r) = chunk
             .iter()
             .filter_map(|p| p.recorded)
-            .find(|&r| r != out.sampling)
+            .find(|&r| r != batch.sampling)
         {
             bar.suspend(|| {
                 eprintln!(
                     "note: the recorded image was drawn by {}, this run by {}: the same seed gives \
                      other tokens (remake it with --backend {})",
                     r.describe(),
-                    out.sampling.describe(),
+                    batch.sampling.describe(),
                     match r {
                         TokenSampling::Host => "cpu",
                         TokenSampling::Device => "wgpu or --backend cuda",
@@ -684,31 +721,8 @@ fn run_generate<B: Backend>(
                 )
             });
         }
-        let pixels = decode_tokens(&bundle.vq, &out.tokens, cfg.grid_size());
-        images.extend(tensor_to_images(pixels));
-        for (p, tokens) in chunk.iter().zip(out.tokens) {
-            let (class, prompt) = match &p.condition {
-                PlanCondition::Class(c) => (Some(*c), None),
-                PlanCondition::Prompt(s) => (None, Some(s.clone())),
-            };
-            records.push(SampleRecord {
-                gpt: bundle.gpt_file.clone(),
-                vq: bundle.vq_file.clone(),
-                model: bundle.description(),
-                n_head: Some(cfg.n_head),
-                image_size: bundle.image_size,
-                class,
-                class_name: class.and_then(|c| bundle.class_names.name(c).map(str::to_string)),
-                prompt,
-                params: p.params,
-                index: p.index,
-                tokens,
-                sampling: out.sampling,
-                precision: bundle.gpt.precision(),
-                quantize: bundle.gpt.quantization(),
-                decoding,
-            });
-        }
+        images.extend(batch.images);
+        records.extend(batch.records);
         if let (Some(dir), Some(n)) = (&args.out_dir, next_number.as_mut()) {
             let done = images.len() - chunk.len();
             for (img, rec) in images[done..].iter().zip(&records[done..]) {
@@ -744,6 +758,70 @@ fn run_generate<B: Backend>(
         println!("{}", path.display());
     }
     Ok(())
+}
+
+/// One batch made: its images and each one's record.
+pub(crate) struct Batch {
+    pub images: Vec<image::RgbImage>,
+    pub records: Vec<SampleRecord>,
+    pub forward_passes: usize,
+    pub sampling: TokenSampling,
+}
+
+/// Generates the images of `chunk` in one batch with `generator` (its decoding) and decodes them
+/// with the bundle's tokenizer; `captions` holds every prompt's T5 features.
+pub(crate) fn make_batch<B: Backend>(
+    bundle: &ModelBundle<B>,
+    generator: &Generator<'_, B>,
+    chunk: &[Plan],
+    captions: &std::collections::HashMap<String, CaptionFeatures>,
+    observer: &mut impl Observer,
+) -> Result<Batch> {
+    let cfg = &bundle.gpt.config;
+    let requests: Vec<Request> = chunk
+        .iter()
+        .map(|p| match &p.condition {
+            PlanCondition::Class(c) => Request::class(*c, p.params),
+            PlanCondition::Prompt(s) => Request {
+                condition: captions[s].condition(),
+                params: p.params,
+                prefix: Vec::new(),
+            },
+        })
+        .collect();
+    let out = generator.generate(&requests, observer, None)?;
+    let pixels = decode_tokens(&bundle.vq, &out.tokens, cfg.grid_size());
+    let images = tensor_to_images(pixels);
+    let mut records = Vec::with_capacity(chunk.len());
+    for (p, tokens) in chunk.iter().zip(out.tokens) {
+        let (class, prompt) = match &p.condition {
+            PlanCondition::Class(c) => (Some(*c), None),
+            PlanCondition::Prompt(s) => (None, Some(s.clone())),
+        };
+        records.push(SampleRecord {
+            gpt: bundle.gpt_file.clone(),
+            vq: bundle.vq_file.clone(),
+            model: bundle.description(),
+            n_head: Some(cfg.n_head),
+            image_size: bundle.image_size,
+            class,
+            class_name: class.and_then(|c| bundle.class_names.name(c).map(str::to_string)),
+            prompt,
+            params: p.params,
+            index: p.index,
+            tokens,
+            sampling: out.sampling,
+            precision: bundle.gpt.precision(),
+            quantize: bundle.gpt.quantization(),
+            decoding: generator.decoding,
+        });
+    }
+    Ok(Batch {
+        images,
+        records,
+        forward_passes: out.forward_passes,
+        sampling: out.sampling,
+    })
 }
 
 /// Checked before any image is generated, so that no generated image is lost to an output that
@@ -797,9 +875,10 @@ fn default_out() -> PathBuf {
 
 /// Loads the T5 folder of `--t5` (its width checked against the generator's captions before
 /// the weights are read), encodes every distinct prompt once, and frees the encoder.
-fn encode_prompts<B: Backend>(
-    args: &GenerateArgs,
+pub(crate) fn encode_prompts<B: Backend>(
     t5: Option<&Path>,
+    t5_precision: T5Precision,
+    batch_size: usize,
     prompts: &[String],
     cfg: &GptConfig,
     device: &B::Device,
@@ -819,12 +898,8 @@ fn encode_prompts<B: Backend>(
         .with_context(|| format!("T5 folder {}", dir.display()));
     }
     let t0 = Instant::now();
-    let mut encoder = TextEncoder::<B>::from_folder_as(
-        &folder,
-        cfg.cls_token_num,
-        args.t5_precision.into(),
-        device,
-    )?;
+    let mut encoder =
+        TextEncoder::<B>::from_folder_as(&folder, cfg.cls_token_num, t5_precision, device)?;
     if let Some((dtype, bytes)) = encoder.weights() {
         eprintln!(
             "text encoder {}: {:?} weights, {:.1} MB",
@@ -840,7 +915,7 @@ fn encode_prompts<B: Backend>(
         }
     }
     let mut out = std::collections::HashMap::new();
-    for chunk in distinct.chunks(args.batch_size.max(1)) {
+    for chunk in distinct.chunks(batch_size.max(1)) {
         for (prompt, f) in chunk.iter().zip(encoder.encode_batch(chunk)?) {
             let full = encoder.tokenizer.token_ids(&f.cleaned).map(|t| t.len() + 1);
             let note = match full {

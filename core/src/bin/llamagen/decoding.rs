@@ -71,6 +71,21 @@ impl DecodeArgs {
     }
 }
 
+/// Says the decoding when it is not the sequential one, and whether it changes the distribution.
+pub fn announce(decoding: Decoding) {
+    if decoding != Decoding::Sequential {
+        eprintln!(
+            "decoding: {}{}",
+            decoding.describe(),
+            if decoding.is_exact() {
+                ""
+            } else {
+                " (changes the distribution: not the model's sequential samples)"
+            }
+        );
+    }
+}
+
 /// Two thirds of the grid's width, rounded up.
 pub fn default_zipar_window(grid: usize) -> usize {
     (2 * grid).div_ceil(3).max(1)

@@ -16,6 +16,7 @@ mod decoding;
 #[cfg(feature = "train")]
 mod interrupt;
 mod quantize;
+mod sample;
 #[cfg(feature = "train")]
 mod train;
 use bench::BenchArgs;
@@ -73,6 +74,13 @@ enum Command {
         after_help = "Examples:\n  llamagen generate --gpt-ckpt c2i_L_384.pt --vq-ckpt vq_ds16_c2i.pt --class 'golden retriever' --num 4\n  llamagen generate --gpt-ckpt c2i_B_256.pt --vq-ckpt vq_ds16_c2i.pt --class 207 --class 360 --seed 1 --out-dir samples/\n  llamagen generate --gpt-ckpt t2i_XL_stage1_256.pt --vq-ckpt vq_ds16_t2i.pt --t5 flan-t5-xl/ --prompt 'a corgi on the beach' --cfg-scale 7.5 --top-k 1000\n  llamagen generate --from samples/0000-207-seed1.png\n  llamagen generate --from samples/0000-a_corgi_on_the_beach-seed1.png --t5 flan-t5-xl/"
     )]
     Generate(Box<GenerateArgs>),
+    /// Many images for FID: every class (or prompt) N times, written as the .npz the official
+    /// evaluator reads (arr_0, uint8, [N, H, W, 3]). Resumable: the PNGs land in a folder as
+    /// they are made, and the same command run again goes on from there.
+    #[command(
+        after_help = "Examples:\n  llamagen sample --gpt-ckpt c2i_L_384.pt --vq-ckpt vq_ds16_c2i.pt --num-per-class 50 --cfg-scale 1.65 --out c2i_L_384.npz\n  llamagen sample --gpt-ckpt c2i_B_256.pt --vq-ckpt vq_ds16_c2i.pt --num-per-class 50 --cfg-scale 2 --decode sjd --out sjd.npz\n  llamagen sample --num-per-class 20 --out demo.npz   (the bundled demo)\n\nThen, with the official evaluator: python evaluations/c2i/evaluator.py VIRTUAL_imagenet256_labeled.npz c2i_L_384.npz"
+    )]
+    Sample(Box<sample::SampleArgs>),
     /// Print the generation parameters embedded in a PNG written by `llamagen generate`.
     Info {
         /// PNG file.
@@ -245,6 +253,7 @@ fn report(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => commands::generate(*args),
+        Command::Sample(args) => sample::sample(*args),
         Command::Info { png, json } => commands::info(&png, json),
         Command::Reconstruct(args) => commands::reconstruct(args),
         Command::Convert { input, output, ema } => commands::convert(&input, &output, ema),
