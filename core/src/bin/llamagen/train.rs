@@ -1268,7 +1268,8 @@ pub fn train_perceptual(args: TrainPerceptualArgs) -> Result<()> {
 pub struct EvalClassesArgs {
     /// Classifier from `llamagen train-classifier`. Repeatable: every classifier scores the
     /// same samples, one report each. Default: the bundled one (`assets/eval/classifier.mpk`,
-    /// trained on drawn images only), so that the README's figures can be checked as they are.
+    /// trained on drawn images only), so that the figures of docs/demo-model.md can be checked
+    /// as they are.
     #[arg(long)]
     pub classifier: Vec<PathBuf>,
     /// Generator (default: the bundled demo model).
