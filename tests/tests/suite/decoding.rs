@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use llamagen::bundle::ModelBundle;
 use llamagen::config::{GptConfig, ModelType};
-use llamagen::generate::{Decoding, Generator, Request, RequestCondition};
+use llamagen::generate::{Decoding, Generator, Request};
 use llamagen::gpt::{CacheLayout, Condition, Transformer};
 use llamagen::sampling::SamplerParams;
 use llamagen_tests::{Case, Manifest, Report, to_f32};

@@ -2,11 +2,10 @@
 //! logits handed to the sampler at every step within tolerance; and the sampling filters.
 
 use burn::prelude::*;
-use llamagen::config::ModelType;
-use llamagen::generate::{EventDetail, Generator, Observer, Request, RequestCondition, TokenEvent};
+use llamagen::generate::{EventDetail, Generator, Observer, TokenEvent};
 use llamagen::gpt::Transformer;
 use llamagen::sampling::{SamplerParams, argmax, filter_logits, logits_to_probs};
-use llamagen_tests::{Case, Manifest, Report};
+use llamagen_tests::{Manifest, Report};
 
 /// Collects the logits of every step, `[step][sample][vocab]`.
 #[derive(Default)]
