@@ -339,6 +339,36 @@ impl ModelArgs {
         );
         Ok(bundle)
     }
+
+    /// The T5 features of every prompt of `plans` (none for a class model, or when no plan has a
+    /// prompt): `--t5`, else the folder the model's card names.
+    pub(crate) fn captions<B: Backend>(
+        &self,
+        bundle: &ModelBundle<B>,
+        plans: &[Plan],
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<std::collections::HashMap<String, CaptionFeatures>> {
+        let prompts: Vec<String> = plans
+            .iter()
+            .filter_map(|p| match &p.condition {
+                PlanCondition::Prompt(s) => Some(s.clone()),
+                PlanCondition::Class(_) => None,
+            })
+            .collect();
+        if bundle.gpt.config.model_type != ModelType::T2i || prompts.is_empty() {
+            return Ok(Default::default());
+        }
+        let t5 = self.t5.as_deref().or(bundle.t5_dir.as_deref());
+        encode_prompts::<B>(
+            t5,
+            self.t5_precision.into(),
+            batch_size,
+            &prompts,
+            &bundle.gpt.config,
+            device,
+        )
+    }
 }
 
 pub fn resolve_backend(arg: BackendArg) -> Result<BackendKind> {
@@ -448,6 +478,7 @@ pub(crate) enum PlanCondition {
 }
 
 /// One image to make: its condition and settings, and where it lands in the output.
+#[derive(Clone)]
 pub(crate) struct Plan {
     pub condition: PlanCondition,
     pub params: SamplerParams,
@@ -663,26 +694,9 @@ fn run_generate<B: Backend>(
     check_output(args)?;
 
     // Text-conditional: every prompt encoded once with T5, which is then freed.
-    let captions = if text_model {
-        let prompts: Vec<String> = plans
-            .iter()
-            .filter_map(|p| match &p.condition {
-                PlanCondition::Prompt(s) => Some(s.clone()),
-                PlanCondition::Class(_) => None,
-            })
-            .collect();
-        let t5 = args.model.t5.as_deref().or(bundle.t5_dir.as_deref());
-        encode_prompts::<B>(
-            t5,
-            args.model.t5_precision.into(),
-            args.batch_size,
-            &prompts,
-            cfg,
-            device,
-        )?
-    } else {
-        std::collections::HashMap::new()
-    };
+    let captions = args
+        .model
+        .captions(&bundle, &plans, args.batch_size, device)?;
 
     let generator = Generator::new(&bundle.gpt).with_decoding(decoding);
     let mut passes = 0;

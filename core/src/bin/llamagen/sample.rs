@@ -16,9 +16,8 @@ use llamagen::sampling::SamplerParams;
 use serde_json::json;
 
 use crate::commands::{
-    BarObserver, ModelArgs, Plan, PlanCondition, SamplerArgs, encode_prompts,
-    ensure_writable_folder, folder_of, make_batch, progress, read_prompt_file, resolve_backend,
-    with_backend,
+    BarObserver, ModelArgs, Plan, PlanCondition, SamplerArgs, ensure_writable_folder, folder_of,
+    make_batch, progress, read_prompt_file, resolve_backend, with_backend,
 };
 use crate::decoding::{DecodeArgs, announce};
 
@@ -232,30 +231,20 @@ fn run_sample<B: Backend>(args: &SampleArgs, kind: BackendKind, device: &B::Devi
         );
     }
 
-    let captions = if text_model {
-        let needed: Vec<String> = missing
-            .iter()
-            .filter_map(|&i| match &plans[i].condition {
-                PlanCondition::Prompt(p) => Some(p.clone()),
-                PlanCondition::Class(_) => None,
-            })
-            .collect();
-        let t5 = args.model.t5.as_deref().or(bundle.t5_dir.as_deref());
-        if needed.is_empty() {
-            Default::default()
-        } else {
-            encode_prompts::<B>(
-                t5,
-                args.model.t5_precision.into(),
-                args.batch_size,
-                &needed,
-                cfg,
-                device,
-            )?
-        }
-    } else {
-        Default::default()
-    };
+    // Every prompt of a batch with an image to make: a batch is made whole.
+    let todo: Vec<Plan> = plans
+        .chunks(args.batch_size)
+        .filter(|chunk| {
+            chunk
+                .iter()
+                .any(|p| missing.binary_search(&p.index).is_ok())
+        })
+        .flatten()
+        .cloned()
+        .collect();
+    let captions = args
+        .model
+        .captions(&bundle, &todo, args.batch_size, device)?;
 
     let generator = Generator::new(&bundle.gpt).with_decoding(decoding);
     let bar = progress((missing.len() * cfg.block_size) as u64, "tokens");
