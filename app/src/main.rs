@@ -147,6 +147,8 @@ fn choose_compute(arg: BackendArg) -> Result<(Compute, Option<egui_wgpu::WgpuSet
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any thread starts.
+    unsafe { llamagen::backend::quiet_display_probe() };
     let args = Args::parse();
     let launch = match launch(&args) {
         Ok(l) => l,

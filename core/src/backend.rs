@@ -85,3 +85,37 @@ pub fn wgpu_adapter() -> Option<WgpuAdapter> {
 pub fn wgpu_adapter() -> Option<WgpuAdapter> {
     None
 }
+
+/// Lets the GPU probe run quietly on machines without a desktop session.
+///
+/// Mesa's Vulkan layers (and winit, in the studio) ask libwayland for a display while a wgpu
+/// instance starts, and libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set in the
+/// environment.` to stderr when that variable is missing, as on a server, in a container or over
+/// ssh: a successful `generate` then looks as if it failed. When the variable is unset or not an
+/// absolute path to a directory, this points it at a private empty directory
+/// (`$TMPDIR/llamagen-runtime-UID`, mode 0700). No Wayland socket is there, so the lookup fails
+/// without a word and the probe goes on as before (X11, or no display at all). A desktop
+/// session's own value is left alone.
+///
+/// # Safety
+/// It changes the process environment: call it at the start of `main`, before any thread is
+/// started (see [`std::env::set_var`]).
+pub unsafe fn quiet_display_probe() {
+    #[cfg(all(unix, not(target_os = "macos")))]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let current = std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from);
+        if current.is_some_and(|dir| dir.is_absolute() && dir.is_dir()) {
+            return;
+        }
+        let Ok(me) = std::fs::metadata("/proc/self") else { return };
+        let dir = std::env::temp_dir().join(format!("llamagen-runtime-{}", me.uid()));
+        // Made now, or made by an earlier run of the same user (never another user's).
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        let ours = std::fs::metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == me.uid());
+        if ours {
+            // SAFETY: the caller guarantees no other thread runs yet.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
+}
