@@ -336,15 +336,26 @@ fn shape_mismatches_name_the_tensor_and_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let (st, cfg) = tiny_gpt();
     let out = dir.path().join("shape.safetensors");
+    // The same values under another shape: half the rows, twice the columns (or one column).
+    let mut shapes = None;
     rewrite(&st, &out, |m| {
-        let (_, v) = m.remove("output.weight").unwrap();
-        m.insert("output.weight".into(), (vec![256, 128], v));
+        let (shape, v) = m.remove("output.weight").unwrap();
+        let wrong = match shape[..] {
+            [rows, cols] if rows % 2 == 0 => vec![rows / 2, cols * 2],
+            _ => vec![shape.iter().product(), 1],
+        };
+        assert_ne!(shape, wrong);
+        shapes = Some((shape, wrong.clone()));
+        m.insert("output.weight".into(), (wrong, v));
     });
+    let (expected, wrong) = shapes.unwrap();
     let err = load_err(&out, &cfg);
     let msg = err.to_string();
     assert!(matches!(err, CheckpointError::ShapeMismatch(_)), "{msg}");
     assert!(
-        msg.contains("output.weight") && msg.contains("[512, 64]") && msg.contains("[256, 128]"),
+        msg.contains("output.weight")
+            && msg.contains(&format!("{expected:?}"))
+            && msg.contains(&format!("{wrong:?}")),
         "{msg}"
     );
 }
@@ -352,13 +363,17 @@ fn shape_mismatches_name_the_tensor_and_both_shapes() {
 #[test]
 fn a_config_that_does_not_match_the_weights_is_an_error() {
     let (st, cfg) = tiny_gpt();
-    // Grouped-query config against full-attention weights.
-    let gqa = GptConfig {
-        n_kv_head: Some(2),
-        ..cfg.clone()
-    };
-    let err = load_err(&st, &gqa);
-    assert!(err.to_string().contains("wqkv"), "{err}");
+    // Grouped-query config (one key/value head, where the case has as many as query heads)
+    // against full-attention weights; a case with one head has no grouped variant.
+    assert_eq!(cfg.n_kv_head.unwrap_or(cfg.n_head), cfg.n_head, "the case is full attention");
+    if cfg.n_head > 1 {
+        let gqa = GptConfig {
+            n_kv_head: Some(1),
+            ..cfg.clone()
+        };
+        let err = load_err(&st, &gqa);
+        assert!(err.to_string().contains("wqkv"), "{err}");
+    }
     // A text-conditional config against a class-conditional checkpoint.
     let t2i = GptConfig {
         model_type: ModelType::T2i,
@@ -373,7 +388,11 @@ fn a_config_that_does_not_match_the_weights_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("encoder.conv_in.weight"), "{err}");
     // An invalid config is refused before any tensor is read.
-    let bad = GptConfig { n_head: 3, ..cfg };
+    // More heads than the width has channels never divide it.
+    let bad = GptConfig {
+        n_head: cfg.dim + 1,
+        ..cfg
+    };
     assert!(matches!(load_err(&st, &bad), CheckpointError::Config(_)));
 }
 
