@@ -1,6 +1,8 @@
 //! Helpers shared by the cross-crate tests: the reference-fixture directory, its manifest,
 //! the io tensors of each case, configs built from the manifest, and tolerant comparison.
 
+pub mod fuzz;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| llamagen_tests::fuzz::prompt_tokenizer(data));
