@@ -16,7 +16,7 @@
 //! let image = &llamagen::image_io::tensor_to_images(pixels)[0];
 //! image.save(std::env::temp_dir().join("llamagen-doc-star.png"))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```ignore
+//! ```
 //!
 //! Where things are: [`bundle`] opens checkpoints and model cards, [`generate`] runs the
 //! decoding loop (sequential, SJD, ZipAR), [`sampling`] holds CFG, temperature, top-k and top-p,
