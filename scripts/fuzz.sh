@@ -8,7 +8,7 @@
 # crates.io when it is missing. The targets' bodies are in tests/src/fuzz.rs.
 #
 # Corpora: each target starts from its kept corpus (fuzz/corpus/TARGET, committed and replayed
-# on stable by `cargo test`: tests/tests/fuzz_replay.rs) plus real files added here as seeds
+# on stable by `cargo test`: tests/tests/suite/fuzz_replay.rs) plus real files added here as seeds
 # (the reference fixtures' checkpoints, the bundled models' cards and tokenizer). What a run
 # learns goes to target/fuzz/corpus/TARGET; FUZZ_KEEP=1 merges it, minimised and without files
 # over 64 KB, back into fuzz/corpus. A crash is written to fuzz/artifacts/TARGET/ and stops

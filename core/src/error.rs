@@ -127,3 +127,22 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "an unknown error".into())
 }
+
+thread_local! {
+    static CONTAINED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f`, a dependency's parser, turning a panic into `Err` with its words. While it runs,
+/// [`panic_is_contained`] is true on this thread, so that a binary's panic hook can stay quiet
+/// about a panic that becomes an ordinary error.
+pub fn contain<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    CONTAINED.with(|c| c.set(c.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(c.get() - 1));
+    result.map_err(|p| panic_message(p.as_ref()))
+}
+
+/// Whether a panic now would be caught by [`contain`] (for panic hooks).
+pub fn panic_is_contained() -> bool {
+    CONTAINED.with(|c| c.get() > 0)
+}

@@ -1,5 +1,5 @@
 //! The bodies of the fuzz targets. `fuzz/fuzz_targets/*.rs` hand libFuzzer's inputs to these
-//! functions (`scripts/fuzz.sh`), and `tests/tests/fuzz_replay.rs` feeds them every kept input
+//! functions (`scripts/fuzz.sh`), and `tests/tests/suite/fuzz_replay.rs` feeds them every kept input
 //! on stable Rust as part of `cargo test`.
 //!
 //! Each body takes arbitrary bytes and reaches a reader the way a user's file reaches it: written

@@ -5,6 +5,7 @@
 
 mod export;
 mod infer;
+pub mod pickle_guard;
 mod weights;
 
 pub use export::{config_metadata, state_dict, state_dict_renamed, write_gpt, write_safetensors};
@@ -480,13 +481,36 @@ fn read_safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>, Ch
         .unwrap_or_default())
 }
 
+/// Reads a `.pt` file through burn-store, after [`pickle_guard`] has refused what would
+/// exhaust the stack or the memory, with burn-store's panics (if any input finds one) turned
+/// into errors.
 fn read_pytorch(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, CheckpointError> {
-    let reader = PytorchReader::new(path).map_err(|e| CheckpointError::Unreadable {
+    let unreadable = |reason: String| CheckpointError::Unreadable {
         path: path.to_path_buf(),
         format: "PyTorch .pt",
-        reason: e.to_string(),
-    })?;
-    Ok(reader.into_tensors().into_iter().collect())
+        reason,
+    };
+    pickle_guard::check_file(path).map_err(|r| unreadable(r.0))?;
+    let tensors = crate::error::contain(|| PytorchReader::new(path).map(|r| r.into_tensors()))
+        .map_err(|panic| unreadable(format!("the pickle reader failed ({panic})")))?
+        .map_err(|e| unreadable(e.to_string()))?;
+    // Every tensor's bytes lie in the file: a shape that claims more is a lie that would
+    // otherwise become an allocation of that size when the tensor is read.
+    let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    for (name, t) in &tensors {
+        let bytes = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.size() as u64, |n, &d| n.checked_mul(d as u64));
+        if bytes.is_none_or(|b| b > file_len) {
+            return Err(unreadable(format!(
+                "tensor {name} claims shape {:?} of {:?}, more than the file's {file_len} bytes",
+                &t.shape[..],
+                t.dtype
+            )));
+        }
+    }
+    Ok(tensors.into_iter().collect())
 }
 
 #[cfg(test)]

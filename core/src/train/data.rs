@@ -269,16 +269,35 @@ impl CodeSet {
             .get(12..meta_end)
             .ok_or_else(|| err("truncated header".into()))
             .and_then(|m| serde_json::from_slice(m).map_err(|e| err(e.to_string())))?;
+        if meta.num_images > 0 && (meta.num_aug == 0 || meta.seq_len == 0) {
+            return Err(err(format!(
+                "{} images with {} grids of {} codes each: every image needs at least one grid of codes",
+                meta.num_images, meta.num_aug, meta.seq_len
+            )));
+        }
         let n_labels = meta.num_images;
-        let n_codes = meta.num_images * meta.num_aug * meta.seq_len;
-        let expect = meta_end + 4 * n_labels + 2 * n_codes;
+        // Sizes come from the file: checked, so that a hostile header is an error, not an
+        // overflow.
+        let expect = meta
+            .num_images
+            .checked_mul(meta.num_aug)
+            .and_then(|n| n.checked_mul(meta.seq_len))
+            .and_then(|n_codes| n_codes.checked_mul(2))
+            .and_then(|code_bytes| n_labels.checked_mul(4)?.checked_add(code_bytes))
+            .and_then(|body| body.checked_add(meta_end));
+        let Some(expect) = expect else {
+            return Err(err(format!(
+                "its header declares {} images × {} grids × {} codes, more than any file holds",
+                meta.num_images, meta.num_aug, meta.seq_len
+            )));
+        };
         if bytes.len() != expect {
             return Err(err(format!(
                 "{} bytes, expected {expect}: the file is truncated or corrupt",
                 bytes.len()
             )));
         }
-        let labels = bytes[meta_end..meta_end + 4 * n_labels]
+        let labels: Vec<u32> = bytes[meta_end..meta_end + 4 * n_labels]
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
@@ -291,6 +310,14 @@ impl CodeSet {
                 "{} captions for {} images",
                 meta.captions.len(),
                 meta.num_images
+            )));
+        }
+        if !meta.class_names.is_empty()
+            && let Some(bad) = labels.iter().find(|&&l| l as usize >= meta.class_names.len())
+        {
+            return Err(err(format!(
+                "label {bad} is outside its {} classes",
+                meta.class_names.len()
             )));
         }
         if let Some(bad) = codes.iter().find(|&&c| c as usize >= meta.codebook_size) {
@@ -434,6 +461,50 @@ mod tests {
         assert!(CodeSet::read(&path).is_err());
         std::fs::write(&path, b"hello").unwrap();
         assert!(CodeSet::read(&path).is_err());
+    }
+
+    /// A header is the file's word, not the truth: sizes that overflow or grids with no codes
+    /// are errors naming the file, never an overflow or an empty grid.
+    #[test]
+    fn hostile_codes_headers_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.codes");
+        let write = |meta: serde_json::Value, body: &[u8]| {
+            let meta = serde_json::to_vec(&meta).unwrap();
+            let mut bytes = CODES_MAGIC.to_vec();
+            bytes.extend((meta.len() as u32).to_le_bytes());
+            bytes.extend(meta);
+            bytes.extend(body);
+            std::fs::write(&path, bytes).unwrap();
+        };
+        let meta = |num_images: u64, num_aug: u64, seq_len: u64| {
+            serde_json::json!({
+                "num_images": num_images, "num_aug": num_aug, "seq_len": seq_len,
+                "codebook_size": 16, "image_size": 8, "class_names": ["a"], "tokenizer": "t",
+            })
+        };
+        for (images, augs, len) in [
+            (u64::MAX, 2, 2),
+            (1 << 40, 1 << 40, 1),
+            (2, u64::MAX / 2, 3),
+            (1, 1, u64::MAX / 2),
+        ] {
+            write(meta(images, augs, len), &[0; 16]);
+            let e = CodeSet::read(&path).unwrap_err().to_string();
+            assert!(e.contains("h.codes"), "{e}");
+        }
+        // One image, no grid (or grids of no codes): nothing to train on, and `grid` would
+        // have nothing to give.
+        for (augs, len) in [(0, 4), (2, 0)] {
+            write(meta(1, augs, len), &[0; 4]);
+            let e = CodeSet::read(&path).unwrap_err().to_string();
+            assert!(e.contains("at least one grid"), "{e}");
+        }
+        // The control: the same writer with honest sizes reads back.
+        let mut body = 0u32.to_le_bytes().to_vec();
+        body.extend([1u8, 0, 2, 0]);
+        write(meta(1, 1, 2), &body);
+        assert_eq!(CodeSet::read(&path).unwrap().grid(0, 0), &[1, 2]);
     }
 
     #[test]

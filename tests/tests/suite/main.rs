@@ -3,8 +3,10 @@
 
 mod checkpoints;
 mod decoding;
+mod fuzz_replay;
 mod generator;
 mod half_precision;
+mod hostile_checkpoints;
 mod kernels;
 mod parity_generate;
 mod parity_gpt;
