@@ -277,6 +277,16 @@ impl SamplerArgs {
 }
 
 impl SamplerArgs {
+    /// Refuses a top-k larger than the model's vocabulary (once the model is known).
+    pub fn check_vocab(&self, vocab: usize) -> Result<()> {
+        if let Some(k) = self.top_k.filter(|&k| k as usize > vocab) {
+            bail!(
+                "--top-k {k} is more than the model's {vocab} image tokens\nhint: pass at most {vocab}, or 0 to keep every token"
+            );
+        }
+        Ok(())
+    }
+
     /// Refuses what no model takes (before any model is loaded).
     pub fn check(&self) -> Result<()> {
         if let Some(k) = self.top_k.filter(|&k| k < 0) {
@@ -320,6 +330,16 @@ impl ModelArgs {
             &opts,
             device,
         )?;
+        if let Some(asked) = self.image_size
+            && asked != bundle.image_size
+        {
+            bail!(
+                "--image-size {asked} does not fit these models: the generator's {g}×{g} token grid decodes to {} px\nhint: leave --image-size out, or pass --image-size {}",
+                bundle.image_size,
+                bundle.image_size,
+                g = bundle.gpt.config.grid_size()
+            );
+        }
         let cfg = &bundle.gpt.config;
         let held = match bundle.gpt.quantization() {
             Quantize::None => bundle.gpt.precision().to_string(),
@@ -610,6 +630,7 @@ fn run_generate<B: Backend>(
         Demo::Classes
     };
     let bundle = args.model.load::<B>(demo, kind, device)?;
+    args.sampler.check_vocab(bundle.gpt.config.vocab_size)?;
     let cfg = &bundle.gpt.config;
     let text_model = cfg.model_type == ModelType::T2i;
     if text_model && !args.classes.is_empty() {
@@ -966,7 +987,21 @@ pub fn info(png: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn convert(input: &Path, output: &Path, ema: bool) -> Result<()> {
+pub fn convert(input: &Path, output: &Path, ema: bool, force: bool) -> Result<()> {
+    if output.exists() {
+        if !force || output.canonicalize().ok() == input.canonicalize().ok() {
+            bail!(
+                "{} exists{}\nhint: {}",
+                output.display(),
+                if force { " and is the input" } else { "" },
+                if force {
+                    "write the converted file under another name"
+                } else {
+                    "choose another output name, or pass --force to replace it"
+                }
+            );
+        }
+    }
     let choice = if ema {
         WeightsChoice::PreferEma
     } else {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType, VqConfig};
 use llamagen::{Precision, Quantize};
@@ -13,6 +13,7 @@ use serde_json::json;
 mod bench;
 mod commands;
 mod decoding;
+mod hints;
 #[cfg(feature = "train")]
 mod interrupt;
 mod quantize;
@@ -104,6 +105,9 @@ enum Command {
         /// Take the `ema` weights of a training checkpoint when present.
         #[arg(long)]
         ema: bool,
+        /// Replace the output file when it exists (without it, an existing file is refused).
+        #[arg(long)]
+        force: bool,
     },
     /// Measure generation speed with randomly initialised weights of a named configuration
     /// (no download): tokens/s per image and per batch, and the VQ decode time.
@@ -210,6 +214,9 @@ fn main() -> ExitCode {
     // report; RUST_BACKTRACE keeps Rust's own report for debugging.
     if std::env::var_os("RUST_BACKTRACE").is_none() {
         std::panic::set_hook(Box::new(|info| {
+            if llamagen::error::panic_is_contained() {
+                return;
+            }
             let what = llamagen::error::panic_message(info.payload());
             eprintln!(
                 "error: llamagen stopped unexpectedly: {what}\nhint: if the device ran out of \
@@ -218,7 +225,12 @@ fn main() -> ExitCode {
             );
         }));
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let command = matches.subcommand_name().unwrap_or("").to_string();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -229,7 +241,11 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(interrupt::EXIT_CODE);
             }
-            eprintln!("error: {}", report(&e));
+            let message = report(&e);
+            eprintln!("error: {message}");
+            if let Some(hint) = hints::hint(&e, &message, &command) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -258,7 +274,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample::sample(*args),
         Command::Info { png, json } => commands::info(&png, json),
         Command::Reconstruct(args) => commands::reconstruct(args),
-        Command::Convert { input, output, ema } => commands::convert(&input, &output, ema),
+        Command::Convert {
+            input,
+            output,
+            ema,
+            force,
+        } => commands::convert(&input, &output, ema, force),
         Command::Bench(args) => bench::bench(args),
         Command::Quantize(args) => quantize::quantize(args),
         Command::Dataset(DatasetCommand::Shapes {

@@ -118,6 +118,7 @@ fn run_sample<B: Backend>(args: &SampleArgs, kind: BackendKind, device: &B::Devi
         Demo::Text
     };
     let bundle = args.model.load::<B>(demo, kind, device)?;
+    args.sampler.check_vocab(bundle.gpt.config.vocab_size)?;
     let cfg = &bundle.gpt.config;
     let text_model = cfg.model_type == ModelType::T2i;
     match (text_model, prompts.is_empty()) {

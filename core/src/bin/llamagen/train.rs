@@ -268,8 +268,31 @@ fn check_output(path: &Path, folder: bool) -> Result<()> {
 
 pub fn train_vq(args: TrainVqArgs) -> Result<()> {
     check_output(&args.out, true)?;
+    check_resume(&args.out, args.resume)?;
+    if !args.resume && args.init_from.is_none() {
+        let ds = vq_config(&args)?.downsample();
+        if ds == 0 || args.image_size as usize % ds != 0 {
+            let near = (args.image_size as usize / ds.max(1)).max(1) * ds.max(1);
+            bail!(
+                "--image-size {} does not divide into the tokenizer's {ds}-pixel patches\nhint: pass a multiple of {ds}, such as {near}",
+                args.image_size
+            );
+        }
+    }
     let kind = resolve_backend(args.backend)?;
     with_backend!(kind, |device: B| run_train_vq::<B>(&args, kind, &device))
+}
+
+/// `--resume` needs a run to go on from: a folder without a checkpoint is refused rather than
+/// quietly started afresh.
+fn check_resume(out: &Path, resume: bool) -> Result<()> {
+    if resume && llamagen::train::checkpoint::latest(out)?.is_none() {
+        bail!(
+            "--resume: {} holds no checkpoint to go on from\nhint: leave --resume out to start a new run there (a run saves its first checkpoint after --save-every steps)",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 fn vq_config(args: &TrainVqArgs) -> Result<VqConfig> {
@@ -551,8 +574,10 @@ fn load_vq<B: Backend>(path: &Path, device: &B::Device) -> Result<VqModel<B>> {
         path,
         llamagen::checkpoint::WeightsChoice::PreferEma,
     )?;
-    let cfg = sd.infer_vq_config()?;
-    Ok(VqModel::load(&sd, &cfg, device)?)
+    let cfg = sd
+        .infer_vq_config()
+        .with_context(|| format!("tokenizer {}", path.display()))?;
+    VqModel::load(&sd, &cfg, device).with_context(|| format!("tokenizer {}", path.display()))
 }
 
 fn run_extract<B: Backend>(args: &ExtractCodesArgs, device: &B::Device) -> Result<()> {
@@ -826,6 +851,7 @@ fn replica_plan<B: Backend>(
 
 pub fn train_gpt(args: TrainGptArgs) -> Result<()> {
     check_output(&args.out, true)?;
+    check_resume(&args.out, args.resume)?;
     let kind = resolve_backend(args.backend)?;
     with_backend!(kind, |device: B| run_train_gpt::<B>(&args, kind, &device))
 }
@@ -971,7 +997,20 @@ fn run_train_gpt<B: Backend>(
         devices.len()
     );
     let vq = match &args.vq_ckpt {
-        Some(p) => Some(load_vq::<B>(&resolve_weights(p)?, device)?),
+        Some(p) => {
+            let vq = load_vq::<B>(&resolve_weights(p)?, device)?;
+            if vq.config.codebook_size != meta.codebook_size {
+                bail!(
+                    "--vq-ckpt {} has {} codes, but the codes file was made by a tokenizer of {} ({})\nhint: pass the tokenizer that `extract-codes` used for {}",
+                    p.display(),
+                    vq.config.codebook_size,
+                    meta.codebook_size,
+                    meta.tokenizer,
+                    args.codes.display()
+                );
+            }
+            Some(vq)
+        }
         None => None,
     };
     let val = match &args.val_codes {
