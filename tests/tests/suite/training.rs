@@ -216,20 +216,30 @@ fn tiny_vq_trainer_with<AB: AutodiffBackend>(
 #[test]
 fn vq_overfits_a_tiny_batch() {
     for loss in [ReconstructionLoss::L2, ReconstructionLoss::L1] {
-        vq_overfits_on::<AB>(&Default::default(), loss);
+        vq_overfits_on::<AB>(&Default::default(), loss, 40, 4.0);
     }
 }
 
 #[cfg(feature = "wgpu")]
 #[test]
 fn vq_overfits_a_tiny_batch_on_wgpu() {
+    // Fewer steps than on the CPU: a step runs in Mesa's software Vulkan (about 2 s each
+    // here); learning, not its extent, is what this checks on the GPU path.
     vq_overfits_on::<Autodiff<llamagen::backend::Wgpu>>(
         &Default::default(),
         ReconstructionLoss::L2,
+        15,
+        2.0,
     );
 }
 
-fn vq_overfits_on<AB: AutodiffBackend>(device: &AB::Device, loss: ReconstructionLoss) {
+/// `steps` steps on one batch must divide the reconstruction loss by `factor`.
+fn vq_overfits_on<AB: AutodiffBackend>(
+    device: &AB::Device,
+    loss: ReconstructionLoss,
+    steps: u64,
+    factor: f32,
+) {
     let (mut t, x) = tiny_vq_trainer_with::<AB>(tiny_vq(), 2e-3, loss, device);
     // Smooth images (a 4×4 pattern blown up) so that 2× downsampling can hold them.
     let x = burn::tensor::module::interpolate(
@@ -239,16 +249,16 @@ fn vq_overfits_on<AB: AutodiffBackend>(device: &AB::Device, loss: Reconstruction
     );
     let first = t.train_step(x.clone()).unwrap();
     let mut last = first;
-    for _ in 0..40 {
+    for _ in 0..steps {
         last = t.train_step(x.clone()).unwrap();
     }
     assert!(
-        last.reconstruction < first.reconstruction / 4.0,
+        last.reconstruction < first.reconstruction / factor,
         "{loss:?}: reconstruction {} → {}",
         first.reconstruction,
         last.reconstruction
     );
-    assert_eq!(t.step, 41);
+    assert_eq!(t.step, steps + 1);
 }
 
 #[test]
