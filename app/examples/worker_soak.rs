@@ -82,6 +82,8 @@ fn main() -> Result<()> {
         if job % 5 == 0
             && let Some(tokens) = previous.as_ref().filter(|t| !t.is_empty())
         {
+            // A re-roll is one image, as in the studio (a batch shares one prefix length).
+            requests.truncate(1);
             requests[0].prefix = tokens[..tokens.len() / 2].to_vec();
             rerolls += 1;
         }
