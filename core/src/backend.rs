@@ -108,7 +108,9 @@ pub unsafe fn quiet_display_probe() {
         if current.is_some_and(|dir| dir.is_absolute() && dir.is_dir()) {
             return;
         }
-        let Ok(me) = std::fs::metadata("/proc/self") else { return };
+        let Ok(me) = std::fs::metadata("/proc/self") else {
+            return;
+        };
         let dir = std::env::temp_dir().join(format!("llamagen-runtime-{}", me.uid()));
         // Made now, or made by an earlier run of the same user (never another user's).
         let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);

@@ -51,8 +51,12 @@ fn scratch_dir() -> PathBuf {
         let mut s = s.borrow_mut();
         let dir = s.get_or_insert_with(|| {
             let shm = Path::new("/dev/shm");
-            let builder = tempfile::Builder::new().prefix("llamagen-fuzz-").tempdir_in(shm);
-            builder.or_else(|_| tempfile::tempdir()).expect("a scratch folder")
+            let builder = tempfile::Builder::new()
+                .prefix("llamagen-fuzz-")
+                .tempdir_in(shm);
+            builder
+                .or_else(|_| tempfile::tempdir())
+                .expect("a scratch folder")
         });
         dir.path().to_path_buf()
     })
@@ -61,7 +65,9 @@ fn scratch_dir() -> PathBuf {
 /// A checkpoint as every user-facing path reads it: open (model or EMA weights), infer both
 /// configurations, check the keys, and where a configuration fits, build the model from it.
 fn checkpoint(path: &Path) {
-    let Ok(sd) = StateDict::open(path, WeightsChoice::PreferEma) else { return };
+    let Ok(sd) = StateDict::open(path, WeightsChoice::PreferEma) else {
+        return;
+    };
     let device = Default::default();
     let _ = sd.quantization();
     if let Ok(cfg) = sd.infer_gpt_config(&GptHints::default()) {

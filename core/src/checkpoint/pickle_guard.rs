@@ -411,7 +411,9 @@ mod tests {
     #[test]
     fn a_state_dict_like_pickle_passes() {
         // {'w': _rebuild((pid,), 0, (2, 3), (3, 1), False, OrderedDict())}
-        let mut p = b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02(".to_vec();
+        let mut p =
+            b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02("
+                .to_vec();
         p.extend(b"(X\x07\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x06tQ");
         p.extend(b"K\x00K\x02K\x03\x86K\x03K\x01\x86\x89ccollections\nOrderedDict\n)RtRs.");
         assert_eq!(scan(&p).unwrap(), Some(p.len()));

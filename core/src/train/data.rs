@@ -313,7 +313,9 @@ impl CodeSet {
             )));
         }
         if !meta.class_names.is_empty()
-            && let Some(bad) = labels.iter().find(|&&l| l as usize >= meta.class_names.len())
+            && let Some(bad) = labels
+                .iter()
+                .find(|&&l| l as usize >= meta.class_names.len())
         {
             return Err(err(format!(
                 "label {bad} is outside its {} classes",

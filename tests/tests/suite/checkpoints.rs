@@ -365,7 +365,11 @@ fn a_config_that_does_not_match_the_weights_is_an_error() {
     let (st, cfg) = tiny_gpt();
     // Grouped-query config (one key/value head, where the case has as many as query heads)
     // against full-attention weights; a case with one head has no grouped variant.
-    assert_eq!(cfg.n_kv_head.unwrap_or(cfg.n_head), cfg.n_head, "the case is full attention");
+    assert_eq!(
+        cfg.n_kv_head.unwrap_or(cfg.n_head),
+        cfg.n_head,
+        "the case is full attention"
+    );
     if cfg.n_head > 1 {
         let gqa = GptConfig {
             n_kv_head: Some(1),

@@ -51,7 +51,9 @@ fn the_seed_checkpoints_pass_through_both_readers() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if ext == "pt" || (ext == "safetensors" && std::fs::metadata(&path).unwrap().len() < 1 << 20) {
+        if ext == "pt"
+            || (ext == "safetensors" && std::fs::metadata(&path).unwrap().len() < 1 << 20)
+        {
             let data = std::fs::read(&path).unwrap();
             llamagen_tests::fuzz::checkpoint_pt(&data);
             llamagen_tests::fuzz::checkpoint_safetensors(&data);

@@ -15,14 +15,15 @@ use llamagen::checkpoint::{StateDict, WeightsChoice};
 fn write_pt(path: &Path, pickle: &[u8], storages: &[(&str, &[u8])]) {
     let file = std::fs::File::create(path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
-    let stored = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file("archive/data.pkl", stored).unwrap();
     zip.write_all(pickle).unwrap();
     zip.start_file("archive/version", stored).unwrap();
     zip.write_all(b"3\n").unwrap();
     for (name, bytes) in storages {
-        zip.start_file(format!("archive/data/{name}"), stored).unwrap();
+        zip.start_file(format!("archive/data/{name}"), stored)
+            .unwrap();
         zip.write_all(bytes).unwrap();
     }
     zip.finish().unwrap();
@@ -124,7 +125,10 @@ fn a_pickle_that_would_run_a_command_runs_nothing_and_is_refused() {
             let path = dir.path().join(format!("{module}-{name}-{in_a_dict}.pt"));
             write_pt(&path, &call(module, name, &command, in_a_dict), &[]);
             let (result, took) = open(&path);
-            assert!(result.is_err(), "{module}.{name} (in a dict: {in_a_dict}) was accepted");
+            assert!(
+                result.is_err(),
+                "{module}.{name} (in a dict: {in_a_dict}) was accepted"
+            );
             let err = result.unwrap_err();
             assert!(err.contains(&path.display().to_string()), "{err}");
             assert!(took < Duration::from_secs(5), "{module}.{name}: {took:?}");
@@ -170,8 +174,14 @@ fn deeply_nested_pickles_are_refused_without_overflowing_the_stack() {
         let lists = dir.path().join(format!("lists-{depth}.pt"));
         write_pt(&lists, &p, &[]);
         let (result, took) = open(&lists);
-        assert!(result.is_err(), "nested lists ({depth}) were taken as a state dict");
-        assert!(took < Duration::from_secs(10), "{depth} levels took {took:?}");
+        assert!(
+            result.is_err(),
+            "nested lists ({depth}) were taken as a state dict"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{depth} levels took {took:?}"
+        );
 
         // The same depth of MARKs with nothing closing them.
         let mut p = op::PROTO2.to_vec();
@@ -181,7 +191,10 @@ fn deeply_nested_pickles_are_refused_without_overflowing_the_stack() {
         write_pt(&marks, &p, &[]);
         let (result, took) = open(&marks);
         assert!(result.is_err());
-        assert!(took < Duration::from_secs(10), "{depth} marks took {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "{depth} marks took {took:?}"
+        );
     }
 }
 
@@ -243,7 +256,10 @@ fn a_well_formed_tensor_pickle_reads_back() {
     let device = Default::default();
     let w = llamagen::checkpoint::Weights::<llamagen::backend::Cpu>::new(&sd, &device);
     let data = w.data("w").unwrap();
-    assert_eq!(data.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(
+        data.to_vec::<f32>().unwrap(),
+        vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    );
 }
 
 #[test]

@@ -25,7 +25,8 @@ pub fn hint(e: &anyhow::Error, message: &str, command: &str) -> Option<String> {
                         .into()
                 }
                 ImageError::Write { .. } => {
-                    "check that the folder exists and is writable, and that the disk has room".into()
+                    "check that the folder exists and is writable, and that the disk has room"
+                        .into()
                 }
                 ImageError::Read { .. } => {
                     "check the path; the file must be a PNG or JPEG image".into()
