@@ -31,7 +31,8 @@ step=$((images / 10))
 next=$step
 while kill -0 "$pid" 2>/dev/null; do
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-    made=$(find "$out/images" -name '*.png' 2>/dev/null | wc -l)
+    # (the folder appears with the first batch: until then, nothing made)
+    made=$( (find "$out/images" -name '*.png' 2>/dev/null || true) | wc -l)
     if [ -n "$rss" ] && [ "$made" -ge "$next" ]; then
         printf 'images %5d: resident %.1f MB\n' "$made" "$(echo "$rss / 1000" | bc -l)"
         [ -z "$first" ] && first=$rss
