@@ -809,6 +809,7 @@ impl StudioApp {
                     precision: info.precision,
                     quantize: info.quantize,
                     decoding: v.decoding,
+                    vq_tile: None,
                 },
                 image: img,
                 texture: tex,

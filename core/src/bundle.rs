@@ -322,7 +322,9 @@ impl<B: Backend> ModelBundle<B> {
                 vq_cfg.codebook_size, gpt_cfg.vocab_size
             )));
         }
-        let vq = VqModel::load(&vq_sd, &vq_cfg, device).map_err(vq_err)?;
+        let vq = VqModel::load(&vq_sd, &vq_cfg, device)
+            .map_err(vq_err)?
+            .into_precision(opts.precision);
         drop(vq_sd);
         let gpt = Transformer::load_with(&gpt_sd, &gpt_cfg, opts.precision, opts.quantize, device)
             .map_err(gpt_err)?;
@@ -391,7 +393,9 @@ impl<B: Backend> ModelBundle<B> {
             });
         }
         let vq_sd = StateDict::open(&vq_path, WeightsChoice::Model).map_err(vq_err)?;
-        let vq = VqModel::load(&vq_sd, &card.vq_config, device).map_err(vq_err)?;
+        let vq = VqModel::load(&vq_sd, &card.vq_config, device)
+            .map_err(vq_err)?
+            .into_precision(opts.precision);
         drop(vq_sd);
         let gpt_sd = StateDict::open(&gpt_path, WeightsChoice::Model).map_err(gpt_err)?;
         let gpt = Transformer::load_with(

@@ -130,6 +130,10 @@ pub struct SampleRecord {
     /// How forward passes became tokens (records from before this field: sequential).
     #[serde(default)]
     pub decoding: crate::generate::Decoding,
+    /// The side, in tokens, of the tiles the image was decoded in (`None`: whole; records
+    /// from before this field: whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vq_tile: Option<usize>,
 }
 
 /// The record embedded in a PNG: one sample, or the cells of a grid in reading order.
@@ -174,7 +178,10 @@ impl PngRecord {
                 ) + &match s.decoding {
                     crate::generate::Decoding::Sequential => String::new(),
                     d => format!(", decoding: {}", d.describe()),
-                }
+                } + &s
+                    .vq_tile
+                    .map(|t| format!(", decoded in tiles of {t}×{t} tokens"))
+                    .unwrap_or_default()
             })
             .collect::<Vec<_>>()
             .join("\n")
@@ -342,6 +349,7 @@ mod tests {
             precision: crate::precision::Precision::Bf16,
             quantize: crate::quant::Quantize::Q8,
             decoding: crate::generate::Decoding::Sjd { window: 8 },
+            vq_tile: Some(16),
         }]);
         save_png(&path, &img, &record).unwrap();
         assert_eq!(read_png_record(&path).unwrap(), record);
@@ -349,6 +357,7 @@ mod tests {
         assert_eq!(back, img);
         assert!(record.summary().contains("class: 207 (golden retriever)"));
         assert!(record.summary().contains("decoding: sjd (window 8)"));
+        assert!(record.summary().contains("tiles of 16×16 tokens"));
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -498,10 +498,10 @@ fn read_pytorch(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, Checkpo
     // otherwise become an allocation of that size when the tensor is read.
     let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     for (name, t) in &tensors {
-        let bytes = t
-            .shape
-            .iter()
-            .try_fold(t.dtype.size() as u64, |n, &d| n.checked_mul(d as u64));
+        let mut bytes = Some(t.dtype.size() as u64);
+        for &d in t.shape.iter() {
+            bytes = bytes.and_then(|n| n.checked_mul(d as u64));
+        }
         if bytes.is_none_or(|b| b > file_len) {
             return Err(unreadable(format!(
                 "tensor {name} claims shape {:?} of {:?}, more than the file's {file_len} bytes",

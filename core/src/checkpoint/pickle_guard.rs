@@ -32,16 +32,19 @@ pub fn check_file(path: &Path) -> Result<(), Refused> {
     let Ok(mut file) = std::fs::File::open(path) else {
         return Ok(());
     };
-    let mut bytes = Vec::new();
-    if file.read_to_end(&mut bytes).is_err() {
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut magic = [0u8; 2];
+    if file.read_exact(&mut magic).is_err() {
         return Ok(());
     }
-    if bytes.starts_with(b"PK") {
-        let Ok(mut archive) = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])) else {
+    if &magic == b"PK" {
+        // A zip: only its pickles are read (the tensors' storages, gigabytes in a large
+        // checkpoint, are not touched).
+        let Ok(mut archive) = zip::ZipArchive::new(file) else {
             return Ok(());
         };
         for i in 0..archive.len() {
-            let Ok(mut entry) = archive.by_index(i) else {
+            let Ok(entry) = archive.by_index(i) else {
                 continue;
             };
             if !entry.name().ends_with(".pkl") {
@@ -49,20 +52,24 @@ pub fn check_file(path: &Path) -> Result<(), Refused> {
             }
             let mut pickle = Vec::new();
             // An entry whose size is a lie is burn-store's to refuse: read what the file has.
-            if (&mut entry)
-                .take(bytes.len() as u64)
-                .read_to_end(&mut pickle)
-                .is_err()
-            {
+            if entry.take(file_len).read_to_end(&mut pickle).is_err() {
                 continue;
             }
             scan(&pickle)?;
         }
         return Ok(());
     }
+    // A legacy or plain pickle file: its pickles come first and are small (the storages follow
+    // them), so the first 64 MiB hold them; a longer pickle is left to burn-store, and any
+    // attack of the kinds above shows within far fewer bytes.
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(64 << 20).read_to_end(&mut head));
+    if read.is_err() {
+        return Ok(());
+    }
     let mut at = 0;
     for _ in 0..5 {
-        match scan(&bytes[at..])? {
+        match scan(&head[at..])? {
             Some(end) if end > 0 => at += end,
             _ => break,
         }

@@ -1,8 +1,8 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Dropout, DropoutConfig, GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::DType;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::ops::PadMode;
 
 use super::NORM_EPS;
 use crate::checkpoint::Weights;
@@ -34,6 +34,10 @@ pub(crate) fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Te
     if let Some(y) = crate::kernels::conv::group_norm_silu(norm, &x, false) {
         return y;
     }
+    // In half precision the statistics, the normalisation and the affine scale are f32 (as
+    // under the official code's autocast); the result returns to the input's type.
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
     let [b, c, h, w] = x.dims();
     let g = norm.num_groups;
     let grouped = x.reshape([b, g, (c / g) * h * w]);
@@ -42,13 +46,13 @@ pub(crate) fn group_norm<B: Backend>(norm: &GroupNorm<B>, x: Tensor<B, 4>) -> Te
     let normed = (centred / (var + norm.epsilon).sqrt()).reshape([b, c, h * w]);
     let per_row = |p: &Option<burn::module::Param<Tensor<B, 1>>>| {
         p.as_ref()
-            .map(|p| p.val().reshape([1, c, 1]).repeat_dim(0, b))
+            .map(|p| p.val().cast(DType::F32).reshape([1, c, 1]).repeat_dim(0, b))
     };
     let out = match (per_row(&norm.gamma), per_row(&norm.beta)) {
         (Some(gamma), Some(beta)) => normed * gamma + beta,
         _ => normed,
     };
-    out.reshape([b, c, h, w])
+    out.reshape([b, c, h, w]).cast(dtype)
 }
 
 /// `silu(group_norm(x))`, in one pass over the values on the CPU backend.
@@ -210,8 +214,16 @@ impl<B: Backend> AttnBlock<B> {
         let q = conv(&self.q, hn.clone()).reshape([b, c, n]).swap_dims(1, 2);
         let k = conv(&self.k, hn.clone()).reshape([b, c, n]);
         let v = conv(&self.v, hn).reshape([b, c, n]);
-        // Official scale: int(c) ** -0.5; softmax over the keys.
-        let attn = softmax(q.matmul(k) * (c as f64).powf(-0.5), 2);
+        // Official scale: int(c) ** -0.5; softmax over the keys. In half precision the
+        // queries are scaled before the product (its sums stay well inside f16's range) and the
+        // softmax is taken in f32.
+        let dtype = x.dtype();
+        let scale = (c as f64).powf(-0.5);
+        let attn = if dtype == DType::F32 {
+            softmax(q.matmul(k) * scale, 2)
+        } else {
+            softmax((q * scale).matmul(k).cast(DType::F32), 2).cast(dtype)
+        };
         let out = v.matmul(attn.swap_dims(1, 2)).reshape([b, c, h, w]);
         conv_add(&self.proj_out, out, Some(x))
     }
@@ -241,8 +253,12 @@ impl<B: Backend> Downsample<B> {
         if let Some(y) = crate::kernels::conv::conv2d(&self.conv, &x, [0, 0, 1, 1], None) {
             return y;
         }
-        self.conv
-            .forward(x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0)))
+        // Zeros of the input's own float type: burn 0.21's `Tensor::pad` fills a tensor of the
+        // default type (f32) and writes an f16 input's bits into it.
+        let [b, c, h, w] = x.dims();
+        let padded = Tensor::zeros([b, c, h + 1, w + 1], (&x.device(), x.dtype()))
+            .slice_assign([0..b, 0..c, 0..h, 0..w], x);
+        self.conv.forward(padded)
     }
 }
 

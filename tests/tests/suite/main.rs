@@ -14,4 +14,5 @@ mod parity_patchgan;
 mod parity_t5;
 mod parity_vq;
 mod text_encoder;
+mod tokenizer;
 mod training;

@@ -3,25 +3,43 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice};
-use llamagen::config::{GptConfig, ModelType, VqConfig};
-use llamagen::{Precision, Quantize};
-use serde_json::json;
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod args;
 mod bench;
-mod commands;
+mod card;
+mod common;
+mod convert;
+mod dataset;
 mod decoding;
+#[cfg(feature = "train")]
+mod eval_classes;
+#[cfg(feature = "train")]
+mod extract_codes;
+mod generate;
 mod hints;
+mod info;
+#[cfg(feature = "train")]
+mod init_t5;
+mod inspect;
 #[cfg(feature = "train")]
 mod interrupt;
 mod quantize;
+mod reconstruct;
 mod sample;
 #[cfg(feature = "train")]
-mod train;
+mod train_classifier;
+#[cfg(feature = "train")]
+mod train_gpt;
+#[cfg(feature = "train")]
+mod train_perceptual;
+#[cfg(feature = "train")]
+mod train_vq;
+#[cfg(feature = "train")]
+mod training;
 use bench::BenchArgs;
-use commands::GenerateArgs;
+use generate::GenerateArgs;
 
 #[derive(Parser)]
 #[command(
@@ -37,16 +55,6 @@ exist only in builds with `--features train`."
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum Kind {
-    /// Decide from the tensor names.
-    Auto,
-    /// A generator (GPT) checkpoint.
-    Gpt,
-    /// An image tokenizer (VQ) checkpoint.
-    Vq,
 }
 
 #[derive(Subcommand)]
@@ -95,7 +103,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  llamagen reconstruct photo.jpg --vq-ckpt vq_ds16_c2i.pt --image-size 256 --out-dir recon/\n  llamagen reconstruct data/shapes/star/0.png --json"
     )]
-    Reconstruct(commands::ReconstructArgs),
+    Reconstruct(reconstruct::ReconstructArgs),
     /// Convert a checkpoint (.pt or .safetensors) to a safetensors file with the official names.
     Convert {
         /// Input checkpoint.
@@ -124,87 +132,41 @@ enum Command {
     #[command(
         after_help = "Example (the bundled demo tokenizer):\n  llamagen train-vq --data data/shapes --out runs/vq --config VQ-8 --ch 32 --ch-mult 1,2,2,4 --z-channels 64 --num-res-blocks 1 --norm-groups 8 --codebook-size 1024 --image-size 64 --batch-size 8 --steps 1100 --lr 2e-4 --entropy-loss-ratio 0.1 --replicas 2 --backend cpu --perceptual-net runs/perceptual.mpk --perceptual-weight 0.1"
     )]
-    TrainVq(Box<train::TrainVqArgs>),
+    TrainVq(Box<train_vq::TrainVqArgs>),
     /// Turn an image folder into token grids with a trained tokenizer (ten crops + flips).
     #[cfg(feature = "train")]
-    ExtractCodes(train::ExtractCodesArgs),
+    ExtractCodes(extract_codes::ExtractCodesArgs),
     /// Train the generator on extracted codes (AdamW, class dropout for guidance).
     #[cfg(feature = "train")]
-    TrainGpt(Box<train::TrainGptArgs>),
+    TrainGpt(Box<train_gpt::TrainGptArgs>),
     /// Make a small T5-style text encoder for a caption set (word vocabulary, weights from a
     /// seed), for text-conditional models trained with no download.
     #[cfg(feature = "train")]
     #[command(
         after_help = "Example (the bundled text demo's encoder):\n  llamagen init-t5 --captions data/shapes/captions.tsv --out runs/t5 --d-model 64 --layers 2 --heads 4"
     )]
-    InitT5(train::InitT5Args),
+    InitT5(init_t5::InitT5Args),
     /// Train the small classifier of the procedural shapes (for eval-classes).
     #[cfg(feature = "train")]
-    TrainClassifier(train::TrainClassifierArgs),
+    TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Train a small VGG-style network on the procedural shapes whose features stand in for
     /// LPIPS's ImageNet VGG16 in `train-vq --perceptual-net` (when those weights are not at hand).
     #[cfg(feature = "train")]
     #[command(
         after_help = "Example (the bundled demo tokenizer's perceptual network):\n  llamagen train-perceptual --out runs/perceptual.mpk --steps 1500 --lr 2e-3"
     )]
-    TrainPerceptual(train::TrainPerceptualArgs),
+    TrainPerceptual(train_perceptual::TrainPerceptualArgs),
     /// Measure how often generations show the class asked for (procedural-shape models).
     #[cfg(feature = "train")]
-    EvalClasses(train::EvalClassesArgs),
+    EvalClasses(eval_classes::EvalClassesArgs),
     /// Write a model card so a generator + tokenizer pair loads as one project model.
-    Card(commands::CardArgs),
+    Card(card::CardArgs),
     /// Describe a checkpoint (inferred configuration, parameters, dtype, problems) or a named
     /// configuration (exact parameter count, nothing allocated).
     #[command(
         after_help = "Examples:\n  llamagen inspect c2i_L_384.pt\n  llamagen inspect vq_ds16_c2i.pt --json\n  llamagen inspect --config GPT-XL --type t2i"
     )]
-    Inspect {
-        /// Checkpoint file (.pt, .pth or .safetensors).
-        #[arg(required_unless_present = "config", conflicts_with = "config")]
-        checkpoint: Option<PathBuf>,
-        /// A named configuration instead of a file: GPT-B, GPT-L, GPT-XL, GPT-XXL, GPT-XXXL,
-        /// GPT-1B, GPT-3B, GPT-7B, VQ-16 or VQ-8.
-        #[arg(long)]
-        config: Option<String>,
-        /// Model type of a named GPT configuration: c2i (1000 classes) or t2i (FLAN-T5-XL
-        /// captions, 2048-dim, 120 condition tokens).
-        #[arg(long = "type", default_value = "c2i")]
-        model_type: String,
-        /// Number of classes of a named c2i configuration.
-        #[arg(long, default_value_t = 1000)]
-        num_classes: usize,
-        /// Codebook size (GPT vocabulary).
-        #[arg(long, default_value_t = 16384)]
-        vocab_size: usize,
-        /// What the checkpoint holds.
-        #[arg(long, value_enum, default_value_t = Kind::Auto)]
-        kind: Kind,
-        /// Image size in pixels (GPT checkpoints; default: from the file name, else 256).
-        #[arg(long)]
-        image_size: Option<usize>,
-        /// Named GPT size, when the width alone does not say it.
-        #[arg(long)]
-        gpt_model: Option<String>,
-        /// Number of attention heads, for a GPT width that is not a named size.
-        #[arg(long)]
-        n_head: Option<usize>,
-        /// Tokenizer downsampling factor, for the token grid of a GPT checkpoint.
-        #[arg(long, default_value_t = 16)]
-        downsample: usize,
-        /// Read the `ema` weights of a training checkpoint when present.
-        #[arg(long)]
-        ema: bool,
-        /// Float type of a GPT's weights for `weights_bytes` (f32, f16 or bf16; computed from
-        /// the configuration, nothing is allocated).
-        #[arg(long, value_enum, default_value_t = commands::PrecisionArg::F32)]
-        precision: commands::PrecisionArg,
-        /// Quantization of a GPT's linear layers for `weights_bytes` (as a GPU holds them).
-        #[arg(long, value_enum, default_value_t = commands::QuantizeArg::None)]
-        quantize: commands::QuantizeArg,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -270,16 +232,16 @@ fn report(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Generate(args) => commands::generate(*args),
+        Command::Generate(args) => generate::generate(*args),
         Command::Sample(args) => sample::sample(*args),
-        Command::Info { png, json } => commands::info(&png, json),
-        Command::Reconstruct(args) => commands::reconstruct(args),
+        Command::Info { png, json } => info::info(&png, json),
+        Command::Reconstruct(args) => reconstruct::reconstruct(args),
         Command::Convert {
             input,
             output,
             ema,
             force,
-        } => commands::convert(&input, &output, ema, force),
+        } => convert::convert(&input, &output, ema, force),
         Command::Bench(args) => bench::bench(args),
         Command::Quantize(args) => quantize::quantize(args),
         Command::Dataset(DatasetCommand::Shapes {
@@ -287,254 +249,22 @@ fn run(cli: Cli) -> Result<()> {
             per_class,
             seed,
             size,
-        }) => commands::dataset_shapes(&out, per_class, seed, size),
+        }) => dataset::dataset_shapes(&out, per_class, seed, size),
         #[cfg(feature = "train")]
-        Command::TrainVq(args) => train::train_vq(*args),
+        Command::TrainVq(args) => train_vq::train_vq(*args),
         #[cfg(feature = "train")]
-        Command::ExtractCodes(args) => train::extract_codes(args),
+        Command::ExtractCodes(args) => extract_codes::extract_codes(args),
         #[cfg(feature = "train")]
-        Command::TrainGpt(args) => train::train_gpt(*args),
+        Command::TrainGpt(args) => train_gpt::train_gpt(*args),
         #[cfg(feature = "train")]
-        Command::TrainClassifier(args) => train::train_classifier(args),
+        Command::TrainClassifier(args) => train_classifier::train_classifier(args),
         #[cfg(feature = "train")]
-        Command::TrainPerceptual(args) => train::train_perceptual(args),
+        Command::TrainPerceptual(args) => train_perceptual::train_perceptual(args),
         #[cfg(feature = "train")]
-        Command::InitT5(args) => train::init_t5(args),
+        Command::InitT5(args) => init_t5::init_t5(args),
         #[cfg(feature = "train")]
-        Command::EvalClasses(args) => train::eval_classes(args),
-        Command::Card(args) => commands::write_card(args),
-        Command::Inspect {
-            checkpoint,
-            config,
-            model_type,
-            num_classes,
-            vocab_size,
-            kind,
-            image_size,
-            gpt_model,
-            n_head,
-            downsample,
-            ema,
-            precision,
-            quantize,
-            json,
-        } => {
-            let quantize: Quantize = quantize.into();
-            let precision = match precision {
-                commands::PrecisionArg::Auto => bail!(
-                    "inspect takes f32, f16 or bf16: auto depends on the device a model runs on"
-                ),
-                p => commands::PrecisionArg::exact(p).expect("not auto"),
-            };
-            if let Some(name) = config {
-                let model_type: ModelType = model_type.parse()?;
-                inspect_named(
-                    &name,
-                    model_type,
-                    num_classes,
-                    vocab_size,
-                    (precision, quantize),
-                    json,
-                )
-            } else {
-                let path = checkpoint.expect("clap requires a checkpoint without --config");
-                let hints = GptHints {
-                    image_size,
-                    downsample: Some(downsample),
-                    gpt_model,
-                    n_head,
-                    ..GptHints::default()
-                };
-                inspect_file(&path, kind, &hints, ema, (precision, quantize), json)
-            }
-        }
+        Command::EvalClasses(args) => eval_classes::eval_classes(args),
+        Command::Card(args) => card::write_card(args),
+        Command::Inspect(args) => inspect::inspect(args),
     }
-}
-
-/// A GPT configuration's description; `weights_bytes` is what its weights take in `precision`
-/// with the linear layers quantized by `quantize` (on a GPU; the CPU keeps the norms' few
-/// weights in f32, and 4-bit values in a byte each).
-fn gpt_json(cfg: &GptConfig, (precision, quantize): Held) -> serde_json::Value {
-    json!({
-        "precision": precision.name(),
-        "quantize": quantize.name(),
-        "weights_bytes": llamagen::quant::weights_bytes(cfg, precision, quantize),
-        "kind": "gpt",
-        "name": cfg.size_name(),
-        "config": cfg,
-        "head_dim": cfg.head_dim(),
-        "ffn_hidden_dim": cfg.ffn_hidden_dim(),
-        "grid_size": cfg.grid_size(),
-        "parameters": cfg.num_params(),
-    })
-}
-
-fn vq_json(cfg: &VqConfig) -> serde_json::Value {
-    json!({
-        "kind": "vq",
-        "name": cfg.size_name(),
-        "config": cfg,
-        "downsample": cfg.downsample(),
-        "parameters": cfg.num_params(),
-    })
-}
-
-fn print_summary(v: &serde_json::Value) {
-    let kind = v["kind"].as_str().unwrap_or("?");
-    let name = v["name"].as_str().unwrap_or("custom");
-    let params = v["parameters"].as_u64().unwrap_or(0);
-    println!(
-        "{} {name}: {} parameters ({:.1}M)",
-        kind.to_uppercase(),
-        group(params),
-        params as f64 / 1e6
-    );
-    if let Some(cfg) = v["config"].as_object() {
-        for (k, val) in cfg {
-            println!("  {k:<20} {val}");
-        }
-    }
-    if let (Some(bytes), Some(p)) = (v["weights_bytes"].as_u64(), v["precision"].as_str()) {
-        let held = match v["quantize"].as_str() {
-            Some(q) if q != "none" => format!("{p}+{q}"),
-            _ => p.to_string(),
-        };
-        println!("  weights in {held:<11} {:.2} GB", bytes as f64 / 1e9);
-    }
-    for extra in ["head_dim", "ffn_hidden_dim", "grid_size", "downsample"] {
-        if let Some(val) = v.get(extra) {
-            println!("  {extra:<20} {val}");
-        }
-    }
-}
-
-fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// The precision and quantization `weights_bytes` is computed for.
-type Held = (Precision, Quantize);
-
-fn inspect_named(
-    name: &str,
-    model_type: ModelType,
-    num_classes: usize,
-    vocab_size: usize,
-    held: Held,
-    as_json: bool,
-) -> Result<()> {
-    let value = if name.to_ascii_uppercase().starts_with("VQ") {
-        vq_json(&VqConfig::named(name)?)
-    } else {
-        let mut cfg = GptConfig::named(name)?;
-        cfg.num_classes = num_classes;
-        cfg.vocab_size = vocab_size;
-        if model_type == ModelType::T2i {
-            cfg = cfg.into_t2i();
-        }
-        gpt_json(&cfg, held)
-    };
-    if as_json {
-        println!("{value}");
-    } else {
-        print_summary(&value);
-    }
-    Ok(())
-}
-
-fn inspect_file(
-    path: &PathBuf,
-    kind: Kind,
-    hints: &GptHints,
-    ema: bool,
-    held: Held,
-    as_json: bool,
-) -> Result<()> {
-    let choice = if ema {
-        WeightsChoice::PreferEma
-    } else {
-        WeightsChoice::Model
-    };
-    let sd =
-        StateDict::open(path, choice).with_context(|| format!("cannot open {}", path.display()))?;
-    let kind = match kind {
-        Kind::Auto if sd.contains("tok_embeddings.weight") => Kind::Gpt,
-        Kind::Auto if sd.contains("encoder.conv_in.weight") => Kind::Vq,
-        Kind::Auto => bail!(
-            "{} holds neither a LlamaGen GPT (tok_embeddings.weight) nor a VQ tokenizer \
-             (encoder.conv_in.weight); pass --kind gpt or --kind vq to see what is missing",
-            path.display()
-        ),
-        k => k,
-    };
-    let (mut value, specs) = match kind {
-        Kind::Gpt => {
-            let cfg = sd.infer_gpt_config(hints).map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}\nhint: pass --gpt-model (or --n-head) and --image-size when the file does not say them"
-                )
-            })?;
-            (gpt_json(&cfg, held), cfg.state_dict_specs())
-        }
-        _ => {
-            let cfg = sd.infer_vq_config()?;
-            (vq_json(&cfg), cfg.state_dict_specs())
-        }
-    };
-    let report = sd.check(&specs);
-    let mut dtypes: Vec<String> = sd
-        .keys()
-        .filter_map(|k| sd.dtype(k))
-        .map(|d| format!("{d:?}"))
-        .collect();
-    dtypes.sort();
-    dtypes.dedup();
-    let problems: Vec<String> = report
-        .missing
-        .iter()
-        .map(|k| format!("missing: {k}"))
-        .chain(report.unexpected.iter().map(|k| format!("unexpected: {k}")))
-        .chain(report.mismatched.iter().map(|m| format!("shape: {m}")))
-        .collect();
-    value["file"] = json!(path.display().to_string());
-    value["weights"] = json!(sd.wrapper);
-    value["tensors"] = json!(sd.len());
-    value["dtypes"] = json!(dtypes);
-    value["problems"] = json!(problems);
-    if as_json {
-        println!("{value}");
-    } else {
-        println!(
-            "{} ({} tensors under '{}', dtype {})",
-            path.display(),
-            sd.len(),
-            sd.wrapper,
-            dtypes.join(", ")
-        );
-        print_summary(&value);
-        if problems.is_empty() {
-            println!("no problems found");
-        } else {
-            println!("{} problem(s):", problems.len());
-            for p in &problems {
-                println!("  {p}");
-            }
-        }
-    }
-    if !problems.is_empty() {
-        bail!(
-            "{} does not match the inferred configuration ({} problem(s))",
-            path.display(),
-            problems.len()
-        );
-    }
-    Ok(())
 }

@@ -10,7 +10,7 @@ use llamagen::checkpoint::{GptHints, StateDict, WeightsChoice};
 use llamagen::gpt::Transformer;
 use llamagen::{Precision, Quantize};
 
-use crate::commands::QuantizeArg;
+use crate::args::QuantizeArg;
 
 #[derive(Args, Debug)]
 #[command(

@@ -15,9 +15,10 @@ use llamagen::image_io::{PngRecord, save_png};
 use llamagen::sampling::SamplerParams;
 use serde_json::json;
 
-use crate::commands::{
-    BarObserver, ModelArgs, Plan, PlanCondition, SamplerArgs, ensure_writable_folder, folder_of,
-    make_batch, progress, read_prompt_file, resolve_backend, with_backend,
+use crate::args::{ModelArgs, SamplerArgs, resolve_backend, with_backend};
+use crate::common::{
+    BarObserver, Plan, PlanCondition, ensure_writable_folder, folder_of, make_batch, progress,
+    read_prompt_file,
 };
 use crate::decoding::{DecodeArgs, announce};
 
