@@ -2,26 +2,14 @@
 //! what is wrong, a hint (our `hint:` line, or clap's `try '--help'` for a malformed command
 //! line), no panic text, and no output file written or replaced.
 
+mod common;
+#[path = "common/bad_input_files.rs"]
+mod files;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use llamagen::train::data::{CodeSet, CodesMeta};
-
-fn llamagen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llamagen"))
-}
-
-fn reference_dir() -> PathBuf {
-    std::env::var("LLAMAGEN_REFERENCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/reference")
-        })
-}
-
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets")
-}
+use common::{llamagen, reference_dir};
+use files::{Files, files, s};
 
 struct Case {
     name: &'static str,
@@ -30,150 +18,6 @@ struct Case {
     expect: &'static str,
     /// A file or folder the command must leave as it was (absent, or with the same bytes).
     output: Option<PathBuf>,
-}
-
-/// Files the cases point at, made once in `dir`.
-struct Files {
-    dir: PathBuf,
-    gpt: String,
-    vq: String,
-    empty: String,
-    truncated_pt: String,
-    truncated_safetensors: String,
-    folder: String,
-    text: String,
-    data: String,
-    png_without_record: String,
-    png_of_gone_models: String,
-    text_gpt: String,
-    codes: String,
-    codes_of_another_tokenizer: String,
-    existing: PathBuf,
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
-
-fn files(dir: &Path) -> Files {
-    let gpt = assets().join("demo/gpt.safetensors");
-    let vq = assets().join("demo/vq.safetensors");
-    let empty = dir.join("empty.pt");
-    std::fs::write(&empty, b"").unwrap();
-    let reference_pt = std::fs::read(reference_dir().join("gpt_c2i_tiny.pt")).unwrap();
-    let truncated_pt = dir.join("truncated.pt");
-    std::fs::write(&truncated_pt, &reference_pt[..reference_pt.len() / 2]).unwrap();
-    let st = std::fs::read(&gpt).unwrap();
-    let truncated_safetensors = dir.join("truncated.safetensors");
-    std::fs::write(&truncated_safetensors, &st[..st.len() / 3]).unwrap();
-    let folder = dir.join("folder.pt");
-    std::fs::create_dir(&folder).unwrap();
-    let text = dir.join("notes.pt");
-    std::fs::write(&text, "these are not weights\n").unwrap();
-
-    // An image folder of the demo's kind.
-    let data = dir.join("data");
-    let out = llamagen()
-        .args([
-            "dataset",
-            "shapes",
-            "--per-class",
-            "2",
-            "--size",
-            "64",
-            "--out",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let png_without_record = dir.join("plain.png");
-    image::RgbImage::from_pixel(16, 16, image::Rgb([200, 10, 10]))
-        .save(&png_without_record)
-        .unwrap();
-    // A record naming models that are no longer there: made with copies, then deleted.
-    let gone = dir.join("gone");
-    std::fs::create_dir(&gone).unwrap();
-    std::fs::copy(&gpt, gone.join("gpt.safetensors")).unwrap();
-    std::fs::copy(&vq, gone.join("vq.safetensors")).unwrap();
-    let png_of_gone_models = dir.join("made-with-gone-models.png");
-    let out = llamagen()
-        .args([
-            "generate",
-            "--backend",
-            "cpu",
-            "--class",
-            "0",
-            "--seed",
-            "1",
-            "--gpt-ckpt",
-        ])
-        .arg(gone.join("gpt.safetensors"))
-        .arg("--vq-ckpt")
-        .arg(gone.join("vq.safetensors"))
-        .arg("--out")
-        .arg(&png_of_gone_models)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(&gone).unwrap();
-
-    let meta = |tokenizer: &str, codebook_size| CodesMeta {
-        num_images: 2,
-        num_aug: 1,
-        seq_len: 4,
-        codebook_size,
-        image_size: 16,
-        class_names: vec!["a".into(), "b".into()],
-        tokenizer: tokenizer.into(),
-        captions: Vec::new(),
-    };
-    let codes = dir.join("toy.codes");
-    CodeSet {
-        meta: meta("toy", 16),
-        labels: vec![0, 1],
-        codes: (0..8).collect(),
-    }
-    .write(&codes)
-    .unwrap();
-    let codes_of_another_tokenizer = dir.join("other.codes");
-    CodeSet {
-        meta: meta("another tokenizer", 32),
-        labels: vec![0, 1],
-        codes: (0..8).collect(),
-    }
-    .write(&codes_of_another_tokenizer)
-    .unwrap();
-
-    let existing = dir.join("existing.safetensors");
-    std::fs::write(&existing, b"an earlier file that must survive").unwrap();
-
-    Files {
-        dir: dir.to_path_buf(),
-        gpt: s(&gpt),
-        vq: s(&vq),
-        empty: s(&empty),
-        truncated_pt: s(&truncated_pt),
-        truncated_safetensors: s(&truncated_safetensors),
-        folder: s(&folder),
-        text: s(&text),
-        data: s(&data),
-        png_without_record: s(&png_without_record),
-        png_of_gone_models: s(&png_of_gone_models),
-        text_gpt: s(&assets().join("demo-text/gpt.safetensors")),
-        codes: s(&codes),
-        codes_of_another_tokenizer: s(&codes_of_another_tokenizer),
-        existing,
-    }
 }
 
 fn cases(f: &Files) -> Vec<Case> {

@@ -30,6 +30,11 @@ pub fn remake(png: &Path, out: &Path) -> std::process::Output {
     output
 }
 
+/// The bundled models.
+pub fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets")
+}
+
 pub fn reference_dir() -> PathBuf {
     std::env::var("LLAMAGEN_REFERENCE_DIR")
         .map(PathBuf::from)
