@@ -43,6 +43,22 @@ fn shape(sd: &Shapes, name: &str) -> Result<Vec<usize>, CheckpointError> {
         .ok_or_else(|| CheckpointError::Infer(format!("the checkpoint has no '{name}' tensor")))
 }
 
+/// `shape` as it must be: `rank` dimensions (a hostile file can give any name any shape).
+fn ranked(shape: &[usize], name: &str, rank: usize) -> Result<Vec<usize>, CheckpointError> {
+    if shape.len() == rank {
+        Ok(shape.to_vec())
+    } else {
+        Err(CheckpointError::Infer(format!(
+            "'{name}' has shape {shape:?}: {rank} dimensions were expected"
+        )))
+    }
+}
+
+/// The shape of `name`, which must have `rank` dimensions.
+fn shape_of(sd: &Shapes, name: &str, rank: usize) -> Result<Vec<usize>, CheckpointError> {
+    ranked(&shape(sd, name)?, name, rank)
+}
+
 fn count_indexed(sd: &Shapes, prefix: &str, suffix: &str) -> usize {
     (0..)
         .take_while(|i| sd.contains_key(&format!("{prefix}{i}{suffix}")))
@@ -52,7 +68,7 @@ fn count_indexed(sd: &Shapes, prefix: &str, suffix: &str) -> usize {
 /// Infers a GPT configuration from the shapes in `sd` (dim, layers, heads, GQA, vocab, classes,
 /// caption dim, condition tokens) and the grid size from `hints` or the file name.
 pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, CheckpointError> {
-    let tok = shape(sd, "tok_embeddings.weight")?;
+    let tok = shape_of(sd, "tok_embeddings.weight", 2)?;
     let (vocab_size, dim) = (tok[0], tok[1]);
     let n_layer = count_indexed(sd, "layers.", ".attention.wqkv.weight");
     if n_layer == 0 {
@@ -95,7 +111,7 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
     cfg.n_layer = n_layer;
     cfg.vocab_size = vocab_size;
 
-    let wqkv = shape(sd, "layers.0.attention.wqkv.weight")?;
+    let wqkv = shape_of(sd, "layers.0.attention.wqkv.weight", 2)?;
     let kv_dim2 = wqkv[0].checked_sub(dim).unwrap_or(0);
     let head_dim = cfg.head_dim();
     if kv_dim2 == 0 || kv_dim2 % (2 * head_dim) != 0 {
@@ -107,7 +123,7 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
     let kv_heads = kv_dim2 / (2 * head_dim);
     cfg.n_kv_head = (kv_heads != cfg.n_head).then_some(kv_heads);
 
-    let hidden = shape(sd, "layers.0.feed_forward.w1.weight")?[0];
+    let hidden = shape_of(sd, "layers.0.feed_forward.w1.weight", 2)?[0];
     if hidden != cfg.ffn_hidden_dim() {
         // Try the other rounding the official code allows before giving up.
         let found = [256usize, 128, 64, 32].into_iter().find(|&m| {
@@ -129,17 +145,20 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
     }
 
     if let Some(table) = sd.get("cls_embedding.embedding_table.weight") {
+        let table = ranked(table, "cls_embedding.embedding_table.weight", 2)?;
         cfg.model_type = ModelType::C2i;
         cfg.cls_token_num = 1;
         // The table has one extra row, the null class used by CFG.
         cfg.num_classes = table[0].saturating_sub(1);
         cfg.class_dropout_prob = 0.1;
     } else if let Some(fc1) = sd.get("cls_embedding.cap_proj.fc1.weight") {
+        let fc1 = ranked(fc1, "cls_embedding.cap_proj.fc1.weight", 2)?;
         cfg.model_type = ModelType::T2i;
         cfg.caption_dim = fc1[1];
         cfg.cls_token_num = sd
             .get("cls_embedding.uncond_embedding")
-            .map(|s| s[0])
+            .map(|s| ranked(s, "cls_embedding.uncond_embedding", 2).map(|s| s[0]))
+            .transpose()?
             .unwrap_or(120);
     } else {
         return Err(CheckpointError::Infer(
@@ -171,11 +190,16 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
 
 /// Infers a VQ configuration (width, channel multipliers, residual blocks, codebook) from shapes.
 pub fn infer_vq_config(sd: &Shapes) -> Result<VqConfig, CheckpointError> {
-    let conv_in = shape(sd, "encoder.conv_in.weight")?;
+    let conv_in = shape_of(sd, "encoder.conv_in.weight", 4)?;
     let ch = conv_in[0];
+    if ch == 0 {
+        return Err(CheckpointError::Infer(
+            "'encoder.conv_in.weight' has no output channels".into(),
+        ));
+    }
     let in_channels = conv_in[1];
-    let z_channels = shape(sd, "encoder.conv_out.weight")?[0];
-    let codebook = shape(sd, "quantize.embedding.weight")?;
+    let z_channels = shape_of(sd, "encoder.conv_out.weight", 4)?[0];
+    let codebook = shape_of(sd, "quantize.embedding.weight", 2)?;
     let enc_levels = count_indexed(sd, "encoder.conv_blocks.", ".res.0.conv1.weight");
     let dec_levels = count_indexed(sd, "decoder.conv_blocks.", ".res.0.conv1.weight");
     if enc_levels == 0 || dec_levels == 0 {
@@ -184,7 +208,12 @@ pub fn infer_vq_config(sd: &Shapes) -> Result<VqConfig, CheckpointError> {
         ));
     }
     let mult = |prefix: &str, i: usize| -> Result<usize, CheckpointError> {
-        Ok(shape(sd, &format!("{prefix}.conv_blocks.{i}.res.0.conv1.weight"))?[0] / ch)
+        Ok(shape_of(
+            sd,
+            &format!("{prefix}.conv_blocks.{i}.res.0.conv1.weight"),
+            4,
+        )?[0]
+            / ch)
     };
     let encoder_ch_mult = (0..enc_levels)
         .map(|i| mult("encoder", i))
@@ -195,7 +224,7 @@ pub fn infer_vq_config(sd: &Shapes) -> Result<VqConfig, CheckpointError> {
         .collect::<Result<Vec<_>, _>>()?;
     decoder_ch_mult.reverse();
     let num_res_blocks = count_indexed(sd, "encoder.conv_blocks.0.res.", ".conv1.weight");
-    let out_channels = shape(sd, "decoder.conv_out.weight")?[0];
+    let out_channels = shape_of(sd, "decoder.conv_out.weight", 4)?[0];
     let cfg = VqConfig {
         codebook_size: codebook[0],
         codebook_embed_dim: codebook[1],

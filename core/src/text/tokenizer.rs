@@ -54,10 +54,17 @@ impl PromptTokenizer {
         pad_fallback: Option<u32>,
     ) -> Result<Self, TextError> {
         let path = path.as_ref().to_path_buf();
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| TextError::Tokenizer {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        // The tokenizers crate panics on some malformed files (a decoder entry that is not
+        // valid JSON of its kind, found by the prompt_tokenizer fuzz target): contained here.
+        let inner = crate::error::contain(|| tokenizers::Tokenizer::from_file(&path))
+            .map_err(|panic| TextError::Tokenizer {
+                path: path.clone(),
+                reason: format!("the tokenizer reader failed ({panic})"),
+            })?
+            .map_err(|e| TextError::Tokenizer {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         let missing = |what: &str| TextError::Tokenizer {
             path: path.clone(),
             reason: format!("no {what} token, and the model config names no {what} id"),
