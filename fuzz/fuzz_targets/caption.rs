@@ -1,2 +1,5 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| llamagen_tests::fuzz::caption(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    llamagen_tests::fuzz::pass_contained_panics();
+    llamagen_tests::fuzz::caption(data)
+});

@@ -28,6 +28,21 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The body of the target `name`.
+/// libFuzzer's panic hook aborts on every panic, also on those the project contains at its edge
+/// (`llamagen::error::contain`, around dependencies that panic on bad input): each target calls
+/// this first, so that a contained panic is an answer, not a crash.
+pub fn pass_contained_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let outer = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !llamagen::error::panic_is_contained() {
+                outer(info)
+            }
+        }));
+    });
+}
+
 pub fn target(name: &str) -> Option<fn(&[u8])> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }

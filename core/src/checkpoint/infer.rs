@@ -108,6 +108,12 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
             cfg.dim
         )));
     }
+    if dim == 0 || cfg.n_head == 0 || dim % cfg.n_head != 0 {
+        return Err(CheckpointError::Infer(format!(
+            "width {dim} does not split into {} attention heads",
+            cfg.n_head
+        )));
+    }
     cfg.n_layer = n_layer;
     cfg.vocab_size = vocab_size;
 
