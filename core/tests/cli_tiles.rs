@@ -2,11 +2,11 @@
 //! says it, and `--from` remakes the same pixels with it; `bench --vq-only` reports the decode's
 //! own peak memory.
 
-use std::process::{Command, Output};
+mod common;
 
-fn llamagen() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llamagen"))
-}
+use std::process::Output;
+
+use common::llamagen;
 
 fn ok(out: Output, what: &str) -> Output {
     assert!(
