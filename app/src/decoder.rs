@@ -33,7 +33,8 @@ use llamagen::image_io::tensor_to_images;
 use llamagen::vq::VqModel;
 
 use crate::timeline::{DecodeKind, DecodeSpan, Span, Timeline};
-use crate::worker::{Event, Patches};
+pub use crate::message::Colours;
+use crate::message::{Event, Patches};
 
 /// How much of the machine the preview may use while a run generates.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,15 +98,6 @@ pub const COLOUR_SAMPLE: usize = 48;
 const ATLAS_CHUNK: usize = 32;
 /// Patches of a run's codes decoded at once.
 const PATCH_CHUNK: usize = 16;
-
-/// Mean colours of every code of the codebook.
-#[derive(Debug, Clone)]
-pub struct Colours {
-    /// `[r, g, b]` per code.
-    pub rgb: Vec<[u8; 3]>,
-    /// Codes whose colour is measured (decoded); the others are predicted from their vector.
-    pub measured: Vec<u32>,
-}
 
 struct Queue {
     quit: bool,

@@ -12,8 +12,7 @@ use egui::{Color32, ColorImage};
 use egui_wgpu::wgpu;
 use egui_wgpu::wgpu::util::DeviceExt;
 
-use crate::decoder::Colours;
-use crate::worker::Patches;
+use crate::message::{Colours, Patches};
 
 /// A token position not generated yet (drawn dark).
 pub const NO_TOKEN: u32 = u32::MAX;

@@ -186,3 +186,73 @@ fn generate_and_render(mut h: Harness<'static, StudioApp>, name: &str) {
     );
     assert!(colours > 20, "a finished image is drawn");
 }
+
+/// On a 1280×800 screen, after a generation, the image and the whole sampler are on screen at
+/// once, with nothing to scroll: the sampler has its own column beside the image. The render is
+/// saved as `layout-1280x800.png` for a person to look at.
+#[test]
+fn at_1280_by_800_the_image_and_the_sampler_show_together() {
+    use egui::accesskit::Role;
+    let settings = Settings {
+        num_images: 1,
+        decode_every: 0,
+        save_dir: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio-layout"),
+        ..Settings::default()
+    };
+    let mut h = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .with_max_steps(10_000)
+        .renderer(WgpuTestRenderer::new())
+        .build_eframe(move |cc| {
+            let mut app = StudioApp::new(cc, Compute::Cpu);
+            app.settings = settings;
+            app
+        });
+    assert!(
+        h.state_mut()
+            .poll_until(Duration::from_secs(120), |a| a.info().is_some())
+    );
+    h.state_mut().settings.classes = vec![0];
+    h.step();
+    h.get_by_label("Generate").click();
+    h.step();
+    let end = Instant::now() + Duration::from_secs(300);
+    while !matches!(
+        h.state().view.as_ref().map(|v| &v.status),
+        Some(RunStatus::Done { .. })
+    ) {
+        assert!(Instant::now() < end, "{}", h.state().message);
+        h.state_mut()
+            .poll_until(Duration::from_millis(50), |_| false);
+        h.step();
+    }
+    h.step();
+    h.step();
+    let shot = h.render().expect("render");
+    shot.save(out_dir().join("layout-1280x800.png")).unwrap();
+
+    let screen = egui::Rect::from_min_size(egui::Pos2::ZERO, egui::vec2(1280.0, 800.0));
+    let image = h.state().cell_rects[0];
+    assert!(
+        screen.contains_rect(image) && image.width() >= 400.0,
+        "the image is whole on screen and large: {image:?}"
+    );
+    for label in [
+        "CFG scale",
+        "CFG interval",
+        "Temperature",
+        "Top-k",
+        "Top-p",
+        "Images per class",
+        "Batch size",
+        "Decode every",
+    ] {
+        let r = h.get_by_role_and_label(Role::Slider, label).rect();
+        assert!(
+            screen.contains_rect(r) && !r.intersects(image),
+            "the sampler's '{label}' is on screen beside the image: {r:?}"
+        );
+    }
+    let generate = h.get_by_label("Generate").rect();
+    assert!(screen.contains_rect(generate), "{generate:?}");
+}

@@ -764,3 +764,28 @@ fn dir_is_empty(p: &Path) -> bool {
         .map(|mut d| d.next().is_none())
         .unwrap_or(false)
 }
+
+/// A file that cannot be read at all gets a hint about the file, not the options that override
+/// an inferred configuration (they cannot help it).
+#[test]
+fn an_unreadable_checkpoint_is_hinted_as_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = files(dir.path());
+    for gpt in [&f.truncated_pt, &f.truncated_safetensors] {
+        let out = llamagen()
+            .args(["generate", "--backend", "cpu", "--class", "0"])
+            .args(["--gpt-ckpt", gpt, "--vq-ckpt", &f.vq])
+            .arg("--out")
+            .arg(dir.path().join("x.png"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        let hint = err.lines().find(|l| l.starts_with("hint:")).unwrap_or("");
+        assert!(
+            hint.contains("not a checkpoint this tool can read"),
+            "{gpt}: {err}"
+        );
+        assert!(!hint.contains("--n-head"), "{gpt}: {err}");
+    }
+}

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use llamagen::backend::{BackendKind, wgpu_adapter};
 use llamagen::bundle::{BundleError, Demo, LoadOptions, ModelBundle};
 use llamagen::config::ModelType;
+use llamagen::error::CheckpointError;
 use llamagen::precision::Precision;
 use llamagen::quant::Quantize;
 use llamagen::sampling::SamplerParams;
@@ -416,6 +417,26 @@ macro_rules! with_backend {
 #[cfg_attr(not(feature = "train"), allow(unused_imports))]
 pub(crate) use with_backend;
 
+const INFER_HINT: &str = "--gpt-model, --n-head and --image-size override what cannot be inferred";
+
+/// What a person can do about a checkpoint that did not open: a file that cannot be read at all
+/// needs another file; one that reads but does not fit needs the options that override the
+/// inferred configuration.
+fn checkpoint_hint(e: &CheckpointError) -> &'static str {
+    match e {
+        CheckpointError::NotFound(_) => "check the path (--gpt-ckpt, --vq-ckpt)",
+        CheckpointError::Io { .. }
+        | CheckpointError::Unreadable { .. }
+        | CheckpointError::NoWeights { .. }
+        | CheckpointError::TensorData { .. }
+        | CheckpointError::Dtype { .. } => {
+            "the file is not a checkpoint this tool can read: check that it is a LlamaGen .pt or \
+             .safetensors file and that its download finished"
+        }
+        _ => INFER_HINT,
+    }
+}
+
 /// The bundled demo model `demo` when no checkpoints are given; a project model through its
 /// card when one sits beside the generator file; otherwise an official pair, config inferred.
 pub fn load_bundle_or_demo<B: Backend>(
@@ -425,10 +446,11 @@ pub fn load_bundle_or_demo<B: Backend>(
     opts: &LoadOptions,
     device: &B::Device,
 ) -> Result<ModelBundle<B>> {
-    ModelBundle::<B>::open_or_demo(gpt, vq, demo, opts, device).map_err(|e| match e {
-        BundleError::Gpt { .. } | BundleError::Vq { .. } | BundleError::Mismatch(_) => anyhow!(
-            "{e}\nhint: --gpt-model, --n-head and --image-size override what cannot be inferred"
-        ),
+    ModelBundle::<B>::open_or_demo(gpt, vq, demo, opts, device).map_err(|e| match &e {
+        BundleError::Gpt { source, .. } | BundleError::Vq { source, .. } => {
+            anyhow!("{e}\nhint: {}", checkpoint_hint(source))
+        }
+        BundleError::Mismatch(_) => anyhow!("{e}\nhint: {INFER_HINT}"),
         BundleError::NoDemo | BundleError::NoTextDemo => {
             anyhow!("no checkpoints given and {e}\nhint: pass --gpt-ckpt and --vq-ckpt")
         }

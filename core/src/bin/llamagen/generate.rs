@@ -256,8 +256,10 @@ fn run_generate<B: Backend>(
     let mut passes = 0;
     let total_tokens = (plans.len() * cfg.block_size) as u64;
     let bar = progress(total_tokens, "tokens");
-    let mut images = Vec::with_capacity(plans.len());
-    let mut records = Vec::with_capacity(plans.len());
+    // The images and records of the one grid PNG (none are kept with --out-dir).
+    let mut images = Vec::new();
+    let mut records = Vec::new();
+    let mut made = 0;
     let t_gen = Instant::now();
     // With --out-dir every batch is written as soon as it is decoded: stopping a long run
     // (Ctrl+C) keeps what it finished.
@@ -289,24 +291,25 @@ fn run_generate<B: Backend>(
                 )
             });
         }
-        images.extend(batch.images);
-        records.extend(batch.records);
+        made += batch.images.len();
         if let (Some(dir), Some(n)) = (&args.out_dir, next_number.as_mut()) {
-            let done = images.len() - chunk.len();
-            for (img, rec) in images[done..].iter().zip(&records[done..]) {
-                let path = dir.join(sample_file_name(*n, rec));
-                save_png(&path, img, &PngRecord::new(vec![rec.clone()]))?;
+            // Written and let go: a run of many thousands holds one batch at a time.
+            for (img, rec) in batch.images.iter().zip(batch.records) {
+                let path = dir.join(sample_file_name(*n, &rec));
+                save_png(&path, img, &PngRecord::new(vec![rec]))?;
                 bar.suspend(|| println!("{}", path.display()));
                 *n += 1;
             }
+        } else {
+            images.extend(batch.images);
+            records.extend(batch.records);
         }
     }
     bar.finish_and_clear();
     let secs = t_gen.elapsed().as_secs_f64();
     let batches = plans.len().div_ceil(args.batch_size);
     eprintln!(
-        "generated {} image(s) in {secs:.1}s ({:.1} tokens/s; {:.1} forward passes per batch of {} tokens an image)",
-        images.len(),
+        "generated {made} image(s) in {secs:.1}s ({:.1} tokens/s; {:.1} forward passes per batch of {} tokens an image)",
         total_tokens as f64 / secs,
         passes as f64 / batches as f64,
         cfg.block_size
