@@ -30,4 +30,12 @@ if need_vulkan; then
     $sudo apt-get install -y -q --no-install-recommends mesa-vulkan-drivers libvulkan1
 fi
 
+# Without a desktop session, libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set"
+# whenever a test starts a wgpu instance (the `llamagen` binaries set it up themselves, the test
+# harnesses' own renderers do not): a private empty folder keeps that noise out of the output.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    XDG_RUNTIME_DIR="$(mktemp -d)"
+    export XDG_RUNTIME_DIR
+fi
+
 exec cargo test --workspace "$@"

@@ -18,8 +18,10 @@ use egui::{Key, Modifiers};
 
 use crate::app::{Action, StudioApp};
 
-/// Width of each side column, in points.
+/// Width of each side column, in points, and how far a person may drag it (long labels wrap
+/// rather than widen the column past the upper bound).
 const SIDE_WIDTH: f32 = 300.0;
+const SIDE_RANGE: std::ops::RangeInclusive<f32> = 220.0..=420.0;
 
 /// Draws one frame and returns what the user did, in order.
 pub fn draw(app: &mut StudioApp, ui: &mut egui::Ui) -> Vec<Action> {
@@ -51,6 +53,7 @@ pub fn draw(app: &mut StudioApp, ui: &mut egui::Ui) -> Vec<Action> {
     egui::Panel::left("model and condition")
         .resizable(true)
         .default_size(SIDE_WIDTH)
+        .size_range(SIDE_RANGE)
         .show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
                 egui::CollapsingHeader::new("Model")
@@ -64,6 +67,7 @@ pub fn draw(app: &mut StudioApp, ui: &mut egui::Ui) -> Vec<Action> {
     egui::Panel::right("sampler and grid")
         .resizable(true)
         .default_size(SIDE_WIDTH)
+        .size_range(SIDE_RANGE)
         .show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
                 egui::CollapsingHeader::new("Sampler")

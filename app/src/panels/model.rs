@@ -76,7 +76,7 @@ pub fn show(app: &mut StudioApp, ui: &mut egui::Ui) -> Vec<Action> {
                         "{atlas}/{} patches decoded{}",
                         info.vocab_size,
                         if coloured {
-                            ", the others drawn in their mean colour"
+                            ", the rest in mean colours"
                         } else {
                             ""
                         }
