@@ -55,8 +55,8 @@ impl CacheLayout {
 #[derive(Debug, Clone)]
 pub enum LayerKv<B: Backend> {
     /// Two parts: `settled` (every position up to the last fold) and `recent` (the positions
-    /// since, fewer than [`RECENT_ROWS`]). A decode step appends to `recent` only, so it copies
-    /// at most a few rows; every [`RECENT_ROWS`] positions `recent` is folded into `settled`.
+    /// since, fewer than `RECENT_ROWS`). A decode step appends to `recent` only, so it copies
+    /// at most a few rows; every `RECENT_ROWS` positions `recent` is folded into `settled`.
     /// Attention reads both parts where they lie.
     Growing {
         settled: Option<KvPart<B>>,

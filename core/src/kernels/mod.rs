@@ -5,7 +5,7 @@
 //! Each function here takes and returns burn tensors of any backend. On burn's CubeCL backends
 //! (wgpu, cuda), with tensors in f32, f16 or bf16, it launches one kernel; elsewhere (the CPU
 //! backend, burn's fusion backend) it runs the same arithmetic with burn's own operations, which
-//! is also the reference the kernels are tested against ([`reference`]).
+//! is also the reference the kernels are tested against ([`mod@reference`]).
 //!
 //! Half-precision tensors keep what the official model keeps in f32 in f32 here too: the norms'
 //! statistics, the rotary embedding's products, the attention scores and their softmax. The

@@ -329,7 +329,7 @@ fn is_same_conv<B: Backend>(conv: &Conv2d<B>) -> bool {
         && conv.bias.is_some()
 }
 
-/// `conv(x)` through [`same_conv`] when `B` is `Autodiff<Flex>` and `conv` a "same"
+/// `conv(x)` through `same_conv` when `B` is `Autodiff<Flex>` and `conv` a "same"
 /// convolution with bias; `None` otherwise (the caller runs the module's own forward).
 pub fn try_conv2d<B: Backend>(conv: &Conv2d<B>, x: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
     if std::any::TypeId::of::<B>() != std::any::TypeId::of::<Ad>() || !is_same_conv(conv) {

@@ -9,14 +9,11 @@ use clap::Args;
 use indicatif::ProgressBar;
 use llamagen::config::ModelType;
 use llamagen::dataset::SHAPE_CLASSES;
-use llamagen::generate::{Decoding, Generator, Request, RequestCondition, decode_tokens};
-use llamagen::image_io::tensor_to_images;
+use llamagen::eval::classes;
+use llamagen::generate::{Decoding, Generator};
 use llamagen::sampling::SamplerParams;
 use llamagen::train::classifier::ShapeClassifier;
-use llamagen::train::data::images_to_tensor;
 use llamagen::vq::VqModel;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use crate::training::{load_vq, resolve_weights};
 
@@ -96,30 +93,21 @@ fn eval_reconstructions<B: Backend>(
     args: &EvalClassesArgs,
     device: &B::Device,
 ) -> Result<()> {
-    // Another seed than the data set's (0) and the classifier's held-out images.
-    let seed = 5_000_003 + args.seed;
+    let counts = classes::reconstruction_accuracy(
+        clfs,
+        vq,
+        image_size,
+        args.num,
+        args.batch_size,
+        args.seed,
+        device,
+    );
     let n = SHAPE_CLASSES.len();
-    // Right answers per classifier and class, on the originals and on their reconstructions.
-    let mut orig_ok = vec![vec![0usize; n]; clfs.len()];
-    let mut rec_ok = orig_ok.clone();
-    for c in 0..n {
-        let items: Vec<u64> = (0..args.num as u64).collect();
-        for chunk in items.chunks(args.batch_size.max(1)) {
-            let images: Vec<image::RgbImage> = chunk
-                .iter()
-                .map(|&i| llamagen::dataset::render(seed, c, i, image_size as u32).to_image())
-                .collect();
-            let rec = tensor_to_images(vq.forward(images_to_tensor::<B>(&images, device)));
-            for (k, clf) in clfs.iter().enumerate() {
-                orig_ok[k][c] += clf.classify(&images).iter().filter(|&&p| p == c).count();
-                rec_ok[k][c] += clf.classify(&rec).iter().filter(|&&p| p == c).count();
-            }
-        }
-    }
     let pct = |k: usize| k as f64 * 100.0 / args.num as f64;
     let all = |v: &[usize]| v.iter().sum::<usize>() as f64 * 100.0 / (args.num * n) as f64;
     let mut report = Vec::new();
-    for ((path, orig_ok), rec_ok) in args.classifier.iter().zip(&orig_ok).zip(&rec_ok) {
+    for (path, c) in args.classifier.iter().zip(&counts) {
+        let (orig_ok, rec_ok) = (&c.original, &c.reconstruction);
         if args.json {
             let per: serde_json::Map<_, _> = SHAPE_CLASSES
                 .iter()
@@ -143,10 +131,11 @@ fn eval_reconstructions<B: Backend>(
             println!("classifier {}:", path.display());
         }
         println!(
-            "originals {:.1}%, tokenizer reconstructions {:.1}% ({} fresh images per class, seed {seed})",
+            "originals {:.1}%, tokenizer reconstructions {:.1}% ({} fresh images per class, seed {})",
             all(orig_ok),
             all(rec_ok),
-            args.num
+            args.num,
+            classes::round_trip_seed(args.seed)
         );
         for (c, name) in SHAPE_CLASSES.iter().enumerate() {
             println!(
@@ -160,45 +149,6 @@ fn eval_reconstructions<B: Backend>(
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
-}
-
-/// The prompt eval-classes asks a text-conditional model for sample `i` of `class`: the data
-/// set's caption with two distinct colours drawn from `seed`.
-fn eval_prompt(class: &str, seed: u64) -> String {
-    use llamagen::dataset::{PALETTE, caption};
-    let bg = eval_background(seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let fg = (bg + rng.random_range(1..PALETTE.len())) % PALETTE.len();
-    caption(class, PALETTE[fg].0, PALETTE[bg].0)
-}
-
-/// The background colour (a `PALETTE` index) of [`eval_prompt`]'s prompt for `seed`.
-fn eval_background(seed: u64) -> usize {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6267);
-    rng.random_range(0..llamagen::dataset::PALETTE.len())
-}
-
-/// The palette colour nearest to the mean of an image's outer 4-pixel frame (where the shapes
-/// classes show their background).
-fn frame_colour(img: &image::RgbImage) -> usize {
-    let (w, h) = img.dimensions();
-    let mut sum = [0f64; 3];
-    let mut n = 0.0;
-    for (x, y, p) in img.enumerate_pixels() {
-        if x < 4 || y < 4 || x + 4 >= w || y + 4 >= h {
-            for k in 0..3 {
-                sum[k] += p[k] as f64;
-            }
-            n += 1.0;
-        }
-    }
-    let mean = sum.map(|v| v / n);
-    let dist = |c: [u8; 3]| (0..3).map(|k| (c[k] as f64 - mean[k]).powi(2)).sum::<f64>();
-    (0..llamagen::dataset::PALETTE.len())
-        .min_by(|&a, &b| {
-            dist(llamagen::dataset::PALETTE[a].1).total_cmp(&dist(llamagen::dataset::PALETTE[b].1))
-        })
-        .expect("a palette")
 }
 
 pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
@@ -273,25 +223,15 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
             &device,
         )?;
         encoder.check_caption_dim(bundle.gpt.config.caption_dim)?;
-        let all: Vec<String> = (0..names.len())
-            .flat_map(|c| (0..args.num as u64).map(move |i| (c, i)))
-            .map(|(c, i)| eval_prompt(&names[c], args.seed + (c as u64) * 100_003 + i))
-            .collect();
+        let all = classes::ClassEvalPlan::prompt_texts(&names, args.num, args.seed);
         for chunk in all.chunks(64) {
             for (p, f) in chunk.iter().zip(encoder.encode_batch(chunk)?) {
                 prompts.insert(p.clone(), f.condition());
             }
         }
     }
-    let model_to_clf: Vec<usize> = names
-        .iter()
-        .map(|n| {
-            SHAPE_CLASSES
-                .iter()
-                .position(|s| s == n)
-                .ok_or_else(|| anyhow!("the model's class `{n}` is not a procedural shape class"))
-        })
-        .collect::<Result<_>>()?;
+    let model_to_clf = classes::shapes_of(&names)
+        .map_err(|n| anyhow!("the model's class `{n}` is not a procedural shape class"))?;
     let grid = bundle.gpt.config.grid_size();
     let mut defaults = bundle.sampler;
     if let Some(t) = args.temperature {
@@ -308,80 +248,37 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
     let generator = Generator::new(&bundle.gpt).with_decoding(decoding);
     let mut report = Vec::new();
     for &cfg_scale in &args.cfg_scales {
-        // Forward passes summed over the images, and the seconds of generation.
-        let (mut passes, mut gen_seconds) = (0usize, 0f64);
-        // What each classifier took each class's samples for: [classifier][class][shape].
-        let mut taken_for = vec![vec![[0usize; SHAPE_CLASSES.len()]; names.len()]; clfs.len()];
-        // Text models: how often the frame shows the prompt's background colour (shape
-        // classes; stripes and checkerboards split the frame between both colours).
-        let (mut bg_ok, mut bg_n) = (0usize, 0usize);
-        let plans: Vec<(usize, u64)> = (0..names.len())
-            .flat_map(|c| (0..args.num as u64).map(move |i| (c, i)))
-            .collect();
         let bar = if std::io::stderr().is_terminal() {
-            ProgressBar::new(plans.len() as u64)
+            ProgressBar::new((names.len() * args.num) as u64)
         } else {
             ProgressBar::hidden()
         };
-        for chunk in plans.chunks(args.batch_size) {
-            let requests: Vec<Request> = chunk
-                .iter()
-                .map(|&(c, i)| {
-                    let seed = args.seed + (c as u64) * 100_003 + i;
-                    let condition = if text {
-                        prompts[&eval_prompt(&names[c], seed)].clone()
-                    } else {
-                        RequestCondition::Class(c)
-                    };
-                    Request {
-                        condition,
-                        params: SamplerParams {
-                            cfg_scale,
-                            seed,
-                            ..defaults
-                        },
-                        prefix: Vec::new(),
-                    }
-                })
-                .collect();
-            let started = std::time::Instant::now();
-            let g = generator.generate(&requests, &mut (), None)?;
-            gen_seconds += started.elapsed().as_secs_f64();
-            passes += g.forward_passes * chunk.len();
-            let images = tensor_to_images(decode_tokens(&bundle.vq, &g.tokens, grid));
-            for (clf, taken) in clfs.iter().zip(&mut taken_for) {
-                for (&(c, _), p) in chunk.iter().zip(clf.classify(&images)) {
-                    taken[c][p] += 1;
-                }
-            }
-            for (&(c, i), img) in chunk.iter().zip(&images) {
-                if text && !matches!(names[c].as_str(), "stripes" | "checkerboard") {
-                    let seed = args.seed + (c as u64) * 100_003 + i;
-                    bg_n += 1;
-                    bg_ok += usize::from(frame_colour(img) == eval_background(seed));
-                }
-            }
-            bar.inc(chunk.len() as u64);
-        }
+        let plan = classes::ClassEvalPlan {
+            names: &names,
+            num: args.num,
+            batch_size: args.batch_size,
+            sampler: SamplerParams {
+                cfg_scale,
+                seed: args.seed,
+                ..defaults
+            },
+            prompts: text.then_some(&prompts),
+        };
+        let acc = classes::class_accuracy(&generator, &bundle.vq, &clfs, &plan, &mut |n| {
+            bar.inc(n as u64)
+        })?;
         bar.finish_and_clear();
-        let background = (bg_n > 0).then(|| bg_ok as f64 / bg_n as f64);
-        for (path, taken) in args.classifier.iter().zip(&taken_for) {
-            // Right answers per class.
-            let per_class: Vec<usize> = taken
-                .iter()
-                .enumerate()
-                .map(|(c, counts)| counts[model_to_clf[c]])
-                .collect();
+        let images = acc.samples();
+        let (passes, gen_seconds) = (acc.forward_passes, acc.generation_seconds);
+        let background = acc.background.map(|(ok, n)| ok as f64 / n as f64);
+        for (k, path) in args.classifier.iter().enumerate() {
+            let verdict = acc.verdict(k, &model_to_clf);
+            let per_class = verdict.right;
             // Each class's most frequent wrong answer, with how many samples got it.
-            let mistaken: Vec<Option<(&str, usize)>> = taken
+            let mistaken: Vec<Option<(&str, usize)>> = verdict
+                .mistaken_for
                 .iter()
-                .enumerate()
-                .map(|(c, counts)| {
-                    (0..SHAPE_CLASSES.len())
-                        .filter(|&p| p != model_to_clf[c] && counts[p] > 0)
-                        .max_by_key(|&p| (counts[p], std::cmp::Reverse(p)))
-                        .map(|p| (SHAPE_CLASSES[p], counts[p]))
-                })
+                .map(|m| m.map(|(shape, n)| (SHAPE_CLASSES[shape], n)))
                 .collect();
             let total: usize = per_class.iter().sum();
             let samples = args.num * names.len();
@@ -396,7 +293,7 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                     Decoding::Sjd { window } | Decoding::Zipar { window } => Some(window),
                     Decoding::Sequential => None,
                 },
-                "forward_passes_per_image": passes as f64 / plans.len() as f64,
+                "forward_passes_per_image": passes as f64 / images as f64,
                 "generation_seconds": gen_seconds,
                 "batch_size": args.batch_size,
                 "classifier": path,
@@ -422,7 +319,7 @@ pub fn eval_classes(mut args: EvalClassesArgs) -> Result<()> {
                     defaults.top_k,
                     defaults.top_p,
                     decoding.describe(),
-                    passes as f64 / plans.len() as f64,
+                    passes as f64 / images as f64,
                     gen_seconds
                 );
                 for ((n, k), m) in names.iter().zip(&per_class).zip(&mistaken) {
