@@ -183,6 +183,11 @@ pub fn infer_gpt_config(sd: &Shapes, hints: &GptHints) -> Result<GptConfig, Chec
                 .and_then(image_size_from_file_name)
         })
         .unwrap_or(256);
+    if downsample == 0 || image_size == 0 {
+        return Err(CheckpointError::Infer(format!(
+            "image size {image_size} with a downsampling of {downsample}: both must be positive"
+        )));
+    }
     if image_size % downsample != 0 {
         return Err(CheckpointError::Infer(format!(
             "image size {image_size} is not a multiple of the tokenizer's downsampling {downsample}"
