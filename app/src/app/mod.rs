@@ -1,5 +1,5 @@
 //! The studio's state and what it does with it. It knows nothing of drawing: the panels
-//! (`crate::panels`) read it, edit its form fields (settings, typed paths) as egui widgets do,
+//! (`app/src/panels/`) read it, edit its form fields (settings, typed paths) as egui widgets do,
 //! and return every other thing the user did as an [`Action`], which [`StudioApp::apply`]
 //! carries out. Models run on the worker; everything they compute arrives as [`Event`]s.
 
