@@ -69,6 +69,9 @@ for t in "${targets[@]}"; do
     max_len=4096
     case "$t" in checkpoint_*) max_len=1048576 ;; prompt_tokenizer | t5_config) max_len=65536 ;; esac
     echo "== $t: ${seconds}s" >&2
+    # Crashes of this run only (artifacts of earlier runs stay until someone deletes them).
+    stamp="$work/$t.started"
+    touch "$stamp"
     set +e
     (cd fuzz && cargo +nightly fuzz run -a -s "$sanitizer" "$t" \
         "../$corpus" "corpus/$t" "../$work/seeds/$t" -- \
@@ -81,7 +84,7 @@ for t in "${targets[@]}"; do
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || true)
     ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || true)
-    crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
+    crashes=$(find "fuzz/artifacts/$t" -type f -newer "$stamp" | wc -l)
     total=$((total + ${execs:-0}))
     printf '%-24s executions %10s  coverage %6s  features %6s  crashes %s%s\n' "$t" "${execs:-?}" \
         "${cov:-?}" "${ft:-?}" "$crashes" "$([ $status -ne 0 ] && echo "  (exit $status: see $log)")" |
