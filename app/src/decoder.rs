@@ -32,9 +32,9 @@ use image::RgbImage;
 use llamagen::image_io::tensor_to_images;
 use llamagen::vq::VqModel;
 
-use crate::timeline::{DecodeKind, DecodeSpan, Span, Timeline};
 pub use crate::message::Colours;
 use crate::message::{Event, Patches};
+use crate::timeline::{DecodeKind, DecodeSpan, Span, Timeline};
 
 /// How much of the machine the preview may use while a run generates.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -15,8 +15,8 @@ use llamagen::image_io::tensor_to_images;
 use llamagen::sampling::TokenSampling;
 use llamagen::text::{T5Folder, T5Precision, TextEncoder, TextError};
 
-pub use crate::message::{Colours, Command, Event, Job, ModelInfo, ModelSpec, Patches};
 use crate::decoder::{Outlet, PreviewDecoder, PreviewPolicy, Refresh, colour_pass};
+pub use crate::message::{Colours, Command, Event, Job, ModelInfo, ModelSpec, Patches};
 use crate::timeline::{Span, Timeline, TokenStep};
 
 /// Where the models run.

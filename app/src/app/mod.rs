@@ -18,11 +18,11 @@ use crate::preview::Atlas;
 mod gallery;
 mod run;
 
+use crate::message::{Command, Event, Job, ModelInfo, ModelSpec};
+use crate::settings::{RecentModel, Settings};
+use crate::worker::{Compute, WorkerHandle};
 pub use gallery::GalleryItem;
 pub use run::{Cell, RunStatus, View};
-use crate::settings::{RecentModel, Settings};
-use crate::message::{Command, Event, Job, ModelInfo, ModelSpec};
-use crate::worker::{Compute, WorkerHandle};
 
 pub enum ModelState {
     Loading(String),

@@ -261,7 +261,12 @@ impl StudioApp {
         self.start(vec![cell], 1, None, prefix);
     }
 
-    pub(super) fn new_cell(&self, class: Option<usize>, params: SamplerParams, label: String) -> Cell {
+    pub(super) fn new_cell(
+        &self,
+        class: Option<usize>,
+        params: SamplerParams,
+        label: String,
+    ) -> Cell {
         Cell {
             class,
             prompt: None,

@@ -172,13 +172,7 @@ fn draw_mosaic(
     }
 }
 
-fn draw_overlay(
-    painter: &egui::Painter,
-    rect: Rect,
-    grid: usize,
-    cell: &Cell,
-    overlay: Overlay,
-) {
+fn draw_overlay(painter: &egui::Painter, rect: Rect, grid: usize, cell: &Cell, overlay: Overlay) {
     let values = match overlay {
         Overlay::None => return,
         Overlay::Probability => &cell.probs,

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::dataset::{PALETTE, SHAPE_CLASSES, caption, render};
-use crate::generate::{Generator, GenerateError, Request, RequestCondition, decode_tokens};
+use crate::generate::{GenerateError, Generator, Request, RequestCondition, decode_tokens};
 use crate::image_io::tensor_to_images;
 use crate::sampling::SamplerParams;
 use crate::train::classifier::ShapeClassifier;
@@ -198,7 +198,12 @@ impl ClassAccuracy {
 pub fn shapes_of(names: &[String]) -> Result<Vec<usize>, String> {
     names
         .iter()
-        .map(|n| SHAPE_CLASSES.iter().position(|s| s == n).ok_or_else(|| n.clone()))
+        .map(|n| {
+            SHAPE_CLASSES
+                .iter()
+                .position(|s| s == n)
+                .ok_or_else(|| n.clone())
+        })
         .collect()
 }
 
@@ -231,10 +236,13 @@ pub fn class_accuracy<B: Backend>(
             let condition = match plan.prompts {
                 Some(prompts) => {
                     let prompt = eval_prompt(&names[c], seed);
-                    prompts.get(&prompt).cloned().ok_or_else(|| GenerateError::Condition {
-                        index,
-                        reason: format!("the prompt '{prompt}' was not encoded"),
-                    })?
+                    prompts
+                        .get(&prompt)
+                        .cloned()
+                        .ok_or_else(|| GenerateError::Condition {
+                            index,
+                            reason: format!("the prompt '{prompt}' was not encoded"),
+                        })?
                 }
                 None => RequestCondition::Class(c),
             };
