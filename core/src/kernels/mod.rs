@@ -17,6 +17,8 @@ pub mod conv;
 pub mod cpu;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
+#[cfg(feature = "cpu")]
+mod matmul;
 
 use burn::prelude::*;
 use burn::tensor::{Bool, DType};
