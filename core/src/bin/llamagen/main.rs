@@ -171,7 +171,10 @@ enum Command {
 
 fn main() -> ExitCode {
     // SAFETY: first thing in main, before any thread starts.
-    unsafe { llamagen::backend::quiet_display_probe() };
+    unsafe {
+        llamagen::backend::quiet_display_probe();
+        llamagen::backend::reuse_freed_memory();
+    }
     // A panic (a backend out of memory, say) is said as an error with a hint, not as a crash
     // report; RUST_BACKTRACE keeps Rust's own report for debugging.
     if std::env::var_os("RUST_BACKTRACE").is_none() {
