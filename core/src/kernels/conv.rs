@@ -576,16 +576,25 @@ fn wino_band(job: &WinoJob<'_>, b: usize, band: usize, sc: &mut WinoScratch) {
         let src = &img[ci * plane..(ci + 1) * plane];
         for tr in t0..t1 {
             let d = &mut sc.d[..24 * pt];
-            d.fill(0.0);
             // Rows 4·tr − 1 .. 4·tr + 5 of the zero-padded image, by phase: padded column
             // p = x + 1 goes to phase p % 4, entry p / 4.
             for i in 0..6 {
                 let yy = (4 * tr + i) as isize - 1;
+                let phased = &mut d[i * 4 * pt..(i + 1) * 4 * pt];
                 if yy < 0 || yy as usize >= h {
+                    phased.fill(0.0);
                     continue;
                 }
                 let row = &src[yy as usize * wd..][..wd];
-                let (d0, rest) = d[i * 4 * pt..(i + 1) * 4 * pt].split_at_mut(pt);
+                // Only the padding is zeroed: in phase r, the entries before column 1 and
+                // after column wd.
+                for (r, ph) in phased.chunks_exact_mut(pt).enumerate() {
+                    let first = usize::from(r == 0);
+                    let last = (wd - r) / 4;
+                    ph[..first].fill(0.0);
+                    ph[last + 1..].fill(0.0);
+                }
+                let (d0, rest) = phased.split_at_mut(pt);
                 let (d1, rest) = rest.split_at_mut(pt);
                 let (d2, d3) = rest.split_at_mut(pt);
                 let quads = row.chunks_exact(4);
