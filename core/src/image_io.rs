@@ -88,6 +88,10 @@ pub struct ModelFile {
     /// (found in the assets of whichever machine reads the record).
     pub path: String,
     pub bytes: u64,
+    /// [`fingerprint`] of the file's contents (absent in records written before it existed,
+    /// and when the file could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl ModelFile {
@@ -95,8 +99,61 @@ impl ModelFile {
         Self {
             path: path.display().to_string(),
             bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            fingerprint: fingerprint(path).ok(),
         }
     }
+
+    /// Whether this file is known not to be the `recorded` one: their sizes differ, or both
+    /// have fingerprints and those differ. Two files of one size and no fingerprint to compare
+    /// are taken as the same (a record written before fingerprints, of a model of that size).
+    pub fn differs_from(&self, recorded: &ModelFile) -> bool {
+        let sizes = self.bytes != 0 && recorded.bytes != 0 && self.bytes != recorded.bytes;
+        let contents = match (&self.fingerprint, &recorded.fingerprint) {
+            (Some(a), Some(b)) => a != b,
+            _ => false,
+        };
+        sizes || contents
+    }
+
+    /// `path (N bytes, fingerprint F)` for messages.
+    pub fn label(&self) -> String {
+        match &self.fingerprint {
+            Some(f) => format!("{} ({} bytes, fingerprint {f})", self.path, self.bytes),
+            None => format!("{} ({} bytes)", self.path, self.bytes),
+        }
+    }
+}
+
+/// A 64-bit FNV-1a hash (16 hex digits) of a file's length and of its first and last 4 MiB:
+/// any retraining changes the weights throughout a checkpoint, so this tells two models apart
+/// without reading gigabytes of an official checkpoint on every run.
+pub fn fingerprint(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PART: u64 = 4 << 20;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(&len.to_le_bytes());
+    let mut buf = Vec::new();
+    (&mut file).take(PART).read_to_end(&mut buf)?;
+    eat(&buf);
+    if len > 2 * PART {
+        file.seek(SeekFrom::Start(len - PART))?;
+        buf.clear();
+        file.take(PART).read_to_end(&mut buf)?;
+        eat(&buf);
+    } else if len > PART {
+        buf.clear();
+        file.read_to_end(&mut buf)?;
+        eat(&buf);
+    }
+    Ok(format!("{hash:016x}"))
 }
 
 /// Everything needed to reproduce one generated image.
@@ -320,16 +377,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_model_file_differs_by_size_or_fingerprint() {
+        let dir = std::env::temp_dir().join(format!("llamagen-fp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+        std::fs::write(&a, vec![1u8; 1000]).unwrap();
+        std::fs::write(&b, vec![2u8; 1000]).unwrap();
+        std::fs::write(&c, vec![1u8; 1001]).unwrap();
+        let (fa, fb, fc) = (
+            ModelFile::describe(&a),
+            ModelFile::describe(&b),
+            ModelFile::describe(&c),
+        );
+        assert!(!fa.differs_from(&fa.clone()));
+        // Same size, other contents.
+        assert!(fa.differs_from(&fb));
+        // Another size.
+        assert!(fa.differs_from(&fc));
+        // A record without a fingerprint: only the size can tell.
+        let old = ModelFile {
+            fingerprint: None,
+            ..fb.clone()
+        };
+        assert!(!fa.differs_from(&old));
+        assert!(fc.differs_from(&old));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn png_record_round_trips() {
         let dir = std::env::temp_dir().join(format!("llamagen-png-{}", std::process::id()));
         let path = dir.join("x.png");
         let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7]));
         let record = PngRecord::new(vec![SampleRecord {
             gpt: ModelFile {
+                fingerprint: Some("0123456789abcdef".into()),
                 path: "c2i_B_256.pt".into(),
                 bytes: 10,
             },
             vq: ModelFile {
+                fingerprint: None,
                 path: "vq_ds16_c2i.pt".into(),
                 bytes: 20,
             },

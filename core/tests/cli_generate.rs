@@ -166,6 +166,76 @@ fn generate_info_and_reproduce_from_png() {
 }
 
 #[test]
+fn from_refuses_a_png_made_by_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gpt, vq) = tiny_models(dir.path(), 64);
+    let (gpt_s, vq_s) = (gpt.to_str().unwrap(), vq.to_str().unwrap());
+    let png = dir.path().join("one.png");
+    let png_s = png.to_str().unwrap();
+    run_ok(&[
+        "generate",
+        "--gpt-ckpt",
+        gpt_s,
+        "--vq-ckpt",
+        vq_s,
+        "--n-head",
+        "4",
+        "--image-size",
+        "16",
+        "--backend",
+        "cpu",
+        "--class",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        png_s,
+    ]);
+    let record = record_of(png_s);
+    assert!(
+        record["samples"][0]["gpt"]["fingerprint"].is_string(),
+        "{record}"
+    );
+    // The generator retrained in place: the same file name and size, other weights (the last
+    // values of its data changed).
+    let mut bytes = std::fs::read(&gpt).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n - 16..] {
+        *b ^= 0x01;
+    }
+    std::fs::write(&gpt, &bytes).unwrap();
+    let again = dir.path().join("again.png");
+    let again_s = again.to_str().unwrap();
+    let out = run(&[
+        "generate",
+        "--from",
+        png_s,
+        "--backend",
+        "cpu",
+        "--out",
+        again_s,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("was made by another generator"), "{err}");
+    assert!(err.contains("fingerprint"), "{err}");
+    assert!(err.contains("--any-model"), "{err}");
+    assert!(!again.exists(), "nothing is written");
+    // Asked for, it draws the recorded settings with the model it has.
+    run_ok(&[
+        "generate",
+        "--from",
+        png_s,
+        "--any-model",
+        "--backend",
+        "cpu",
+        "--out",
+        again_s,
+    ]);
+    assert_eq!(record_of(again_s)["samples"][0]["params"]["seed"], 3);
+}
+
+#[test]
 fn bad_generate_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (gpt, vq) = tiny_models(dir.path(), 64);

@@ -11,7 +11,7 @@ use llamagen::bundle::Demo;
 use llamagen::config::ModelType;
 use llamagen::generate::{Decoding, Generator};
 use llamagen::image_io::{
-    PngRecord, make_grid, next_file_number, read_png_record, sample_file_name, save_png,
+    ModelFile, PngRecord, make_grid, next_file_number, read_png_record, sample_file_name, save_png,
 };
 use llamagen::sampling::{SamplerParams, TokenSampling};
 
@@ -69,6 +69,14 @@ pub struct GenerateArgs {
     /// scale, say.
     #[arg(long)]
     pub from: Option<PathBuf>,
+    /// With --from: remake the images with the model loaded now even when the PNG's record
+    /// names another generator or tokenizer (another size or fingerprint). The images will not
+    /// be the recorded ones. Without it, such a PNG is refused.
+    #[arg(long, requires = "from")]
+    pub any_model: bool,
+    /// The model files the --from PNG's record names (filled in from the PNG).
+    #[arg(skip)]
+    pub recorded_models: Option<(ModelFile, ModelFile)>,
     #[command(flatten)]
     pub decode: DecodeArgs,
 }
@@ -106,6 +114,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             args.model.vq_tile = first.vq_tile.and_then(|t| u32::try_from(t).ok());
         }
         recorded = Some(first.decoding);
+        args.recorded_models = Some((first.gpt.clone(), first.vq.clone()));
         for s in &record.samples {
             let condition = match (&s.prompt, s.class) {
                 (Some(p), _) => PlanCondition::Prompt(p.clone()),
@@ -163,6 +172,25 @@ fn run_generate<B: Backend>(
         Demo::Classes
     };
     let bundle = args.model.load::<B>(demo, kind, device)?;
+    if let (Some((gpt, vq)), Some(png), false) = (&args.recorded_models, &args.from, args.any_model)
+    {
+        for (what, now, then) in [
+            ("generator", &bundle.gpt_file, gpt),
+            ("tokenizer", &bundle.vq_file, vq),
+        ] {
+            if now.differs_from(then) {
+                bail!(
+                    "{} was made by another {what}: its record names {}, but the {what} \
+                     loaded now is {}. Remade with this one, its images would not be the same\n\
+                     hint: pass the recorded model files (--gpt-ckpt, --vq-ckpt) to remake them \
+                     exactly, or --any-model to draw its settings with this model anyway",
+                    png.display(),
+                    then.label(),
+                    now.label()
+                );
+            }
+        }
+    }
     args.sampler.check_vocab(bundle.gpt.config.vocab_size)?;
     let cfg = &bundle.gpt.config;
     let text_model = cfg.model_type == ModelType::T2i;
