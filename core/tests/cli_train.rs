@@ -792,3 +792,48 @@ fn ctrl_c_saves_the_step_it_stops_at_and_resume_goes_on() {
     ok(vq(&run, at + 1).arg("--resume"));
     assert_eq!(saved_step(&run), at + 1);
 }
+
+/// `--init-from` grows a trained generator deeper (its run folder is enough), and refuses one
+/// whose width differs, saying so.
+#[test]
+fn init_from_grows_a_trained_generator_and_refuses_one_that_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let codes = dir.path().join("codes");
+    toy_codes(&codes);
+    let small = dir.path().join("small");
+    ok(&mut toy_gpt_run(&codes, &small, "2"));
+    let start_from = |out: &str, flag: &str, value: &str| {
+        let mut args = TINY_GPT;
+        let i = args.iter().position(|a| *a == flag).unwrap();
+        args[i + 1] = value;
+        let mut c = llamagen();
+        c.args(["train-gpt", "--codes"])
+            .arg(&codes)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(args)
+            .args(["--steps", "1", "--backend", "cpu", "--init-from"])
+            .arg(&small);
+        c.output().unwrap()
+    };
+    let grown = start_from("deep", "--n-layer", "3");
+    let err = String::from_utf8_lossy(&grown.stderr);
+    assert!(grown.status.success(), "{err}");
+    assert!(
+        err.contains("2 layer(s) taken, 1 new identity layer(s)"),
+        "{err}"
+    );
+    let latest = llamagen::train::checkpoint::latest(&dir.path().join("deep"))
+        .unwrap()
+        .unwrap();
+    let state = llamagen::train::checkpoint::load_state(&latest).unwrap();
+    assert_eq!(state["config"]["n_layer"], 3);
+    let wide = start_from("wide", "--dim", "64");
+    let err = String::from_utf8_lossy(&wide.stderr);
+    assert!(!wide.status.success());
+    assert!(
+        err.contains("its width is 32, the generator being trained has 64"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, MultiGradientsParams, Optimizer};
 use burn::prelude::*;
@@ -318,6 +318,64 @@ fn adamw<B: AutodiffBackend>(opts: &GptTrainOptions, wd: f64) -> Adam<B> {
         .init()
 }
 
+/// What [`GptTrainer::start_from`] did: layers taken from the source, and identity layers
+/// added after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartFrom {
+    pub copied_layers: usize,
+    pub new_layers: usize,
+}
+
+/// Replaces every float parameter of `dst` by the one at the same place in `src` (same
+/// module type, so the same order), keeping `dst`'s parameter ids and gradient flags.
+fn graft_module<B: Backend, M: Module<B>>(dst: M, src: M) -> Result<M, TrainError> {
+    struct Collect<B: Backend>(Vec<(Vec<usize>, burn::tensor::TensorPrimitive<B>)>);
+    impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let t = param.val().detach();
+            self.0.push((t.dims().to_vec(), t.into_primitive()));
+        }
+    }
+    struct Replace<B: Backend> {
+        from: std::vec::IntoIter<(Vec<usize>, burn::tensor::TensorPrimitive<B>)>,
+        error: Option<String>,
+    }
+    impl<B: Backend> ModuleMapper<B> for Replace<B> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let Some((dims, value)) = self.from.next() else {
+                self.error
+                    .get_or_insert_with(|| "it has fewer tensors".into());
+                return param;
+            };
+            let shape = param.lazy_shape().dims::<D>().to_vec();
+            if shape != dims {
+                self.error.get_or_insert_with(|| {
+                    format!("a tensor of shape {dims:?} stands where {shape:?} is")
+                });
+                return param;
+            }
+            param.map(|t| {
+                let grad = t.is_require_grad();
+                Tensor::<B, D>::from_primitive(value).set_require_grad(grad)
+            })
+        }
+    }
+    let mut collect = Collect::<B>(Vec::new());
+    src.visit(&mut collect);
+    let mut replace = Replace {
+        from: collect.0.into_iter(),
+        error: None,
+    };
+    let grafted = dst.map(&mut replace);
+    match replace.error {
+        Some(e) => Err(TrainError::StartFrom(e)),
+        None if replace.from.next().is_some() => {
+            Err(TrainError::StartFrom("it has more tensors".into()))
+        }
+        None => Ok(grafted),
+    }
+}
+
 impl<B: AutodiffBackend> GptTrainer<B> {
     /// A freshly initialised generator (official initialisation).
     pub fn new(
@@ -354,6 +412,111 @@ impl<B: AutodiffBackend> GptTrainer<B> {
         )?);
         t.step = step;
         Ok(Some(t))
+    }
+
+    /// Starts from a trained generator's weights instead of a fresh initialisation: to
+    /// fine-tune it on other codes, or to grow it deeper. Every tensor of `source` replaces the
+    /// model's own. When `source` has fewer layers, its layers become the first ones, and each
+    /// layer past them starts as the identity: its attention and feed-forward output
+    /// projections are zero (their gradients are not, so they learn from the first step), the
+    /// rest keeps its fresh initialisation. The grown model then computes exactly what `source`
+    /// does. Only before the first step; widths, heads, vocabulary and conditions must match.
+    pub fn start_from(&mut self, source: Transformer<B>) -> Result<StartFrom, TrainError> {
+        if self.step != 0 {
+            return Err(TrainError::StartFrom(format!(
+                "the run is at step {}, not at its start",
+                self.step
+            )));
+        }
+        let (to, from) = (&self.model.config, &source.config);
+        let fits = [
+            (
+                "model type",
+                format!("{:?}", to.model_type),
+                format!("{:?}", from.model_type),
+            ),
+            ("width", to.dim.to_string(), from.dim.to_string()),
+            ("heads", to.n_head.to_string(), from.n_head.to_string()),
+            (
+                "key/value heads",
+                to.kv_heads().to_string(),
+                from.kv_heads().to_string(),
+            ),
+            (
+                "feed-forward width",
+                to.ffn_hidden_dim().to_string(),
+                from.ffn_hidden_dim().to_string(),
+            ),
+            (
+                "codebook",
+                to.vocab_size.to_string(),
+                from.vocab_size.to_string(),
+            ),
+            (
+                "classes",
+                to.num_classes.to_string(),
+                from.num_classes.to_string(),
+            ),
+            (
+                "condition tokens",
+                to.cls_token_num.to_string(),
+                from.cls_token_num.to_string(),
+            ),
+            (
+                "caption width",
+                to.caption_dim.to_string(),
+                from.caption_dim.to_string(),
+            ),
+        ];
+        if let Some((what, ours, theirs)) = fits.iter().find(|(_, a, b)| a != b) {
+            return Err(TrainError::StartFrom(format!(
+                "its {what} is {theirs}, the generator being trained has {ours}"
+            )));
+        }
+        let (n_to, n_from) = (to.n_layer, from.n_layer);
+        if n_from > n_to {
+            return Err(TrainError::StartFrom(format!(
+                "it has {n_from} layers, more than the {n_to} being trained"
+            )));
+        }
+        let Transformer {
+            cls_embedding,
+            tok_embeddings,
+            layers,
+            norm,
+            output,
+            ..
+        } = source;
+        // Built aside and swapped in whole, so that a mismatch found halfway leaves the model
+        // as it was.
+        let mut model = self.model.clone();
+        model.cls_embedding = graft_module(model.cls_embedding, cls_embedding)?;
+        model.tok_embeddings = graft_module(model.tok_embeddings, tok_embeddings)?;
+        model.norm = graft_module(model.norm, norm)?;
+        model.output = graft_module(model.output, output)?;
+        let mut blocks = Vec::with_capacity(n_to);
+        let mut fresh = std::mem::take(&mut model.layers).into_iter();
+        for src in layers {
+            let block = fresh.next().expect("n_from <= n_to");
+            blocks.push(graft_module(block, src)?);
+        }
+        let zero = |p: Param<Tensor<B, 2>>| {
+            p.map(|w| {
+                let grad = w.is_require_grad();
+                w.zeros_like().set_require_grad(grad)
+            })
+        };
+        for mut block in fresh {
+            block.attention.wo.weight = zero(block.attention.wo.weight);
+            block.feed_forward.w2.weight = zero(block.feed_forward.w2.weight);
+            blocks.push(block);
+        }
+        model.layers = blocks;
+        self.model = model;
+        Ok(StartFrom {
+            copied_layers: n_from,
+            new_layers: n_to - n_from,
+        })
     }
 
     fn shard_grads(

@@ -63,6 +63,9 @@ pub enum TrainError {
     Resume { path: PathBuf, reason: String },
     #[error("the loss became {value} at step {step}: lower the learning rate")]
     Diverged { step: u64, value: f32 },
+    /// The generator to start from does not fit the one being trained.
+    #[error("cannot start from that generator: {0}")]
+    StartFrom(String),
 }
 
 impl TrainError {

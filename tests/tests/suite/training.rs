@@ -8,7 +8,7 @@ use llamagen::config::{GptConfig, VqConfig};
 use llamagen::train::Autodiff;
 use llamagen::train::data::{CodeSet, CodesMeta};
 use llamagen::train::gpt::{
-    CaptionTable, CodeBatch, CodeBatcher, GptTrainOptions, GptTrainer, held_out_loss,
+    CaptionTable, CodeBatch, CodeBatcher, GptTrainOptions, GptTrainer, StartFrom, held_out_loss,
 };
 use llamagen::train::vq::{ReconstructionLoss, VqTrainOptions, VqTrainer};
 
@@ -407,6 +407,83 @@ fn weights(t: &GptTrainer<AB>) -> Vec<f32> {
     sd.into_iter()
         .flat_map(|(_, d)| d.convert::<f32>().to_vec::<f32>().unwrap())
         .collect()
+}
+
+/// A generator grown deeper from a trained one computes exactly what that one did: its layers
+/// come first and the new one is the identity, which still learns from the first step. One
+/// that does not fit is refused and left as it was.
+#[test]
+fn a_deeper_generator_starts_out_as_the_one_it_grew_from() {
+    let device = Default::default();
+    let set = codes_set();
+    let small = tiny_gpt();
+    let mut source = GptTrainer::<AB>::new(&small, opts(1e-2), &device).unwrap();
+    for _ in 0..5 {
+        source.train_step(&fixed_batch(), &[]).unwrap();
+    }
+    let deep_cfg = GptConfig {
+        n_layer: 3,
+        ..small.clone()
+    };
+    let mut deep = GptTrainer::<AB>::new(&deep_cfg, opts(1e-2), &device).unwrap();
+    let fresh = held_out_loss(&deep.model.valid(), &set, None, 4, &device);
+    let done = deep.start_from(source.model.clone()).unwrap();
+    assert_eq!(
+        done,
+        StartFrom {
+            copied_layers: 2,
+            new_layers: 1
+        }
+    );
+    let before = held_out_loss(&source.model.valid(), &set, None, 4, &device);
+    let grown = held_out_loss(&deep.model.valid(), &set, None, 4, &device);
+    assert!(
+        (before - grown).abs() < 1e-5 * before,
+        "source {before}, grown {grown}"
+    );
+    assert!(
+        (fresh - before).abs() > 0.1,
+        "fresh {fresh}, trained {before}"
+    );
+    // The new layer's output projections start at zero and move with the first step.
+    let abs_sum = |t: &GptTrainer<AB>| {
+        let block = &t.model.layers[2];
+        [&block.attention.wo, &block.feed_forward.w2]
+            .map(|l| l.weight.val().abs().sum().into_scalar().elem::<f32>())
+    };
+    assert_eq!(abs_sum(&deep), [0.0, 0.0]);
+    deep.train_step(&fixed_batch(), &[]).unwrap();
+    let moved = abs_sum(&deep);
+    assert!(moved.iter().all(|&s| s > 0.0), "{moved:?}");
+
+    let refuse = |cfg: GptConfig, what: &str| {
+        let mut t = GptTrainer::<AB>::new(&cfg, opts(1e-2), &device).unwrap();
+        let kept = weights(&t);
+        let e = t.start_from(source.model.clone()).unwrap_err().to_string();
+        assert!(e.contains(what), "{e}");
+        assert_eq!(weights(&t), kept, "a refused start changed the model");
+    };
+    refuse(
+        GptConfig {
+            dim: 64,
+            ..small.clone()
+        },
+        "width is 32",
+    );
+    refuse(
+        GptConfig {
+            n_layer: 1,
+            ..small.clone()
+        },
+        "2 layers, more than the 1",
+    );
+    refuse(
+        GptConfig {
+            vocab_size: 32,
+            ..small.clone()
+        },
+        "codebook",
+    );
 }
 
 #[test]

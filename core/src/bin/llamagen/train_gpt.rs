@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use clap::Args;
@@ -83,6 +83,12 @@ pub struct TrainGptArgs {
     pub log_every: u64,
     #[arg(long)]
     pub resume: bool,
+    /// Start from a trained generator instead of a fresh initialisation (a file, official or
+    /// this project's, or a train-gpt run folder): to fine-tune it on these codes, or to grow
+    /// it deeper (--n-layer above its own: its layers come first, each new one starts as the
+    /// identity). Width, heads, codebook and classes must be its own.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Train a text-conditional generator: the T5 model folder that encodes the captions (a
@@ -239,7 +245,24 @@ fn run_train_gpt<B: Backend>(
                 ..GptTrainOptions::default()
             };
             B::seed(device, args.seed);
-            GptTrainer::new(&cfg, opts, device)?
+            let mut trainer = GptTrainer::new(&cfg, opts, device)?;
+            if let Some(path) = &args.init_from {
+                let source = load_generator::<AB<B>>(path, &cfg, device)?;
+                let done = trainer
+                    .start_from(source)
+                    .with_context(|| format!("--init-from {}", path.display()))?;
+                eprintln!(
+                    "starting from {}: {} layer(s) taken{}",
+                    path.display(),
+                    done.copied_layers,
+                    if done.new_layers > 0 {
+                        format!(", {} new identity layer(s) after them", done.new_layers)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            trainer
         }
     };
     let cfg = trainer.model.config.clone();
@@ -417,6 +440,7 @@ fn run_train_gpt<B: Backend>(
                     "image_size": meta.image_size,
                     "tokenizer": meta.tokenizer,
                     "t5": args.t5,
+                    "init_from": args.init_from,
                 }),
             )?;
             progress.println(format!("saved {}", dir.display()));
@@ -429,6 +453,34 @@ fn run_train_gpt<B: Backend>(
     progress.bar.finish_and_clear();
     eprintln!("done: {}", args.out.display());
     Ok(())
+}
+
+/// The generator of `--init-from`, read with the configuration stored in it (or inferred from
+/// its shapes, with the run's head count for official files).
+fn load_generator<B: Backend>(
+    path: &Path,
+    run: &GptConfig,
+    device: &B::Device,
+) -> Result<llamagen::gpt::Transformer<B>> {
+    let file = resolve_weights(path)?;
+    let sd = llamagen::checkpoint::StateDict::open(
+        &file,
+        llamagen::checkpoint::WeightsChoice::PreferEma,
+    )
+    .with_context(|| format!("--init-from {}", path.display()))?;
+    // The file's own configuration first; the run's head count only where the shapes alone
+    // cannot tell it (an official file of a width that is no named size).
+    let cfg = sd
+        .infer_gpt_config(&Default::default())
+        .or_else(|_| {
+            sd.infer_gpt_config(&llamagen::checkpoint::GptHints {
+                n_head: Some(run.n_head),
+                ..Default::default()
+            })
+        })
+        .with_context(|| format!("--init-from {}", path.display()))?;
+    llamagen::gpt::Transformer::load(&sd, &cfg, device)
+        .with_context(|| format!("--init-from {}", path.display()))
 }
 
 /// The conditions of the training sample sheets: one per class (up to 16), or with captions
