@@ -101,12 +101,58 @@ pub fn config_metadata<T: serde::Serialize>(
     Some(std::iter::once((key.to_string(), json)).collect())
 }
 
+/// How a safetensors file stores its float tensors. Every loader here reads all three back into
+/// the precision asked for ([`super::Weights`]).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoredFloat {
+    /// Four bytes a value: exactly what training holds.
+    #[default]
+    F32,
+    /// IEEE half precision: two bytes a value, 11 significant bits (relative rounding at most
+    /// 2^-11), finite up to ±65504.
+    F16,
+    /// bfloat16: two bytes a value, f32's range, 8 significant bits.
+    BF16,
+}
+
+impl StoredFloat {
+    /// Bytes one stored value takes.
+    pub fn bytes(self) -> usize {
+        match self {
+            StoredFloat::F32 => 4,
+            StoredFloat::F16 | StoredFloat::BF16 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for StoredFloat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoredFloat::F32 => "f32",
+            StoredFloat::F16 => "f16",
+            StoredFloat::BF16 => "bf16",
+        })
+    }
+}
+
 /// Writes f32 tensors as a safetensors file with optional string metadata; the file appears
 /// only once complete (written beside it, then renamed).
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, TensorData)],
     metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    write_safetensors_as(path, tensors, metadata, StoredFloat::F32)
+}
+
+/// [`write_safetensors`] with the float tensors stored as `stored`: every value is converted to
+/// f32, then rounded to nearest. A finite value that the 16-bit type cannot hold (beyond f16's
+/// ±65504) is refused, naming the tensor, rather than stored as infinity.
+pub fn write_safetensors_as(
+    path: &Path,
+    tensors: &[(String, TensorData)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+    stored: StoredFloat,
 ) -> Result<(), CheckpointError> {
     let err = |reason: String| CheckpointError::Write {
         path: path.to_path_buf(),
@@ -120,7 +166,7 @@ pub fn write_safetensors(
                 .convert::<f32>()
                 .to_vec::<f32>()
                 .map_err(|e| err(format!("{name}: {e:?}")))?;
-            Ok(RawTensor::f32(name.clone(), data.shape.to_vec(), &values))
+            RawTensor::float(name.clone(), data.shape.to_vec(), &values, stored).map_err(err)
         })
         .collect::<Result<_, CheckpointError>>()?;
     write_raw(path, &raw, metadata)
@@ -141,6 +187,47 @@ impl RawTensor {
             dtype: Dtype::F32,
             shape,
             bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// f32 values stored as `stored`; the error names the tensor and the first value the type
+    /// cannot hold.
+    pub fn float(
+        name: String,
+        shape: Vec<usize>,
+        values: &[f32],
+        stored: StoredFloat,
+    ) -> Result<Self, String> {
+        use burn::tensor::{bf16, f16};
+        let narrow = |dtype: Dtype, to_bits: &dyn Fn(f32) -> (f32, [u8; 2])| {
+            let mut bytes = Vec::with_capacity(values.len() * 2);
+            for &v in values {
+                let (back, b) = to_bits(v);
+                if v.is_finite() && !back.is_finite() {
+                    return Err(format!(
+                        "{name}: the value {v} is beyond {stored}'s range; store this file as \
+                         bf16 or f32"
+                    ));
+                }
+                bytes.extend_from_slice(&b);
+            }
+            Ok(Self {
+                name: name.clone(),
+                dtype,
+                shape: shape.clone(),
+                bytes,
+            })
+        };
+        match stored {
+            StoredFloat::F32 => Ok(Self::f32(name, shape, values)),
+            StoredFloat::F16 => narrow(Dtype::F16, &|v| {
+                let h = f16::from_f32(v);
+                (h.to_f32(), h.to_le_bytes())
+            }),
+            StoredFloat::BF16 => narrow(Dtype::BF16, &|v| {
+                let h = bf16::from_f32(v);
+                (h.to_f32(), h.to_le_bytes())
+            }),
         }
     }
 }

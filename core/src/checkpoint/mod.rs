@@ -8,7 +8,10 @@ mod infer;
 pub mod pickle_guard;
 mod weights;
 
-pub use export::{config_metadata, state_dict, state_dict_renamed, write_gpt, write_safetensors};
+pub use export::{
+    StoredFloat, config_metadata, state_dict, state_dict_renamed, write_gpt, write_safetensors,
+    write_safetensors_as,
+};
 
 pub use infer::{GptHints, Shapes, image_size_from_file_name, infer_gpt_config, infer_vq_config};
 pub use weights::Weights;

@@ -14,6 +14,30 @@ pub fn llamagen() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llamagen"))
 }
 
+/// Runs `cmd` and returns its stdout; the test fails with its stderr unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed:\n{}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The tiny generator of the training tests (`train-gpt` arguments).
+pub const TINY_GPT: [&str; 8] = [
+    "--dim",
+    "32",
+    "--n-layer",
+    "2",
+    "--n-head",
+    "4",
+    "--batch-size",
+    "4",
+];
+
 /// `generate --from png --out out` on the CPU; its stderr is printed when it fails, so a
 /// failure the caller did not expect shows why.
 pub fn remake(png: &Path, out: &Path) -> std::process::Output {

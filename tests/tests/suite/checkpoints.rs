@@ -460,3 +460,89 @@ fn exported_state_dicts_use_official_names_and_load_back() {
     assert_eq!(back.infer_vq_config().unwrap(), cfg);
     VqModel::<B>::load(&back, &cfg, &device).unwrap();
 }
+
+#[test]
+fn half_precision_files_are_half_the_size_and_load_back_within_rounding() {
+    use llamagen::checkpoint::{StoredFloat, write_safetensors_as};
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let manifest = Manifest::load();
+    let case = manifest.gpt_cases().into_iter().next().expect("a GPT case");
+    let cfg = case.gpt_config();
+    let sd = case.state_dict();
+    let model = Transformer::<B>::load(&sd, &cfg, &device).unwrap();
+    let tensors = llamagen::checkpoint::state_dict(&model, &cfg.state_dict_specs()).unwrap();
+    let values: usize = tensors.iter().map(|(_, d)| d.num_elements()).sum();
+    let size = |stored: StoredFloat| {
+        let out = dir.path().join(format!("{stored}.safetensors"));
+        write_safetensors_as(&out, &tensors, None, stored).unwrap();
+        (out.clone(), std::fs::metadata(&out).unwrap().len() as usize)
+    };
+    let (_, f32_size) = size(StoredFloat::F32);
+    // (type, bits kept after the leading one: the largest relative rounding is 2^-(bits+1))
+    for (stored, bits) in [(StoredFloat::F16, 10), (StoredFloat::BF16, 7)] {
+        let (path, bytes) = size(stored);
+        // Two bytes saved a value; the headers differ only in their dtype names and offsets.
+        let saved = f32_size as i64 - bytes as i64;
+        assert!(
+            (saved - 2 * values as i64).abs() < 16 * tensors.len() as i64,
+            "{stored}: {bytes} bytes against {f32_size} in f32, for {values} values"
+        );
+        let back = StateDict::open(&path, WeightsChoice::Model).unwrap();
+        assert!(back.check(&cfg.state_dict_specs()).is_ok(), "{stored}");
+        let w = llamagen::checkpoint::Weights::<B>::new(&back, &device);
+        let mut changed = 0;
+        for (name, data) in &tensors {
+            let orig = data.to_vec::<f32>().unwrap();
+            let read = w.data(name).unwrap().to_vec::<f32>().unwrap();
+            for (a, b) in orig.iter().zip(&read) {
+                // Relative to the value; f16's subnormals (below 2^-14) round in steps of 2^-24.
+                let bound = (a.abs() * 2f32.powi(-(bits + 1))).max(2f32.powi(-25));
+                assert!(
+                    (a - b).abs() <= bound,
+                    "{stored} {name}: {a} read back as {b}"
+                );
+                changed += usize::from(a != b);
+            }
+        }
+        assert!(
+            changed > values / 2,
+            "{stored}: the values were rounded ({changed} of {values})"
+        );
+        // The rounded file still makes the model it came from.
+        assert_eq!(
+            back.infer_gpt_config(&GptHints {
+                n_head: Some(cfg.n_head),
+                ..Default::default()
+            })
+            .unwrap()
+            .dim,
+            cfg.dim
+        );
+        Transformer::<B>::load(&back, &cfg, &device).unwrap();
+    }
+    // A value f16 cannot hold is refused, naming the tensor, and no file is left; bf16 holds it.
+    let big = vec![(
+        "tok_embeddings.weight".to_string(),
+        burn::tensor::TensorData::new(vec![1.0f32, 70000.0], [1, 2]),
+    )];
+    let out = dir.path().join("big.safetensors");
+    let err = write_safetensors_as(&out, &big, None, StoredFloat::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tok_embeddings.weight") && err.contains("70000") && err.contains("bf16"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    write_safetensors_as(&out, &big, None, StoredFloat::BF16).unwrap();
+    let back = StateDict::open(&out, WeightsChoice::Model).unwrap();
+    let w = llamagen::checkpoint::Weights::<B>::new(&back, &device);
+    assert_eq!(
+        w.data("tok_embeddings.weight")
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap(),
+        vec![1.0, 70144.0]
+    );
+}

@@ -86,6 +86,27 @@ impl From<QuantizeArg> for Quantize {
     }
 }
 
+/// How a written file stores its float tensors.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoredFloatArg {
+    /// Four bytes a value, as trained.
+    F32,
+    /// IEEE half precision: two bytes a value, 11 significant bits, finite up to ±65504.
+    F16,
+    /// bfloat16: two bytes a value, f32's range, 8 significant bits.
+    Bf16,
+}
+
+impl From<StoredFloatArg> for llamagen::checkpoint::StoredFloat {
+    fn from(s: StoredFloatArg) -> Self {
+        match s {
+            StoredFloatArg::F32 => Self::F32,
+            StoredFloatArg::F16 => Self::F16,
+            StoredFloatArg::Bf16 => Self::BF16,
+        }
+    }
+}
+
 impl QuantizeArg {
     pub fn of(q: Quantize) -> Self {
         match q {

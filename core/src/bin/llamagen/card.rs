@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use llamagen::bundle::{ModelBundle, ModelCard};
-use llamagen::checkpoint::{StateDict, WeightsChoice};
+use llamagen::checkpoint::{StateDict, StoredFloat, WeightsChoice};
 use llamagen::config::{GptConfig, ModelType};
 use llamagen::sampling::SamplerParams;
 use llamagen::text::T5Folder;
+
+use crate::args::StoredFloatArg;
 
 #[derive(Args, Debug)]
 pub struct CardArgs {
@@ -48,6 +50,10 @@ pub struct CardArgs {
     /// instead of copying --vq; it must hold the same weights.
     #[arg(long)]
     pub share_vq: Option<String>,
+    /// How the generator's float weights are stored in OUT/gpt.safetensors: f32 (copied as
+    /// trained), or f16 / bf16 at half the size; they load back into the precision asked for.
+    #[arg(long, value_enum, default_value_t = StoredFloatArg::F32)]
+    pub gpt_dtype: StoredFloatArg,
 }
 
 /// A run folder's latest checkpoint directory, or `None` for a plain file.
@@ -97,8 +103,21 @@ pub fn write_card(args: CardArgs) -> Result<()> {
         }
     };
     std::fs::create_dir_all(&args.out)?;
-    std::fs::copy(&gpt_file, args.out.join("gpt.safetensors"))
-        .with_context(|| format!("copying {}", gpt_file.display()))?;
+    match args.gpt_dtype.into() {
+        StoredFloat::F32 => {
+            std::fs::copy(&gpt_file, args.out.join("gpt.safetensors"))
+                .with_context(|| format!("copying {}", gpt_file.display()))?;
+        }
+        stored => {
+            crate::convert::rewrite(
+                &gpt_file,
+                &args.out.join("gpt.safetensors"),
+                WeightsChoice::Model,
+                stored,
+            )
+            .with_context(|| format!("storing {} as {stored}", gpt_file.display()))?;
+        }
+    }
     let vq_name = match &args.share_vq {
         Some(rel) => {
             let shared = args.out.join(rel);

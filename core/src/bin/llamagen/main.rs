@@ -38,6 +38,7 @@ mod train_perceptual;
 mod train_vq;
 #[cfg(feature = "train")]
 mod training;
+use args::StoredFloatArg;
 use bench::BenchArgs;
 use generate::GenerateArgs;
 
@@ -116,6 +117,10 @@ enum Command {
         /// Replace the output file when it exists (without it, an existing file is refused).
         #[arg(long)]
         force: bool,
+        /// How the float tensors are stored: f32, or f16 / bf16 at half the size (they load
+        /// back into whatever precision is asked for).
+        #[arg(long, value_enum, default_value_t = StoredFloatArg::F32)]
+        dtype: StoredFloatArg,
     },
     /// Measure generation speed with randomly initialised weights of a named configuration
     /// (no download): tokens/s per image and per batch, and the VQ decode time.
@@ -244,7 +249,8 @@ fn run(cli: Cli) -> Result<()> {
             output,
             ema,
             force,
-        } => convert::convert(&input, &output, ema, force),
+            dtype,
+        } => convert::convert(&input, &output, ema, force, dtype.into()),
         Command::Bench(args) => bench::bench(args),
         Command::Quantize(args) => quantize::quantize(args),
         Command::Dataset(DatasetCommand::Shapes {

@@ -265,6 +265,17 @@ fn run_train_gpt<B: Backend>(
             trainer
         }
     };
+    // The generator the run started from: named by --init-from, or by the checkpoint being
+    // resumed, so that every checkpoint of the run records it.
+    let init_from = match (&args.init_from, args.resume) {
+        (Some(path), _) => serde_json::json!(path),
+        (None, true) => llamagen::train::checkpoint::latest(&args.out)?
+            .and_then(|dir| crate::card::read_run_state(&dir).ok())
+            .map_or(serde_json::Value::Null, |state| {
+                state["extra"]["init_from"].clone()
+            }),
+        (None, false) => serde_json::Value::Null,
+    };
     let cfg = trainer.model.config.clone();
     if cfg.vocab_size != meta.codebook_size || cfg.block_size != meta.seq_len {
         bail!("the codes file does not fit the run being resumed (vocabulary or grid size)");
@@ -440,7 +451,7 @@ fn run_train_gpt<B: Backend>(
                     "image_size": meta.image_size,
                     "tokenizer": meta.tokenizer,
                     "t5": args.t5,
-                    "init_from": args.init_from,
+                    "init_from": init_from,
                 }),
             )?;
             progress.println(format!("saved {}", dir.display()));
