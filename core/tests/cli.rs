@@ -296,3 +296,48 @@ fn reconstruct_round_trips_an_image_through_the_demo_tokenizer() {
         "{err}"
     );
 }
+
+#[test]
+fn convert_stores_a_generator_in_16_bits_that_still_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::assets().join("demo");
+    let half = dir.path().join("gpt-f16.safetensors");
+    let out = llamagen()
+        .args(["convert", "--dtype", "f16"])
+        .arg(demo.join("gpt.safetensors"))
+        .arg(&half)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stored as f16"), "{err}");
+    // Two bytes a value, against four in f32 (whatever the bundled file holds).
+    let values: usize = safetensors::SafeTensors::deserialize(&std::fs::read(&half).unwrap())
+        .unwrap()
+        .tensors()
+        .iter()
+        .map(|(_, t)| t.shape().iter().product::<usize>())
+        .sum();
+    let size = std::fs::metadata(&half).unwrap().len() as usize;
+    assert!(
+        size < values * 2 + 64 * 1024,
+        "{size} bytes for {values} values"
+    );
+    let png = dir.path().join("f16.png");
+    let out = llamagen()
+        .args(["generate", "--gpt-ckpt"])
+        .arg(&half)
+        .arg("--vq-ckpt")
+        .arg(demo.join("vq.safetensors"))
+        .args(["--image-size", "64", "--class", "0", "--seed", "3"])
+        .args(["--backend", "cpu", "--out"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(png.is_file());
+}
