@@ -147,7 +147,8 @@ pub fn write_safetensors(
 
 /// [`write_safetensors`] with the float tensors stored as `stored`: every value is converted to
 /// f32, then rounded to nearest. A finite value that the 16-bit type cannot hold (beyond f16's
-/// ±65504) is refused, naming the tensor, rather than stored as infinity.
+/// ±65504) is refused, naming the tensor, rather than stored as infinity. Tensors that are not
+/// floats (counters, indices) are written in f32 whatever `stored` says, so they stay exact.
 pub fn write_safetensors_as(
     path: &Path,
     tensors: &[(String, TensorData)],
@@ -166,6 +167,11 @@ pub fn write_safetensors_as(
                 .convert::<f32>()
                 .to_vec::<f32>()
                 .map_err(|e| err(format!("{name}: {e:?}")))?;
+            let stored = if data.dtype.is_float() {
+                stored
+            } else {
+                StoredFloat::F32
+            };
             RawTensor::float(name.clone(), data.shape.to_vec(), &values, stored).map_err(err)
         })
         .collect::<Result<_, CheckpointError>>()?;

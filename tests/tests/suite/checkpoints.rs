@@ -535,6 +535,19 @@ fn half_precision_files_are_half_the_size_and_load_back_within_rounding() {
         "{err}"
     );
     assert!(!out.exists());
+    // Integers stay exact in a 16-bit file: they are stored in f32.
+    let count = dir.path().join("count.safetensors");
+    let counts = vec![(
+        "codebook_used".to_string(),
+        burn::tensor::TensorData::new(vec![70001i64, 3], [2]),
+    )];
+    write_safetensors_as(&count, &counts, None, StoredFloat::F16).unwrap();
+    let back = StateDict::open(&count, WeightsChoice::Model).unwrap();
+    let w = llamagen::checkpoint::Weights::<B>::new(&back, &device);
+    assert_eq!(
+        w.data("codebook_used").unwrap().to_vec::<f32>().unwrap(),
+        vec![70001.0, 3.0]
+    );
     write_safetensors_as(&out, &big, None, StoredFloat::BF16).unwrap();
     let back = StateDict::open(&out, WeightsChoice::Model).unwrap();
     let w = llamagen::checkpoint::Weights::<B>::new(&back, &device);
