@@ -115,16 +115,6 @@ pub enum StoredFloat {
     BF16,
 }
 
-impl StoredFloat {
-    /// Bytes one stored value takes.
-    pub fn bytes(self) -> usize {
-        match self {
-            StoredFloat::F32 => 4,
-            StoredFloat::F16 | StoredFloat::BF16 => 2,
-        }
-    }
-}
-
 impl std::fmt::Display for StoredFloat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
